@@ -1,0 +1,316 @@
+//! `wal-push PATH`: PostgreSQL's `archive_command`.
+//!
+//! Exit 0 only after the file is durably stored with its checksum. PostgreSQL calls this
+//! one file at a time, so each call that has to do real work also stores the next files
+//! that `pg_wal/archive_status/*.ready` shows are waiting (look-ahead), in parallel, and
+//! leaves a marker for each; the later call for such a file finds its marker and returns
+//! at once. A marker is written only after the file is stored and checked.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::codec;
+use crate::config::ArchiveConfig;
+use crate::error::usage;
+use crate::pg::walscan::{self, LongPageHeader};
+use crate::pg::{SystemId, WalFileName};
+use crate::repo::layout::FORMAT_VERSION;
+use crate::repo::{Archived, Repository, RepositoryInfo};
+
+/// Where look-ahead markers live, inside `pg_wal`.
+const SPOOL: &str = "synapse_spool";
+
+pub async fn run(repo: &Repository, cfg: &ArchiveConfig, path: &Path) -> anyhow::Result<()> {
+    let name = file_name(path)?;
+    let wal_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let pushed_dir = wal_dir.join(SPOOL).join("pushed");
+
+    let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(usage(format!("{} is not a regular file", path.display())));
+    }
+    if let Some(marker) = Marker::read(&pushed_dir, &name) {
+        if marker.matches(&meta) {
+            let _ = std::fs::remove_file(pushed_dir.join(name.to_string()));
+            tracing::info!(file = %name, "already stored by look-ahead");
+            return Ok(());
+        }
+    }
+
+    let cpu = Arc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
+    let ahead = look_ahead(
+        &wal_dir,
+        &pushed_dir,
+        &name,
+        cfg.push_parallelism.saturating_sub(1),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for (other, other_path) in ahead {
+        let (repo, cpu, pushed_dir, level) = (
+            repo.clone(),
+            cpu.clone(),
+            pushed_dir.clone(),
+            cfg.compress_level,
+        );
+        tasks.spawn(async move {
+            match push_one(&repo, &cpu, &other, &other_path, level).await {
+                Ok(marker) => {
+                    if let Err(e) = marker.write(&pushed_dir, &other) {
+                        tracing::warn!(file = %other, "could not record look-ahead push: {e:#}");
+                    }
+                }
+                // The call for this file will report it properly.
+                Err(e) => tracing::warn!(file = %other, "look-ahead push failed: {e:#}"),
+            }
+        });
+    }
+    let result = push_one(repo, &cpu, &name, path, cfg.compress_level).await;
+    while tasks.join_next().await.is_some() {}
+    result.map(|_| ())
+}
+
+/// The file name PostgreSQL archives (`%f`), from the path.
+fn file_name(path: &Path) -> anyhow::Result<WalFileName> {
+    let base = path
+        .file_name()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| usage(format!("{}: not a WAL file path", path.display())))?;
+    base.parse()
+        .map_err(|e: crate::pg::walname::ParseWalNameError| usage(e.to_string()))
+}
+
+/// Read, check, compress and store one WAL file.
+async fn push_one(
+    repo: &Repository,
+    cpu: &Semaphore,
+    name: &WalFileName,
+    path: &Path,
+    level: u32,
+) -> anyhow::Result<Marker> {
+    let permit = cpu.acquire().await.expect("semaphore is never closed");
+    let (name2, path2) = (*name, path.to_path_buf());
+    let prepared = tokio::task::spawn_blocking(move || prepare(&name2, &path2, level))
+        .await
+        .expect("prepare task does not panic")?;
+    drop(permit);
+    if let Some(info) = &prepared.identity {
+        repo.ensure_identity(info).await?;
+    }
+    let outcome = repo
+        .put_wal(name, prepared.object, &prepared.header)
+        .await
+        .with_context(|| format!("archive {name}"))?;
+    match outcome {
+        Archived::Stored => {
+            tracing::info!(file = %name, sha256 = %prepared.header.sha256, "archived")
+        }
+        Archived::AlreadyArchived => {
+            tracing::info!(file = %name, "already archived with identical content")
+        }
+    }
+    Ok(prepared.marker)
+}
+
+struct Prepared {
+    object: Bytes,
+    header: codec::ObjectHeader,
+    identity: Option<RepositoryInfo>,
+    marker: Marker,
+}
+
+fn prepare(name: &WalFileName, path: &Path, level: u32) -> anyhow::Result<Prepared> {
+    let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
+    let mut extra = serde_json::Map::new();
+    let identity = if name.is_segment_data() {
+        let header = LongPageHeader::parse(&data)
+            .with_context(|| format!("{}: not a valid WAL segment", path.display()))?;
+        if let WalFileName::Segment(_) = name {
+            if data.len() as u64 != u64::from(header.seg_size) {
+                bail!(
+                    "{}: truncated WAL segment: {} bytes, its header says segments are {} bytes",
+                    path.display(),
+                    data.len(),
+                    header.seg_size
+                );
+            }
+        }
+        let seg = name.segment().expect("segment data has a segment");
+        let size =
+            crate::pg::WalSegmentSize::new(header.seg_size).context("invalid segment size")?;
+        if header.page_addr != seg.start_lsn(size).0 {
+            bail!(
+                "{}: the file's first page is for LSN {}, but the name {} means {}; refusing a misnamed segment",
+                path.display(),
+                crate::pg::Lsn(header.page_addr),
+                name,
+                seg.start_lsn(size)
+            );
+        }
+        if let Ok(summary) = walscan::scan_segment(&data) {
+            if let Some(t) = summary.first_commit {
+                extra.insert("first_commit".into(), t.to_rfc3339().into());
+            }
+            if let Some(t) = summary.last_commit {
+                extra.insert("last_commit".into(), t.to_rfc3339().into());
+            }
+        }
+        Some(RepositoryInfo {
+            format_version: FORMAT_VERSION,
+            system_identifier: SystemId(header.system_id),
+            pg_version: header.pg_major(),
+            wal_segment_size: header.seg_size,
+        })
+    } else {
+        None
+    };
+    let (object, header) = codec::compress(&data, level, extra);
+    Ok(Prepared {
+        object: Bytes::from(object),
+        header,
+        identity,
+        marker: Marker::of(&meta),
+    })
+}
+
+/// Files waiting to be archived after `current`: `.history` first, then in WAL order.
+fn look_ahead(
+    wal_dir: &Path,
+    pushed_dir: &Path,
+    current: &WalFileName,
+    max: usize,
+) -> Vec<(WalFileName, PathBuf)> {
+    if max == 0 {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(wal_dir.join("archive_status")) else {
+        return Vec::new();
+    };
+    let mut ready: Vec<WalFileName> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".ready")?.parse().ok())
+        .filter(|n| n != current)
+        .collect();
+    // Clear markers whose file PostgreSQL no longer lists as waiting.
+    if let Ok(markers) = std::fs::read_dir(pushed_dir) {
+        for m in markers.filter_map(|e| e.ok()) {
+            let stale = m
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<WalFileName>().ok())
+                .is_none_or(|n| !ready.contains(&n) && n != *current);
+            if stale {
+                let _ = std::fs::remove_file(m.path());
+            }
+        }
+    }
+    ready.retain(|n| !pushed_dir.join(n.to_string()).exists());
+    ready.sort_by_key(|n| (!matches!(n, WalFileName::History(_)), order_key(n)));
+    ready
+        .into_iter()
+        .take(max)
+        .map(|n| (n, wal_dir.join(n.to_string())))
+        .collect()
+}
+
+/// WAL order across timelines: compare the position part, then the timeline.
+fn order_key(n: &WalFileName) -> (u32, u32, u32) {
+    match n.segment() {
+        Some(s) => (s.log, s.seg, s.timeline.0),
+        None => (0, 0, n.timeline().0),
+    }
+}
+
+/// Proof that a file was stored ahead: its size and modification time when it was read.
+#[derive(Debug, PartialEq, Eq)]
+struct Marker {
+    size: u64,
+    mtime_ns: u128,
+}
+
+impl Marker {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Marker {
+            size: meta.len(),
+            mtime_ns,
+        }
+    }
+
+    fn matches(&self, meta: &std::fs::Metadata) -> bool {
+        *self == Marker::of(meta)
+    }
+
+    fn read(dir: &Path, name: &WalFileName) -> Option<Self> {
+        let text = std::fs::read_to_string(dir.join(name.to_string())).ok()?;
+        let (size, mtime) = text.trim().split_once(' ')?;
+        Some(Marker {
+            size: size.parse().ok()?,
+            mtime_ns: mtime.parse().ok()?,
+        })
+    }
+
+    fn write(&self, dir: &Path, name: &WalFileName) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, format!("{} {}\n", self.size, self.mtime_ns))?;
+        std::fs::rename(tmp, dir.join(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn look_ahead_orders_history_first_and_skips_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("archive_status");
+        std::fs::create_dir_all(&status).unwrap();
+        for f in [
+            "000000010000000000000003.ready",
+            "000000010000000000000002.ready",
+            "000000010000000000000004.ready",
+            "00000002.history.ready",
+            "000000010000000000000001.done",
+        ] {
+            std::fs::write(status.join(f), "").unwrap();
+        }
+        let pushed = dir.path().join(SPOOL).join("pushed");
+        let cur: WalFileName = "000000010000000000000002".parse().unwrap();
+        Marker {
+            size: 1,
+            mtime_ns: 1,
+        }
+        .write(&pushed, &"000000010000000000000003".parse().unwrap())
+        .unwrap();
+        Marker {
+            size: 1,
+            mtime_ns: 1,
+        }
+        .write(&pushed, &"000000010000000000000001".parse().unwrap())
+        .unwrap();
+        let got: Vec<String> = look_ahead(dir.path(), &pushed, &cur, 5)
+            .into_iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(got, ["00000002.history", "000000010000000000000004"]);
+        // the stale marker (…01 is .done) is cleared, the live one kept
+        assert!(!pushed.join("000000010000000000000001").exists());
+        assert!(pushed.join("000000010000000000000003").exists());
+    }
+}

@@ -1,0 +1,386 @@
+//! The configuration file (TOML), resolved once into a validated `Config`.
+//!
+//! Where the file is: `--config FILE`, else `$SYNAPSE_BACKUP_CONFIG`, else
+//! `/etc/synapse-backup/config.toml`. Secrets never live in this file: S3 credentials come
+//! from the standard `AWS_*` environment variables or a 0600 `credentials_file`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+use crate::error::usage;
+
+pub const DEFAULT_PATH: &str = "/etc/synapse-backup/config.toml";
+pub const ENV_PATH: &str = "SYNAPSE_BACKUP_CONFIG";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How times without an offset are read. Default: the machine's zone.
+    #[serde(default, deserialize_with = "de_tz")]
+    pub timezone: Option<chrono_tz::Tz>,
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+    #[serde(rename = "cluster", default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `file:///path` or `s3://bucket/prefix`.
+    #[serde(deserialize_with = "de_url")]
+    pub url: Url,
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// S3 endpoint, e.g. `http://127.0.0.1:9000`. Default: AWS.
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Allow plain HTTP (loopback test servers).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// A 0600 file of `AWS_ACCESS_KEY_ID=…` / `AWS_SECRET_ACCESS_KEY=…` lines, read instead
+    /// of the environment (useful for `archive_command`, which inherits PostgreSQL's environment).
+    pub credentials_file: Option<PathBuf>,
+    /// Retries of a failed store request before giving up.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    /// Timeout of one store request, and of all its retries together.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// How many WAL files one `wal-push` call stores at once: the requested one plus
+    /// segments that `pg_wal/archive_status/*.ready` shows are waiting (look-ahead).
+    #[serde(default = "default_push_parallelism")]
+    pub push_parallelism: usize,
+    /// How many following segments one `wal-fetch` call downloads ahead into the spool.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// gzip level for WAL (1–9).
+    #[serde(default = "default_level")]
+    pub compress_level: u32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            push_parallelism: default_push_parallelism(),
+            prefetch: default_prefetch(),
+            compress_level: default_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub pgdata: PathBuf,
+    /// libpq-style connection string (`host=… port=… user=… dbname=…`).
+    #[serde(default = "default_connection")]
+    pub connection: String,
+    /// Directory of the PostgreSQL binaries (pg_ctl, …). Default: /usr/lib/postgresql/<major>/bin.
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+fn default_retention_days() -> u32 {
+    30
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_retries() -> usize {
+    3
+}
+fn default_timeout() -> u64 {
+    60
+}
+fn default_push_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
+}
+fn default_prefetch() -> usize {
+    8
+}
+fn default_level() -> u32 {
+    6
+}
+fn default_connection() -> String {
+    "host=/var/run/postgresql port=5432 user=postgres dbname=postgres".into()
+}
+
+fn de_url<'de, D: Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
+    let s = String::deserialize(d)?;
+    let url = Url::parse(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "bad repository url {s:?}: {e} (use file:///path or s3://bucket/prefix)"
+        ))
+    })?;
+    match url.scheme() {
+        "file" | "s3" => Ok(url),
+        other => Err(serde::de::Error::custom(format!(
+            "bad repository url {s:?}: unsupported scheme {other:?} (use file:///path or s3://bucket/prefix)"
+        ))),
+    }
+}
+
+fn de_tz<'de, D: Deserializer<'de>>(d: D) -> Result<Option<chrono_tz::Tz>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<chrono_tz::Tz>().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "unknown time zone {s:?} (use an IANA name such as \"Europe/Berlin\" or \"UTC\")"
+        ))
+    })
+}
+
+impl Config {
+    /// Find, read and validate the configuration.
+    pub fn load(flag: Option<&Path>) -> anyhow::Result<Config> {
+        let (path, source) = match flag {
+            Some(p) => (p.to_path_buf(), "--config"),
+            None => match std::env::var_os(ENV_PATH) {
+                Some(p) => (PathBuf::from(p), ENV_PATH),
+                None => (PathBuf::from(DEFAULT_PATH), "the default location"),
+            },
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            usage(format!(
+                "cannot read config file {} (from {source}): {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text).map_err(|e| usage(format!("config file {}: {e:#}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!("{}", e.message().trim()).context(describe_span(text, e.span()))
+        })?;
+        if let Ok(days) = std::env::var("BACKUP_RETENTION_DAYS") {
+            cfg.repository.retention_days = days.trim().parse().with_context(|| {
+                format!("BACKUP_RETENTION_DAYS={days:?} is not a number of days")
+            })?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.clusters.is_empty() {
+            bail!("no [[cluster]] configured");
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                bail!(
+                    "cluster name {:?}: use letters, digits, '-' and '_' only",
+                    c.name
+                );
+            }
+            if self.clusters[..i].iter().any(|o| o.name == c.name) {
+                bail!("cluster {:?} is configured twice", c.name);
+            }
+            if !c.pgdata.is_absolute() {
+                bail!("cluster {:?}: pgdata must be an absolute path", c.name);
+            }
+        }
+        if !(1..=9).contains(&self.archive.compress_level) {
+            bail!("archive.compress_level must be 1..9");
+        }
+        if self.archive.push_parallelism == 0 {
+            bail!("archive.push_parallelism must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The cluster named by `--cluster`, or the only one.
+    pub fn cluster(&self, name: Option<&str>) -> anyhow::Result<&ClusterConfig> {
+        let names = || {
+            self.clusters
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match name {
+            Some(n) => self.clusters.iter().find(|c| c.name == n).ok_or_else(|| {
+                usage(format!(
+                    "unknown cluster {n:?}; configured clusters: {}",
+                    names()
+                ))
+            }),
+            None if self.clusters.len() == 1 => Ok(&self.clusters[0]),
+            None => Err(usage(format!(
+                "several clusters are configured ({}); pick one with --cluster NAME",
+                names()
+            ))),
+        }
+    }
+
+    /// The zone for times without an offset: configured, else the machine's.
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.timezone.unwrap_or_else(|| {
+            iana_time_zone::get_timezone()
+                .ok()
+                .and_then(|z| z.parse().ok())
+                .unwrap_or(chrono_tz::UTC)
+        })
+    }
+}
+
+fn describe_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}")
+        }
+        None => "parse error".into(),
+    }
+}
+
+/// S3 credentials, from a 0600 file or the standard environment variables. Never printed.
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl S3Credentials {
+    pub fn load(cfg: &RepositoryConfig) -> anyhow::Result<Self> {
+        let file_pairs = match &cfg.credentials_file {
+            Some(path) => Some(read_credentials_file(path)?),
+            None => None,
+        };
+        let lookup = |k: &str| match &file_pairs {
+            Some(pairs) => pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+            None => std::env::var(k).ok().filter(|v| !v.is_empty()),
+        };
+        let from = match &cfg.credentials_file {
+            Some(p) => format!("credentials file {}", p.display()),
+            None => "the environment".to_string(),
+        };
+        let (Some(access_key_id), Some(secret_access_key)) =
+            (lookup("AWS_ACCESS_KEY_ID"), lookup("AWS_SECRET_ACCESS_KEY"))
+        else {
+            return Err(usage(format!(
+                "S3 repository {} needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set in {from}",
+                cfg.url
+            )));
+        };
+        Ok(S3Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: lookup("AWS_SESSION_TOKEN"),
+        })
+    }
+}
+
+fn read_credentials_file(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| usage(format!("credentials file {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(usage(format!(
+            "credentials file {} is readable by others; chmod 600 it",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("credentials file {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.trim_start_matches("export ").split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[repository]
+url = "file:///tmp/repo"
+[[cluster]]
+name = "core"
+pgdata = "/var/lib/postgresql/15/main"
+"#;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config/synapse-backup.example.toml");
+        let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.clusters.len(), 3);
+        assert_eq!(cfg.cluster(Some("core")).unwrap().name, "core");
+        assert_eq!(cfg.repository.retention_days, 30);
+        assert_eq!(cfg.timezone, Some(chrono_tz::UTC));
+    }
+
+    #[test]
+    fn one_cluster_needs_no_name() {
+        let cfg = Config::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.cluster(None).unwrap().name, "core");
+        let err = cfg.cluster(Some("nope")).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown cluster \"nope\"") && err.contains("core"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let cases = [
+            (format!("{MINIMAL}\nbogus = 1"), "bogus"),
+            (
+                MINIMAL.replace("file:///tmp/repo", "ftp://x/y"),
+                "unsupported scheme",
+            ),
+            (
+                MINIMAL.replace("file:///tmp/repo", "not a url"),
+                "bad repository url",
+            ),
+            (
+                format!("timezone = \"Mars/Base\"\n{MINIMAL}"),
+                "unknown time zone",
+            ),
+            (
+                MINIMAL.replace("/var/lib/postgresql/15/main", "relative/dir"),
+                "absolute",
+            ),
+            (
+                "[repository]\nurl = \"file:///x\"\n".to_string(),
+                "no [[cluster]]",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn missing_s3_credentials_are_named() {
+        let mut cfg = Config::parse(&MINIMAL.replace("file:///tmp/repo", "s3://bucket/p")).unwrap();
+        cfg.repository.credentials_file = Some("/nonexistent/creds".into());
+        let err = S3Credentials::load(&cfg.repository)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("/nonexistent/creds"), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+//! synapse-backup: PostgreSQL backup and point-in-time recovery.
+
+pub mod cli;
+pub mod codec;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod pg;
+pub mod repo;
+pub mod storage;

@@ -1,0 +1,97 @@
+//! Parse, start logging, run, print the error once, pick the exit code.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use synapse_backup::cli::{Cli, Command};
+use synapse_backup::config::Config;
+use synapse_backup::error::{self, exit, Failure};
+use synapse_backup::pg::WalFileName;
+use synapse_backup::repo::Repository;
+use synapse_backup::storage::Storage;
+use synapse_backup::{commands, logging};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_hook = matches!(
+        cli.command,
+        Command::WalPush { .. } | Command::WalFetch { .. }
+    );
+    let level = match (cli.verbose, is_hook) {
+        (0, true) => "warn",
+        (0, false) | (1, _) => "info",
+        _ => "debug",
+    };
+    logging::init(cli.log_format, level);
+    let is_fetch = matches!(cli.command, Command::WalFetch { .. });
+
+    let runtime = if is_hook {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let result = runtime
+        .context("start the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) if is_fetch => {
+            if err
+                .chain()
+                .any(|c| matches!(c.downcast_ref::<Failure>(), Some(Failure::WalNotFound(_))))
+            {
+                ExitCode::from(1)
+            } else {
+                eprintln!("synapse-backup: {err:#}");
+                ExitCode::from(exit::FETCH_FATAL)
+            }
+        }
+        Err(err) => {
+            eprintln!("synapse-backup: {err:#}");
+            ExitCode::from(error::exit_code(&err))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    let cluster = config.cluster(cli.cluster.as_deref())?;
+    let storage = Storage::open(&config.repository)?;
+    let repo = Repository::new(&storage, &cluster.name);
+    match cli.command {
+        Command::WalPush { path, file_name } => {
+            if let Some(f) = file_name {
+                if path.file_name().and_then(|s| s.to_str()) != Some(f.as_str()) {
+                    return Err(error::usage(format!(
+                        "file name {f:?} does not match path {}",
+                        path.display()
+                    )));
+                }
+            }
+            commands::wal_push::run(&repo, &config.archive, &path).await
+        }
+        Command::WalFetch { name, dest } => {
+            let name: WalFileName =
+                name.parse()
+                    .map_err(|e: synapse_backup::pg::walname::ParseWalNameError| {
+                        error::usage(e.to_string())
+                    })?;
+            commands::wal_fetch::run(&repo, config.archive.prefetch, &name, &dest).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        synapse_backup::cli::Cli::command().debug_assert();
+    }
+}

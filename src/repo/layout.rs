@@ -1,0 +1,70 @@
+//! The only place repository keys are formatted. Keys are relative to one cluster's prefix
+//! (`<store prefix>/<cluster>/`). Changing any of them breaks existing repositories: bump
+//! `FORMAT_VERSION` first.
+
+use crate::pg::{TimelineId, WalFileName};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const REPOSITORY_INFO: &str = "repository.json";
+pub const WAL_DIR: &str = "wal";
+pub const BACKUPS_DIR: &str = "backups";
+
+/// `wal/<first 16 hex>/<segment>.gz`, `wal/<tli>.history.gz`.
+pub fn wal_key(name: &WalFileName) -> String {
+    match name {
+        WalFileName::History(tli) => format!("{WAL_DIR}/{tli}.history.gz"),
+        other => {
+            let seg = other
+                .segment()
+                .expect("non-history WAL names have a segment");
+            format!("{WAL_DIR}/{}/{other}.gz", seg.log_dir())
+        }
+    }
+}
+
+/// Parse a key under `wal/` back to the file name it stores.
+pub fn wal_name_from_key(key: &str) -> Option<WalFileName> {
+    let file = key.rsplit('/').next()?.strip_suffix(".gz")?;
+    let name: WalFileName = file.parse().ok()?;
+    (wal_key(&name) == key).then_some(name)
+}
+
+/// Prefix listing every WAL object of a timeline's log dir, or all WAL.
+pub fn wal_prefix() -> &'static str {
+    WAL_DIR
+}
+
+pub fn history_key(tli: TimelineId) -> String {
+    wal_key(&WalFileName::History(tli))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_stable() {
+        let cases = [
+            (
+                "000000010000000A000000FF",
+                "wal/000000010000000A/000000010000000A000000FF.gz",
+            ),
+            ("00000002.history", "wal/00000002.history.gz"),
+            (
+                "000000020000000000000003.partial",
+                "wal/0000000200000000/000000020000000000000003.partial.gz",
+            ),
+            (
+                "000000010000000000000002.00000028.backup",
+                "wal/0000000100000000/000000010000000000000002.00000028.backup.gz",
+            ),
+        ];
+        for (name, key) in cases {
+            let n: WalFileName = name.parse().unwrap();
+            assert_eq!(wal_key(&n), key);
+            assert_eq!(wal_name_from_key(key), Some(n));
+        }
+        assert_eq!(wal_name_from_key("wal/x/000000010000000A000000FF.gz"), None);
+        assert_eq!(wal_name_from_key(REPOSITORY_INFO), None);
+    }
+}

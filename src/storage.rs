@@ -1,0 +1,308 @@
+//! The object store behind a prefix. Knows nothing about PostgreSQL.
+//!
+//! Local storage is made durable here: after a put, the file and its directory are fsynced
+//! (object_store's `LocalFileSystem` renames into place but does not fsync).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig, WriteMultipart,
+};
+
+use crate::config::{RepositoryConfig, S3Credentials};
+
+/// Outcome of a create-only put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Stored,
+    AlreadyExists,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Key relative to the storage prefix.
+    pub key: String,
+    pub size: u64,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// Set for local storage: the directory the store's root maps to, for fsync.
+    local_root: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Storage({}/{})", self.store, self.prefix)
+    }
+}
+
+impl Storage {
+    /// Open the repository's store. For S3, credentials come from the environment (or the
+    /// configured 0600 file) and are never logged.
+    pub fn open(cfg: &RepositoryConfig) -> anyhow::Result<Self> {
+        let url = &cfg.url;
+        match url.scheme() {
+            "file" => {
+                let root = url
+                    .to_file_path()
+                    .map_err(|()| anyhow!("repository url {url}: not a local path"))?;
+                std::fs::create_dir_all(&root)
+                    .with_context(|| format!("create repository directory {}", root.display()))?;
+                let store = LocalFileSystem::new_with_prefix(&root)
+                    .with_context(|| format!("open repository directory {}", root.display()))?;
+                Ok(Storage { store: Arc::new(store), prefix: Path::default(), local_root: Some(root) })
+            }
+            "s3" => {
+                let bucket = url
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| anyhow!("repository url {url}: no bucket (expected s3://bucket/prefix)"))?;
+                let creds = S3Credentials::load(cfg)?;
+                let retry = RetryConfig {
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(2),
+                        base: 2.0,
+                    },
+                    max_retries: cfg.retries,
+                    retry_timeout: Duration::from_secs(cfg.timeout_seconds),
+                };
+                // with_client_options replaces allow_http, so set it inside the options.
+                let options = ClientOptions::new()
+                    .with_allow_http(cfg.allow_http)
+                    .with_timeout(Duration::from_secs(cfg.timeout_seconds))
+                    .with_connect_timeout(Duration::from_secs(5));
+                let mut builder = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(cfg.region.clone())
+                    .with_access_key_id(creds.access_key_id)
+                    .with_secret_access_key(creds.secret_access_key)
+                    .with_virtual_hosted_style_request(false)
+                    .with_client_options(options)
+                    .with_retry(retry);
+                if let Some(token) = creds.session_token {
+                    builder = builder.with_token(token);
+                }
+                if let Some(endpoint) = &cfg.endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                let store = builder.build().context("configure the S3 client")?;
+                let prefix = Path::from(url.path().trim_matches('/'));
+                Ok(Storage { store: Arc::new(store), prefix, local_root: None })
+            }
+            other => Err(crate::error::usage(format!(
+                "repository url {url}: unsupported scheme {other:?} (use file:///path or s3://bucket/prefix)"
+            ))),
+        }
+    }
+
+    /// An in-memory store, for unit tests.
+    pub fn in_memory() -> Self {
+        Storage {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: Path::default(),
+            local_root: None,
+        }
+    }
+
+    /// The same store under a sub-prefix (e.g. one cluster's repository).
+    pub fn scoped(&self, sub: &str) -> Self {
+        Storage {
+            prefix: self.path(sub),
+            ..self.clone()
+        }
+    }
+
+    fn path(&self, key: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        let full = path.as_ref();
+        let prefix = self.prefix.as_ref();
+        if prefix.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(prefix)
+                .unwrap_or(full)
+                .trim_start_matches('/')
+                .to_string()
+        }
+    }
+
+    /// Store `data` under `key` unless something is already there. Durable on return.
+    pub async fn put_if_absent(&self, key: &str, data: Bytes) -> anyhow::Result<Put> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from(data), opts)
+            .await
+        {
+            Ok(_) => {
+                self.sync_local(key).await?;
+                Ok(Put::Stored)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::AlreadyExists),
+            Err(e) => Err(e).with_context(|| format!("store {key}")),
+        }
+    }
+
+    /// Store `data` under `key`, replacing what is there. Durable on return.
+    pub async fn put(&self, key: &str, data: Bytes) -> anyhow::Result<()> {
+        self.store
+            .put(&self.path(key), PutPayload::from(data))
+            .await
+            .with_context(|| format!("store {key}"))?;
+        self.sync_local(key).await
+    }
+
+    /// A streaming multipart upload for large objects (backup parts).
+    pub async fn writer(&self, key: &str) -> anyhow::Result<ObjectWriter> {
+        let upload = self
+            .store
+            .put_multipart(&self.path(key))
+            .await
+            .with_context(|| format!("start upload of {key}"))?;
+        Ok(ObjectWriter {
+            inner: WriteMultipart::new_with_chunk_size(upload, 16 << 20),
+            key: key.to_string(),
+            storage: self.clone(),
+        })
+    }
+
+    /// The whole object, or `None` when it does not exist.
+    pub async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => Ok(Some(
+                r.bytes().await.with_context(|| format!("read {key}"))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {key}")),
+        }
+    }
+
+    /// The first `len` bytes of an object (or all of it, if shorter).
+    pub async fn get_head_bytes(&self, key: &str, len: u64) -> anyhow::Result<Option<Bytes>> {
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(0..len)),
+            ..Default::default()
+        };
+        match self.store.get_opts(&self.path(key), opts).await {
+            Ok(r) => Ok(Some(
+                r.bytes().await.with_context(|| format!("read {key}"))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {key}")),
+        }
+    }
+
+    /// Every object under `prefix`, sorted by key.
+    pub async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Entry>> {
+        let base = self.path(prefix);
+        let mut out: Vec<Entry> = self
+            .store
+            .list(Some(&base))
+            .map_ok(|m| Entry {
+                key: self.relative(&m.location),
+                size: m.size,
+                last_modified: m.last_modified,
+            })
+            .try_collect()
+            .await
+            .with_context(|| format!("list {prefix}"))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Delete an object; deleting a missing one is fine.
+    pub async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("delete {key}")),
+        }
+    }
+
+    /// Delete many objects in batches (bulk delete where the store has it).
+    pub async fn delete_many(&self, keys: Vec<String>) -> anyhow::Result<()> {
+        let paths: Vec<_> = keys.iter().map(|k| Ok(self.path(k))).collect();
+        let paths = futures::stream::iter(paths).boxed();
+        let results: Vec<_> = self.store.delete_stream(paths).collect().await;
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).context("delete objects"),
+            }
+        }
+        Ok(())
+    }
+
+    /// fsync a local object and its directory so a put survives a crash.
+    async fn sync_local(&self, key: &str) -> anyhow::Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(self.path(key).as_ref());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("fsync task does not panic")
+        .with_context(|| format!("fsync {key}"))
+    }
+}
+
+/// A streaming upload. Nothing is visible under the key until `finish` returns.
+pub struct ObjectWriter {
+    inner: WriteMultipart,
+    key: String,
+    storage: Storage,
+}
+
+impl ObjectWriter {
+    /// Queue bytes, waiting while too many parts are in flight (bounds memory).
+    pub async fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        self.inner
+            .wait_for_capacity(2)
+            .await
+            .with_context(|| format!("upload {}", self.key))?;
+        self.inner.write(data);
+        Ok(())
+    }
+
+    pub async fn finish(self) -> anyhow::Result<()> {
+        self.inner
+            .finish()
+            .await
+            .with_context(|| format!("complete upload of {}", self.key))?;
+        self.storage.sync_local(&self.key).await
+    }
+
+    pub async fn abort(self) {
+        let _ = self.inner.abort().await;
+    }
+}
