@@ -11,7 +11,8 @@
 #
 # Writes OUT_PREFIX.calls (one line per segment: name elapsed_us attempts maxrss_kb fastpath,
 # where fastpath=1 means pg_wal/synapse_spool/pushed/<name> existed before the call),
-# OUT_PREFIX.wall_us (wall time of the whole loop) and OUT_PREFIX.stderr (the tool's stderr).
+# OUT_PREFIX.wall_us (wall time of the whole loop), OUT_PREFIX.harness_us (median cost of one
+# call of an empty command through the same harness) and OUT_PREFIX.stderr (the tool's stderr).
 set -euo pipefail
 export LC_ALL=C
 
@@ -33,6 +34,14 @@ if [ "${#names[@]}" -eq 0 ]; then
     echo "archiver_sim: no .ready files in $datadir/$status" >&2
     exit 1
 fi
+
+# The harness's own cost per call (GNU time + sh -c + an empty command), median of 21.
+for i in $(seq 1 21); do
+    t0=${EPOCHREALTIME/./}
+    /usr/bin/time -f %M -o "$rss_file" sh -c true
+    t1=${EPOCHREALTIME/./}
+    echo $((t1 - t0))
+done | sort -n | sed -n 11p >"$out.harness_us"
 
 loop_start=${EPOCHREALTIME/./}
 for name in "${names[@]}"; do

@@ -123,7 +123,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p "$SOCK" "$HOLD" "$WORK/bin" "$WORK/results"
+mkdir -p "$SOCK" "$HOLD" "$WORK/bin" "$WORK/results" "$WORK/pgbr-log" "$WORK/pgbr-lock" "$WORK/pgbr-spool"
 # A private copy of the binary: a rebuild during the run must not change what is measured.
 cp "$SYNAPSE_BIN" "$WORK/bin/synapse-backup"
 BIN=$WORK/bin/synapse-backup
@@ -239,12 +239,6 @@ sed -i "s#^pg1-path=.*#pg1-path=$WORK/fake-pgbackrest#" "$PGBR_CONF"
 CP_DEST=$WORK/cp-dest
 mkdir -p "$CP_DEST"
 chown_pg "$WORK"
-
-# The harness's own cost per call (GNU time + sh -c + an empty command), for reading the
-# fast-path latency.
-harness_us=$(for i in $(seq 1 21); do
-    t0=${EPOCHREALTIME/./}; /usr/bin/time -f %M -o /dev/null sh -c true; t1=${EPOCHREALTIME/./}; echo $((t1 - t0))
-done | sort -n | sed -n 11p)
 
 # ---------------------------------------------------------------- 3. the runs
 run_tool() { # key, archive_command
@@ -363,7 +357,7 @@ echo
 echo "ratio synapse/pgbackrest: $ratio (target >= 2.0)"
 echo "objects stored: synapse ${STORED[synapse]}, pgbackrest ${STORED[pgbackrest]}${STORED[cp]:+, cp ${STORED[cp]}} (expected $SEGMENTS each)"
 echo "peak_rss_mb: max over calls of GNU time %M (pgbackrest: foreground process only); other_median_ms: calls that did the work"
-echo "harness cost per call (GNU time + sh -c, empty command): $(awk -v u="$harness_us" 'BEGIN { printf "%.2f", u / 1000 }') ms, included in every call"
+echo "harness cost per call (GNU time + sh -c of an empty command, median), included in every call:$(for k in "${keys[@]}"; do awk -v k="$k" '{ printf " %s %.2f ms", k, $1 / 1000 }' "$WORK/results/$k.harness_us"; done)"
 echo "synapse: look-ahead markers left over: $leftover_markers; stderr lines with warn/error: $synapse_warnings"
 
 missed=0

@@ -202,6 +202,25 @@ impl Storage {
         }
     }
 
+    /// An object as a stream of chunks (for large parts), or `None` when it does not exist.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> anyhow::Result<Option<futures::stream::BoxStream<'static, anyhow::Result<Bytes>>>> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => {
+                let key = key.to_string();
+                Ok(Some(
+                    r.into_stream()
+                        .map(move |c| c.with_context(|| format!("read {key}")))
+                        .boxed(),
+                ))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {key}")),
+        }
+    }
+
     /// The first `len` bytes of an object (or all of it, if shorter).
     pub async fn get_head_bytes(&self, key: &str, len: u64) -> anyhow::Result<Option<Bytes>> {
         let opts = GetOptions {

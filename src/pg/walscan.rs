@@ -35,11 +35,18 @@ pub struct SegmentSummary {
 /// Long page header of a segment's first page (`XLogLongPageHeaderData`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LongPageHeader {
+    /// `xlp_magic`: the WAL format version, one per major release (see [`Self::pg_major`]).
     pub magic: u16,
+    /// `xlp_tli`: timeline of the first record on the page. After a promotion the new
+    /// timeline's first segment starts as a copy of the old one, so this can be the old TLI.
     pub timeline: u32,
+    /// `xlp_pageaddr`: LSN of the segment's first byte.
     pub page_addr: u64,
+    /// `xlp_sysid`: the cluster's system identifier, as in `pg_control`.
     pub system_id: u64,
+    /// `xlp_seg_size`: WAL segment size in bytes.
     pub seg_size: u32,
+    /// `xlp_xlog_blcksz`: WAL page size, always 8192 here.
     pub xlog_blcksz: u32,
 }
 
@@ -1244,36 +1251,4 @@ mod tests {
         assert_eq!((first, last), (Some(0x0901_1A70), 0x091B_B810));
         assert_eq!(xact_ends, 14);
     }
-
-    // TEMP-DEV-BEGIN
-    #[test]
-    fn tmp_dev_scan_dir() {
-        let Ok(dir) = std::env::var("WALSCAN_DIR") else {
-            return;
-        };
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .collect();
-        names.sort();
-        for p in names {
-            let seg = std::fs::read(&p).unwrap();
-            match scan_segment(&seg) {
-                Ok(s) => {
-                    let h = LongPageHeader::parse(&seg).unwrap();
-                    let mut w = Walker::new(&seg, &h);
-                    let mut bad = 0;
-                    while let Some(r) = w.next_record() {
-                        if main_data(r.bytes, h.magic).is_none() {
-                            bad += 1;
-                        }
-                    }
-                    println!("SCAN {} addr={} records={} first={:?} last={:?} trunc={} stop={:?} baddecode={}", p.file_name().unwrap().to_string_lossy(), Lsn(h.page_addr), s.records, s.first_commit.map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()), s.last_commit.map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()), s.truncated_tail, w.stop, bad)
-                }
-                Err(e) => println!("SCAN {} error: {e}", p.display()),
-            }
-        }
-    }
-    // TEMP-DEV-END
 }

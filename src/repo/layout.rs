@@ -68,3 +68,44 @@ mod tests {
         assert_eq!(wal_name_from_key(REPOSITORY_INFO), None);
     }
 }
+
+use super::manifest::BackupId;
+
+pub fn backup_dir(id: &BackupId) -> String {
+    format!("{BACKUPS_DIR}/{id}")
+}
+
+pub fn manifest_key(id: &BackupId) -> String {
+    format!("{BACKUPS_DIR}/{id}/manifest.json")
+}
+
+/// A part of a backup, `key` as recorded in the manifest.
+pub fn part_key(id: &BackupId, key: &str) -> String {
+    format!("{BACKUPS_DIR}/{id}/{key}")
+}
+
+pub fn data_part_name(index: usize) -> String {
+    format!("data-{index:02}.tar.gz")
+}
+
+/// The last part: backup_label, tablespace_map and global/pg_control, written after the stop call.
+pub const CONTROL_PART: &str = "control.tar.gz";
+
+pub fn verify_report_key(id: &BackupId, time: &str) -> String {
+    format!("{BACKUPS_DIR}/{id}/verify/{time}.json")
+}
+
+pub const LOCK_KEY: &str = "lock.json";
+
+#[cfg(test)]
+mod backup_layout_tests {
+    use super::*;
+
+    #[test]
+    fn backup_layout_is_stable() {
+        let id: BackupId = "20240101T020000Z".parse().unwrap();
+        assert_eq!(manifest_key(&id), "backups/20240101T020000Z/manifest.json");
+        assert_eq!(part_key(&id, &data_part_name(3)), "backups/20240101T020000Z/data-03.tar.gz");
+        assert_eq!(verify_report_key(&id, "20240101T030000Z"), "backups/20240101T020000Z/verify/20240101T030000Z.json");
+    }
+}

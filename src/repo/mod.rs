@@ -1,6 +1,7 @@
 //! The repository: one cluster's WAL archive and backups in the store, and its identity.
 
 pub mod layout;
+pub mod manifest;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, ObjectHeader};
 use crate::error::Failure;
 use crate::pg::{SystemId, WalFileName, WalSegmentSize};
+use manifest::{BackupId, BackupManifest};
 use crate::storage::{Put, Storage};
 
 /// `repository.json`: which cluster this repository belongs to.
@@ -166,6 +168,47 @@ impl Repository {
             .into_iter()
             .filter_map(|e| layout::wal_name_from_key(&e.key).map(|n| (n, e)))
             .collect())
+    }
+
+    /// Store a backup's manifest: the moment the backup starts to exist.
+    pub async fn put_manifest(&self, m: &BackupManifest) -> anyhow::Result<()> {
+        let key = layout::manifest_key(&m.id);
+        match self.storage.put_if_absent(&key, Bytes::from(manifest::to_checked_json(m))).await? {
+            Put::Stored => Ok(()),
+            Put::AlreadyExists => anyhow::bail!("{key} already exists; refusing to replace a backup's manifest"),
+        }
+    }
+
+    /// A backup's manifest, verified; `None` when the backup does not exist.
+    pub async fn get_manifest(&self, id: &BackupId) -> anyhow::Result<Option<BackupManifest>> {
+        let key = layout::manifest_key(id);
+        let Some(bytes) = self.storage.get(&key).await? else {
+            return Ok(None);
+        };
+        manifest::from_checked_json(&bytes, &format!("{}/{key}", self.cluster)).map(Some)
+    }
+
+    /// Every complete backup (one with a manifest), oldest first.
+    pub async fn list_backups(&self) -> anyhow::Result<Vec<BackupManifest>> {
+        let mut ids: Vec<BackupId> = self
+            .storage
+            .list(layout::BACKUPS_DIR)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let rest = e.key.strip_prefix(layout::BACKUPS_DIR)?.strip_prefix('/')?;
+                let (id, file) = rest.split_once('/')?;
+                (file == "manifest.json").then(|| id.parse().ok()).flatten()
+            })
+            .collect();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(m) = self.get_manifest(&id).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     /// The checksum header of an archived WAL file, read from its first bytes only.

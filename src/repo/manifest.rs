@@ -1,0 +1,252 @@
+//! `backups/<id>/manifest.json`: everything about one base backup. Written last: a backup
+//! without a manifest does not exist.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Sha256;
+use crate::pg::{Lsn, SystemId, TimelineId};
+
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// `YYYYMMDDTHHMMSSZ`, the UTC start time: sort order is time order.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackupId(String);
+
+impl BackupId {
+    pub fn from_time(t: DateTime<Utc>) -> Self {
+        BackupId(t.format("%Y%m%dT%H%M%SZ").to_string())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ")
+            .map_err(|_| anyhow::anyhow!("not a backup id: {s:?} (expected the form 20240101T020000Z)"))?;
+        Ok(BackupId(s.to_string()))
+    }
+}
+
+impl Serialize for BackupId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One file of the data directory, as stored in a part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative to the data directory, `/`-separated; tablespace files are under `pg_tblspc/<oid>/`.
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    pub sha256: Sha256,
+    /// Index into `parts`.
+    pub part: usize,
+}
+
+/// A directory or symlink that must exist in the restored data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub path: String,
+    pub mode: u32,
+}
+
+/// One stored gzip'd tar object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartEntry {
+    /// Key relative to the backup's directory, e.g. `data-00.tar.gz`.
+    pub key: String,
+    /// Stored (compressed) size and the SHA-256 of the stored bytes.
+    pub size: u64,
+    pub sha256: Sha256,
+    /// Uncompressed bytes of file content in this part.
+    pub original_size: u64,
+}
+
+/// A data page whose checksum did not match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageProblem {
+    pub path: String,
+    pub block: u32,
+    pub expected: u16,
+    pub found: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub location: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    pub format_version: u32,
+    pub id: BackupId,
+    pub cluster: String,
+    pub system_identifier: SystemId,
+    pub pg_version: u32,
+    pub pg_version_num: u32,
+    pub wal_segment_size: u32,
+    pub timeline: TimelineId,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    /// Where the backup was taken: "primary" or "standby".
+    pub backup_from: String,
+    pub data_checksums: bool,
+    pub backup_label: String,
+    pub tablespace_map: Option<String>,
+    pub tablespaces: Vec<Tablespace>,
+    pub parts: Vec<PartEntry>,
+    pub files: Vec<FileEntry>,
+    pub directories: Vec<DirEntry>,
+    pub page_problems: Vec<PageProblem>,
+}
+
+impl BackupManifest {
+    /// Total bytes of file content (the "original size").
+    pub fn original_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+    /// Total stored bytes.
+    pub fn stored_size(&self) -> u64 {
+        self.parts.iter().map(|p| p.size).sum()
+    }
+    pub fn duration_seconds(&self) -> f64 {
+        (self.stop_time - self.start_time).num_milliseconds() as f64 / 1000.0
+    }
+}
+
+const CHECKSUM_FIELD: &str = ",\n  \"manifest_checksum\": \"";
+
+/// Pretty JSON whose last field is the SHA-256 of everything before it (like PostgreSQL's
+/// `backup_manifest`), so the manifest verifies itself.
+pub fn to_checked_json(m: &BackupManifest) -> Vec<u8> {
+    let body = serde_json::to_string_pretty(m).expect("manifest serializes");
+    let body = body.trim_end().strip_suffix('}').expect("a JSON object").trim_end();
+    let sum = Sha256::of(body.as_bytes());
+    format!("{body}{CHECKSUM_FIELD}{sum}\"\n}}\n").into_bytes()
+}
+
+/// Parse a manifest and check its own checksum; errors name the object.
+pub fn from_checked_json(bytes: &[u8], name: &str) -> anyhow::Result<BackupManifest> {
+    use anyhow::Context;
+    let text = std::str::from_utf8(bytes).with_context(|| format!("{name}: corrupt manifest (not UTF-8)"))?;
+    let at = text.rfind(CHECKSUM_FIELD).with_context(|| format!("{name}: corrupt manifest (no manifest_checksum)"))?;
+    let want: Sha256 = text[at + CHECKSUM_FIELD.len()..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("{name}: corrupt manifest checksum"))?;
+    let got = Sha256::of(&bytes[..at]);
+    if got != want {
+        anyhow::bail!("{name}: corrupt manifest: SHA-256 {got} does not match its recorded {want}");
+    }
+    serde_json::from_str(text).with_context(|| format!("{name}: unreadable manifest"))
+}
+
+/// Reject manifest paths that could escape the data directory.
+pub fn check_relative_path(path: &str) -> anyhow::Result<()> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        || path.contains('\0');
+    if bad {
+        anyhow::bail!("unsafe path in backup manifest: {path:?} (absolute, empty or containing '..'); refusing to restore it");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_id_sorts_by_time_and_validates() {
+        let a = BackupId::from_time("2024-01-01T02:00:00Z".parse().unwrap());
+        let b = BackupId::from_time("2024-01-02T01:00:00Z".parse().unwrap());
+        assert_eq!(a.as_str(), "20240101T020000Z");
+        assert!(a < b);
+        assert!("20240101T020000Z".parse::<BackupId>().is_ok());
+        for bad in ["", "x", "2024-01-01", "../20240101T020000Z"] {
+            assert!(bad.parse::<BackupId>().is_err(), "{bad}");
+        }
+    }
+
+    pub fn sample() -> BackupManifest {
+        BackupManifest {
+            format_version: MANIFEST_FORMAT,
+            id: "20240101T020000Z".parse().unwrap(),
+            cluster: "core".into(),
+            system_identifier: SystemId(7),
+            pg_version: 15,
+            pg_version_num: 150018,
+            wal_segment_size: 16 << 20,
+            timeline: TimelineId(1),
+            start_lsn: Lsn(0x2000028),
+            stop_lsn: Lsn(0x2000100),
+            start_time: "2024-01-01T02:00:00Z".parse().unwrap(),
+            stop_time: "2024-01-01T02:01:00Z".parse().unwrap(),
+            backup_from: "primary".into(),
+            data_checksums: true,
+            backup_label: "START WAL LOCATION: 0/2000028\n".into(),
+            tablespace_map: None,
+            tablespaces: vec![],
+            parts: vec![PartEntry { key: "data-00.tar.gz".into(), size: 10, sha256: Sha256::of(b"x"), original_size: 3 }],
+            files: vec![FileEntry { path: "PG_VERSION".into(), size: 3, mode: 0o600, mtime: 0, sha256: Sha256::of(b"15\n"), part: 0 }],
+            directories: vec![DirEntry { path: "base".into(), mode: 0o700 }],
+            page_problems: vec![],
+        }
+    }
+
+    #[test]
+    fn manifest_checks_itself() {
+        let m = sample();
+        let json = to_checked_json(&m);
+        assert_eq!(from_checked_json(&json, "m").unwrap(), m);
+        let mut bad = json.clone();
+        let i = String::from_utf8_lossy(&bad).find("primary").unwrap();
+        bad[i] = b'P';
+        let err = from_checked_json(&bad, "backups/x/manifest.json").unwrap_err().to_string();
+        assert!(err.contains("backups/x/manifest.json") && err.contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn unsafe_paths_are_rejected() {
+        for ok in ["base/1/1259", "global/pg_control", "pg_tblspc/16384/PG_15_x/5/1"] {
+            check_relative_path(ok).unwrap();
+        }
+        for bad in ["/etc/passwd", "../x", "base/../../x", "", "./x", "a/./b"] {
+            assert!(check_relative_path(bad).is_err(), "{bad}");
+        }
+    }
+}
