@@ -30,6 +30,50 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+/// `restore` arguments.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "lsn", "latest"])))]
+pub struct RestoreArgs {
+    /// Recover to this time: '2024-01-01 12:00', '2024-01-01 12:00:00', or RFC 3339 with an
+    /// offset. Without an offset it is read in the configured timezone.
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Recover to this WAL position (e.g. 0/3000060).
+    #[arg(long, value_name = "LSN")]
+    pub lsn: Option<String>,
+    /// Recover to the end of the archived WAL.
+    #[arg(long)]
+    pub latest: bool,
+    /// Restore this backup instead of the one chosen for the target.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Data directory to restore into [default: the cluster's pgdata].
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+    /// Restore into a non-empty directory (its contents are removed first).
+    #[arg(long)]
+    pub force: bool,
+    /// What the server does when it reaches the target.
+    #[arg(long, value_enum, default_value_t = TargetAction::Promote)]
+    pub target_action: TargetAction,
+    /// Start the server and wait until recovery reaches the target.
+    #[arg(long)]
+    pub start: bool,
+    /// Relocate a tablespace: OID=DIR (repeatable).
+    #[arg(long, value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Follow this timeline instead of the latest.
+    #[arg(long, value_name = "N")]
+    pub timeline: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
@@ -51,4 +95,15 @@ pub enum Command {
         /// Where to write it (%p).
         dest: PathBuf,
     },
+    /// Take an online base backup of the cluster now.
+    Backup,
+    /// List backups and the recoverable window.
+    #[command(alias = "info")]
+    List {
+        /// Machine-readable output (stable; documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point-in-time restore into a data directory.
+    Restore(RestoreArgs),
 }

@@ -84,6 +84,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })?;
             commands::wal_fetch::run(&repo, config.archive.prefetch, &name, &dest).await
         }
+        Command::Backup => commands::backup::run(&config, cluster, &repo).await,
+        Command::List { json } => commands::list::run(&config, &repo, json).await,
+        Command::Restore(args) => commands::restore::run(&config, cluster, &repo, &args, cli.config.as_deref()).await,
     }
 }
 

@@ -1,4 +1,7 @@
 //! One module per command.
 
+pub mod backup;
+pub mod list;
+pub mod restore;
 pub mod wal_fetch;
 pub mod wal_push;
