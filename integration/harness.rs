@@ -502,3 +502,45 @@ impl Drop for PrivateS3 {
         self.stop();
     }
 }
+
+/// A running cluster whose archive_command is our `wal-push`.
+pub fn archiving_cluster(
+    scratch: &Scratch,
+    target: &RepoTarget,
+    extra_conf: &str,
+) -> (PgCluster, TestConfig) {
+    let dir = scratch.path();
+    // The config must exist before the cluster starts archiving; the connection needs the port,
+    // which `init` picks, so write the config after init and before start.
+    let mut pg = PgCluster::init(dir, "");
+    let cfg = TestConfig::write(
+        dir,
+        target,
+        "core",
+        &pg.pgdata,
+        &pg.connection(),
+        "[archive]\npush_parallelism = 4\n",
+    );
+    let conf = format!(
+        "archive_mode = on\narchive_command = '{BIN} --config {} wal-push %p'\narchive_timeout = 0\nwal_keep_size = '2GB'\n{extra_conf}\n",
+        cfg.path.display()
+    );
+    append_conf(&pg.pgdata, &conf);
+    pg.start();
+    (pg, cfg)
+}
+
+pub fn append_conf(pgdata: &Path, conf: &str) {
+    let path = pgdata.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&path).expect("read conf");
+    text.push_str(conf);
+    std::fs::write(&path, text).expect("write conf");
+}
+
+pub fn repository(cfg: &TestConfig) -> synapse_backup::repo::Repository {
+    let config = synapse_backup::config::Config::load(Some(&cfg.path)).expect("config");
+    synapse_backup::repo::Repository::new(
+        &synapse_backup::storage::Storage::open(&config.repository).expect("storage"),
+        "core",
+    )
+}

@@ -3,53 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use synapse_backup::config::Config;
 use synapse_backup::pg::{WalFileName, WalSegmentName};
 use synapse_backup::repo::Repository;
-use synapse_backup::storage::Storage;
 
 use crate::harness::{
-    self, code, stderr, PgCluster, PrivateS3, RepoTarget, Scratch, TestConfig, BIN, PG_BIN,
+    self, archiving_cluster, code, repository, stderr, PgCluster, PrivateS3, RepoTarget, Scratch,
+    TestConfig, BIN, PG_BIN,
 };
-
-/// A running cluster whose archive_command is our `wal-push`.
-fn archiving_cluster(
-    scratch: &Scratch,
-    target: &RepoTarget,
-    extra_conf: &str,
-) -> (PgCluster, TestConfig) {
-    let dir = scratch.path();
-    // The config must exist before the cluster starts archiving; the connection needs the port,
-    // which `init` picks, so write the config after init and before start.
-    let mut pg = PgCluster::init(dir, "");
-    let cfg = TestConfig::write(
-        dir,
-        target,
-        "core",
-        &pg.pgdata,
-        &pg.connection(),
-        "[archive]\npush_parallelism = 4\n",
-    );
-    let conf = format!(
-        "archive_mode = on\narchive_command = '{BIN} --config {} wal-push %p'\narchive_timeout = 0\nwal_keep_size = '2GB'\n{extra_conf}\n",
-        cfg.path.display()
-    );
-    append_conf(&pg.pgdata, &conf);
-    pg.start();
-    (pg, cfg)
-}
-
-pub fn append_conf(pgdata: &Path, conf: &str) {
-    let path = pgdata.join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&path).expect("read conf");
-    text.push_str(conf);
-    std::fs::write(&path, text).expect("write conf");
-}
-
-fn repository(cfg: &TestConfig) -> Repository {
-    let config = Config::load(Some(&cfg.path)).expect("config");
-    Repository::new(&Storage::open(&config.repository).expect("storage"), "core")
-}
 
 /// Archived segment names on timeline 1, sorted.
 async fn archived_segments(repo: &Repository) -> Vec<String> {

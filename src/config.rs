@@ -24,8 +24,42 @@ pub struct Config {
     pub repository: RepositoryConfig,
     #[serde(default)]
     pub archive: ArchiveConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
     #[serde(rename = "cluster", default)]
     pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Parts compressed and uploaded at once [default: the number of cores].
+    #[serde(default = "default_backup_parallelism")]
+    pub parallelism: usize,
+    /// gzip level for base backups (1–9).
+    #[serde(default = "default_level")]
+    pub compress_level: u32,
+    /// Ask PostgreSQL for an immediate checkpoint at backup start instead of a spread one.
+    #[serde(default = "default_true")]
+    pub fast_checkpoint: bool,
+    /// How long to wait, after the stop call, for the backup's last WAL segment to reach the archive.
+    #[serde(default = "default_archive_wait")]
+    pub archive_wait_seconds: u64,
+    /// A lock not refreshed for this long is taken to belong to a dead process.
+    #[serde(default = "default_lock_ttl")]
+    pub lock_ttl_seconds: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            parallelism: default_backup_parallelism(),
+            compress_level: default_level(),
+            fast_checkpoint: true,
+            archive_wait_seconds: default_archive_wait(),
+            lock_ttl_seconds: default_lock_ttl(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +141,20 @@ fn default_push_parallelism() -> usize {
     std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 8)
+}
+fn default_backup_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 16)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_archive_wait() -> u64 {
+    300
+}
+fn default_lock_ttl() -> u64 {
+    600
 }
 fn default_prefetch() -> usize {
     8
@@ -199,6 +247,12 @@ impl Config {
         }
         if !(1..=9).contains(&self.archive.compress_level) {
             bail!("archive.compress_level must be 1..9");
+        }
+        if !(1..=9).contains(&self.backup.compress_level) {
+            bail!("backup.compress_level must be 1..9");
+        }
+        if self.backup.parallelism == 0 {
+            bail!("backup.parallelism must be at least 1");
         }
         if self.archive.push_parallelism == 0 {
             bail!("archive.push_parallelism must be at least 1");

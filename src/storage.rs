@@ -15,7 +15,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
-    PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    PutOptions, PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
 };
 
 use crate::config::{RepositoryConfig, S3Credentials};
@@ -175,6 +175,52 @@ impl Storage {
             .await
             .with_context(|| format!("store {key}"))?;
         self.sync_local(key).await
+    }
+
+    /// The object and its version (ETag), for a later `replace_if_unchanged`.
+    pub async fn get_versioned(&self, key: &str) -> anyhow::Result<Option<(Bytes, UpdateVersion)>> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => {
+                let version = UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                Ok(Some((
+                    r.bytes().await.with_context(|| format!("read {key}"))?,
+                    version,
+                )))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {key}")),
+        }
+    }
+
+    /// Replace an object only if it is still the version we read (compare-and-swap).
+    /// `Ok(None)` when the store cannot do conditional updates (local files).
+    pub async fn replace_if_unchanged(
+        &self,
+        key: &str,
+        data: Bytes,
+        version: UpdateVersion,
+    ) -> anyhow::Result<Option<bool>> {
+        let opts = PutOptions {
+            mode: PutMode::Update(version),
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from(data), opts)
+            .await
+        {
+            Ok(_) => {
+                self.sync_local(key).await?;
+                Ok(Some(true))
+            }
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. }) => Ok(Some(false)),
+            Err(object_store::Error::NotImplemented { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("replace {key}")),
+        }
     }
 
     /// A streaming multipart upload for large objects (backup parts).

@@ -1,8 +1,116 @@
-//! `list`: backups and the recoverable window (work in progress).
+//! `list` (alias `info`): backups and the recoverable window. `--json` is stable (README).
+
+use serde::Serialize;
 
 use crate::config::Config;
+use crate::repo::manifest::BackupManifest;
 use crate::repo::Repository;
 
-pub async fn run(_config: &Config, _repo: &Repository, _json: bool) -> anyhow::Result<()> {
-    anyhow::bail!("list is not implemented yet")
+/// One backup in `list --json` (format documented in the README).
+#[derive(Debug, Serialize)]
+pub struct BackupSummary {
+    pub id: String,
+    pub start_time: String,
+    pub stop_time: String,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub original_bytes: u64,
+    pub stored_bytes: u64,
+    pub duration_seconds: f64,
+    pub page_problems: usize,
+    pub pg_version: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub cluster: String,
+    pub backups: Vec<BackupSummary>,
+}
+
+pub fn summarize(m: &BackupManifest) -> BackupSummary {
+    BackupSummary {
+        id: m.id.to_string(),
+        start_time: m
+            .start_time
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        stop_time: m
+            .stop_time
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        start_lsn: m.start_lsn.to_string(),
+        stop_lsn: m.stop_lsn.to_string(),
+        timeline: m.timeline.0,
+        original_bytes: m.original_size(),
+        stored_bytes: m.stored_size(),
+        duration_seconds: m.duration_seconds(),
+        page_problems: m.page_problems.len(),
+        pg_version: m.pg_version,
+    }
+}
+
+pub async fn run(_config: &Config, repo: &Repository, json: bool) -> anyhow::Result<()> {
+    let backups = repo.list_backups().await?;
+    let listing = Listing {
+        cluster: repo.cluster().to_string(),
+        backups: backups.iter().map(summarize).collect(),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&listing).expect("listing serializes")
+        );
+        return Ok(());
+    }
+    println!(
+        "cluster {}: {} backup(s)",
+        listing.cluster,
+        listing.backups.len()
+    );
+    if listing.backups.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}",
+        "ID",
+        "START (UTC)",
+        "STOP (UTC)",
+        "START LSN",
+        "STOP LSN",
+        "TL",
+        "SIZE",
+        "STORED",
+        "SECS",
+        "BADPG"
+    );
+    for b in &backups {
+        println!(
+            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7.1} {:>6}",
+            b.id.as_str(),
+            b.start_time.format("%Y-%m-%d %H:%M:%S"),
+            b.stop_time.format("%Y-%m-%d %H:%M:%S"),
+            b.start_lsn.to_string(),
+            b.stop_lsn.to_string(),
+            b.timeline.0,
+            human_bytes(b.original_size()),
+            human_bytes(b.stored_size()),
+            b.duration_seconds(),
+            b.page_problems.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

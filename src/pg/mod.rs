@@ -1,5 +1,8 @@
 //! PostgreSQL knowledge: positions, timelines, WAL file names and formats, client queries.
 
+pub mod client;
+pub mod control;
+pub mod exclude;
 pub mod lsn;
 pub mod page;
 pub mod walname;

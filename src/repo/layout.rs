@@ -105,7 +105,13 @@ mod backup_layout_tests {
     fn backup_layout_is_stable() {
         let id: BackupId = "20240101T020000Z".parse().unwrap();
         assert_eq!(manifest_key(&id), "backups/20240101T020000Z/manifest.json");
-        assert_eq!(part_key(&id, &data_part_name(3)), "backups/20240101T020000Z/data-03.tar.gz");
-        assert_eq!(verify_report_key(&id, "20240101T030000Z"), "backups/20240101T020000Z/verify/20240101T030000Z.json");
+        assert_eq!(
+            part_key(&id, &data_part_name(3)),
+            "backups/20240101T020000Z/data-03.tar.gz"
+        );
+        assert_eq!(
+            verify_report_key(&id, "20240101T030000Z"),
+            "backups/20240101T020000Z/verify/20240101T030000Z.json"
+        );
     }
 }

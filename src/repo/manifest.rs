@@ -40,8 +40,9 @@ impl fmt::Debug for BackupId {
 impl FromStr for BackupId {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ")
-            .map_err(|_| anyhow::anyhow!("not a backup id: {s:?} (expected the form 20240101T020000Z)"))?;
+        chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ").map_err(|_| {
+            anyhow::anyhow!("not a backup id: {s:?} (expected the form 20240101T020000Z)")
+        })?;
         Ok(BackupId(s.to_string()))
     }
 }
@@ -54,7 +55,9 @@ impl Serialize for BackupId {
 
 impl<'de> Deserialize<'de> for BackupId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -151,7 +154,11 @@ const CHECKSUM_FIELD: &str = ",\n  \"manifest_checksum\": \"";
 /// `backup_manifest`), so the manifest verifies itself.
 pub fn to_checked_json(m: &BackupManifest) -> Vec<u8> {
     let body = serde_json::to_string_pretty(m).expect("manifest serializes");
-    let body = body.trim_end().strip_suffix('}').expect("a JSON object").trim_end();
+    let body = body
+        .trim_end()
+        .strip_suffix('}')
+        .expect("a JSON object")
+        .trim_end();
     let sum = Sha256::of(body.as_bytes());
     format!("{body}{CHECKSUM_FIELD}{sum}\"\n}}\n").into_bytes()
 }
@@ -159,8 +166,11 @@ pub fn to_checked_json(m: &BackupManifest) -> Vec<u8> {
 /// Parse a manifest and check its own checksum; errors name the object.
 pub fn from_checked_json(bytes: &[u8], name: &str) -> anyhow::Result<BackupManifest> {
     use anyhow::Context;
-    let text = std::str::from_utf8(bytes).with_context(|| format!("{name}: corrupt manifest (not UTF-8)"))?;
-    let at = text.rfind(CHECKSUM_FIELD).with_context(|| format!("{name}: corrupt manifest (no manifest_checksum)"))?;
+    let text = std::str::from_utf8(bytes)
+        .with_context(|| format!("{name}: corrupt manifest (not UTF-8)"))?;
+    let at = text
+        .rfind(CHECKSUM_FIELD)
+        .with_context(|| format!("{name}: corrupt manifest (no manifest_checksum)"))?;
     let want: Sha256 = text[at + CHECKSUM_FIELD.len()..]
         .split('"')
         .next()
@@ -178,7 +188,9 @@ pub fn from_checked_json(bytes: &[u8], name: &str) -> anyhow::Result<BackupManif
 pub fn check_relative_path(path: &str) -> anyhow::Result<()> {
     let bad = path.is_empty()
         || path.starts_with('/')
-        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
         || path.contains('\0');
     if bad {
         anyhow::bail!("unsafe path in backup manifest: {path:?} (absolute, empty or containing '..'); refusing to restore it");
@@ -221,9 +233,24 @@ mod tests {
             backup_label: "START WAL LOCATION: 0/2000028\n".into(),
             tablespace_map: None,
             tablespaces: vec![],
-            parts: vec![PartEntry { key: "data-00.tar.gz".into(), size: 10, sha256: Sha256::of(b"x"), original_size: 3 }],
-            files: vec![FileEntry { path: "PG_VERSION".into(), size: 3, mode: 0o600, mtime: 0, sha256: Sha256::of(b"15\n"), part: 0 }],
-            directories: vec![DirEntry { path: "base".into(), mode: 0o700 }],
+            parts: vec![PartEntry {
+                key: "data-00.tar.gz".into(),
+                size: 10,
+                sha256: Sha256::of(b"x"),
+                original_size: 3,
+            }],
+            files: vec![FileEntry {
+                path: "PG_VERSION".into(),
+                size: 3,
+                mode: 0o600,
+                mtime: 0,
+                sha256: Sha256::of(b"15\n"),
+                part: 0,
+            }],
+            directories: vec![DirEntry {
+                path: "base".into(),
+                mode: 0o700,
+            }],
             page_problems: vec![],
         }
     }
@@ -236,13 +263,22 @@ mod tests {
         let mut bad = json.clone();
         let i = String::from_utf8_lossy(&bad).find("primary").unwrap();
         bad[i] = b'P';
-        let err = from_checked_json(&bad, "backups/x/manifest.json").unwrap_err().to_string();
-        assert!(err.contains("backups/x/manifest.json") && err.contains("corrupt"), "{err}");
+        let err = from_checked_json(&bad, "backups/x/manifest.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("backups/x/manifest.json") && err.contains("corrupt"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unsafe_paths_are_rejected() {
-        for ok in ["base/1/1259", "global/pg_control", "pg_tblspc/16384/PG_15_x/5/1"] {
+        for ok in [
+            "base/1/1259",
+            "global/pg_control",
+            "pg_tblspc/16384/PG_15_x/5/1",
+        ] {
             check_relative_path(ok).unwrap();
         }
         for bad in ["/etc/passwd", "../x", "base/../../x", "", "./x", "a/./b"] {

@@ -1,6 +1,7 @@
 //! The repository: one cluster's WAL archive and backups in the store, and its identity.
 
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 
 use anyhow::Context;
@@ -10,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, ObjectHeader};
 use crate::error::Failure;
 use crate::pg::{SystemId, WalFileName, WalSegmentSize};
-use manifest::{BackupId, BackupManifest};
 use crate::storage::{Put, Storage};
+use manifest::{BackupId, BackupManifest};
 
 /// `repository.json`: which cluster this repository belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,9 +174,15 @@ impl Repository {
     /// Store a backup's manifest: the moment the backup starts to exist.
     pub async fn put_manifest(&self, m: &BackupManifest) -> anyhow::Result<()> {
         let key = layout::manifest_key(&m.id);
-        match self.storage.put_if_absent(&key, Bytes::from(manifest::to_checked_json(m))).await? {
+        match self
+            .storage
+            .put_if_absent(&key, Bytes::from(manifest::to_checked_json(m)))
+            .await?
+        {
             Put::Stored => Ok(()),
-            Put::AlreadyExists => anyhow::bail!("{key} already exists; refusing to replace a backup's manifest"),
+            Put::AlreadyExists => {
+                anyhow::bail!("{key} already exists; refusing to replace a backup's manifest")
+            }
         }
     }
 

@@ -1,0 +1,417 @@
+//! `backup`: an online base backup over the non-exclusive low-level API, on one session held
+//! open for the whole copy. The backup exists only once its manifest is stored, and the
+//! manifest is stored only after the WAL from its start to its stop is in the archive.
+
+mod copy;
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use chrono::Utc;
+
+use crate::config::{ClusterConfig, Config};
+use crate::error::Failure;
+use crate::pg::{self, Lsn, TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
+use crate::repo::layout::{self, FORMAT_VERSION};
+use crate::repo::lock::RepoLock;
+use crate::repo::manifest::{
+    BackupId, BackupManifest, DirEntry, FileEntry, PartEntry, Tablespace, MANIFEST_FORMAT,
+};
+use crate::repo::{Repository, RepositoryInfo};
+
+pub async fn run(
+    config: &Config,
+    cluster: &ClusterConfig,
+    repo: &Repository,
+) -> anyhow::Result<()> {
+    let manifest = take_backup(config, cluster, repo).await?;
+    println!("{}", manifest.id);
+    Ok(())
+}
+
+/// Take a backup and return its stored manifest.
+pub async fn take_backup(
+    config: &Config,
+    cluster: &ClusterConfig,
+    repo: &Repository,
+) -> anyhow::Result<BackupManifest> {
+    let session = pg::client::connect(&cluster.connection).await?;
+    let server = session.server_info().await?;
+    if server.in_recovery {
+        bail!("the server at {:?} is a standby; backups from a standby are not supported yet — connect to the primary", cluster.name);
+    }
+    let on_disk = pg::control::read_system_id(&cluster.pgdata)?;
+    if on_disk != server.system_id {
+        return Err(Failure::Conflict(format!(
+            "pgdata {} belongs to database system {on_disk}, but the server at the configured connection is system {}; \
+             refusing to copy a data directory that is not the connected server's (check [[cluster]] pgdata and connection)",
+            cluster.pgdata.display(),
+            server.system_id
+        ))
+        .into());
+    }
+    let seg_size = WalSegmentSize::new(server.wal_segment_size)
+        .context("server reports an invalid wal_segment_size")?;
+    repo.ensure_identity(&RepositoryInfo {
+        format_version: FORMAT_VERSION,
+        system_identifier: server.system_id,
+        pg_version: server.major(),
+        wal_segment_size: server.wal_segment_size,
+    })
+    .await?;
+    let lock = RepoLock::acquire(
+        repo.storage(),
+        "backup",
+        Duration::from_secs(config.backup.lock_ttl_seconds),
+    )
+    .await?;
+    let result = backup_locked(config, cluster, repo, &session, &server, seg_size).await;
+    let released = lock.release().await;
+    session.close().await;
+    let manifest = result?;
+    released?;
+    Ok(manifest)
+}
+
+async fn backup_locked(
+    config: &Config,
+    cluster: &ClusterConfig,
+    repo: &Repository,
+    session: &pg::client::Session,
+    server: &pg::client::ServerInfo,
+    seg_size: WalSegmentSize,
+) -> anyhow::Result<BackupManifest> {
+    let started = Instant::now();
+    let start_time = Utc::now();
+    let id = BackupId::from_time(start_time);
+    if repo.get_manifest(&id).await?.is_some() {
+        bail!("a backup with id {id} already exists; wait a second and retry");
+    }
+    let backup_dir = layout::backup_dir(&id);
+    tracing::info!(backup_id = %id, cluster = %cluster.name, "starting backup");
+    let start_lsn = session
+        .backup_start(
+            &format!("synapse-backup {id}"),
+            config.backup.fast_checkpoint,
+        )
+        .await?;
+    // The timeline of the start checkpoint (read after the start call).
+    let timeline = session.server_info().await?.timeline;
+    tracing::info!(backup_id = %id, start_lsn = %start_lsn, "backup started");
+
+    let copied = copy_data(
+        config,
+        cluster,
+        repo,
+        &backup_dir,
+        start_lsn,
+        server.data_checksums,
+    )
+    .await;
+    let (plan, copy_result, control) = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = session.backup_stop().await;
+            cleanup_parts(repo, &backup_dir).await;
+            return Err(e);
+        }
+    };
+    let stop = session.backup_stop().await?;
+    let stop_time = Utc::now();
+    tracing::info!(backup_id = %id, stop_lsn = %stop.lsn, "backup stopped; waiting for its WAL to be archived");
+
+    // The last part: backup_label, tablespace_map and pg_control (copied last).
+    let control_part =
+        match write_control_part(repo, &backup_dir, &stop, &control, copy_result.parts.len()).await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                cleanup_parts(repo, &backup_dir).await;
+                return Err(e);
+            }
+        };
+
+    if let Err(e) = wait_for_wal(
+        repo,
+        session,
+        timeline,
+        start_lsn,
+        stop.lsn,
+        seg_size,
+        config.backup.archive_wait_seconds,
+    )
+    .await
+    {
+        cleanup_parts(repo, &backup_dir).await;
+        return Err(e);
+    }
+
+    let mut parts = copy_result.parts;
+    let mut files = copy_result.files;
+    files.push(control_part.1.clone());
+    files.extend(control_part.2.iter().cloned());
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    parts.push(control_part.0);
+    let manifest = BackupManifest {
+        format_version: MANIFEST_FORMAT,
+        id: id.clone(),
+        cluster: cluster.name.clone(),
+        system_identifier: server.system_id,
+        pg_version: server.major(),
+        pg_version_num: server.version_num,
+        wal_segment_size: server.wal_segment_size,
+        timeline,
+        start_lsn,
+        stop_lsn: stop.lsn,
+        start_time,
+        stop_time,
+        backup_from: "primary".into(),
+        data_checksums: server.data_checksums,
+        backup_label: stop.label.clone(),
+        tablespace_map: stop.tablespace_map.clone(),
+        tablespaces: plan
+            .tablespaces
+            .iter()
+            .map(|(oid, loc)| Tablespace {
+                oid: *oid,
+                location: loc.display().to_string(),
+            })
+            .collect(),
+        parts,
+        files,
+        directories: plan
+            .dirs
+            .iter()
+            .map(|(p, m)| DirEntry {
+                path: p.clone(),
+                mode: *m,
+            })
+            .collect(),
+        page_problems: copy_result.page_problems,
+    };
+    repo.put_manifest(&manifest)
+        .await
+        .context("store the backup manifest")?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        backup_id = %id,
+        original_bytes = manifest.original_size(),
+        stored_bytes = manifest.stored_size(),
+        seconds = format!("{secs:.1}"),
+        mb_per_s = format!("{:.1}", manifest.original_size() as f64 / 1e6 / secs.max(0.001)),
+        page_problems = manifest.page_problems.len(),
+        "backup complete"
+    );
+    if !manifest.page_problems.is_empty() {
+        tracing::warn!(
+            backup_id = %id,
+            "{} corrupt page(s) found; they are listed in the manifest (synapse-backup list --json)",
+            manifest.page_problems.len()
+        );
+    }
+    Ok(manifest)
+}
+
+type Copied = (pg::exclude::Plan, copy::CopyResult, Vec<u8>);
+
+async fn copy_data(
+    config: &Config,
+    cluster: &ClusterConfig,
+    repo: &Repository,
+    backup_dir: &str,
+    start_lsn: Lsn,
+    data_checksums: bool,
+) -> anyhow::Result<Copied> {
+    let pgdata = cluster.pgdata.clone();
+    let mut plan = tokio::task::spawn_blocking(move || pg::exclude::plan(&pgdata))
+        .await
+        .expect("walk does not panic")?;
+    for skipped in &plan.skipped {
+        tracing::warn!(file = %skipped, "skipping special file");
+    }
+    let control_file = plan
+        .control
+        .take()
+        .context("pgdata has no global/pg_control")?;
+    let total: u64 = plan.files.iter().map(|f| f.size).sum();
+    let progress = Arc::new(AtomicU64::new(0));
+    let reporter = tokio::spawn(report_progress(progress.clone(), total));
+    let result = copy::copy(copy::CopyJob {
+        storage: repo.storage().clone(),
+        backup_dir: backup_dir.to_string(),
+        files: std::mem::take(&mut plan.files),
+        parallelism: config.backup.parallelism,
+        level: config.backup.compress_level,
+        start_lsn,
+        data_checksums,
+        progress,
+    })
+    .await;
+    reporter.abort();
+    let result = result?;
+    // pg_control last, after every other file.
+    let control = std::fs::read(&control_file.abs)
+        .with_context(|| format!("read {}", control_file.abs.display()))?;
+    Ok((plan, result, control))
+}
+
+/// Store `control.tar.gz`; returns its part entry, pg_control's file entry and the label/map entries.
+async fn write_control_part(
+    repo: &Repository,
+    backup_dir: &str,
+    stop: &pg::client::BackupStop,
+    control: &[u8],
+    part_index: usize,
+) -> anyhow::Result<(PartEntry, FileEntry, Vec<FileEntry>)> {
+    let now = Utc::now().timestamp();
+    let mut files: Vec<(&str, &[u8])> = vec![("backup_label", stop.label.as_bytes())];
+    if let Some(map) = &stop.tablespace_map {
+        files.push(("tablespace_map", map.as_bytes()));
+    }
+    files.push(("global/pg_control", control));
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    let mut tar = tar::Builder::new(gz);
+    let mut entries = Vec::new();
+    for (path, data) in &files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_mtime(now as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, path, *data)
+            .context("build control part")?;
+        entries.push(FileEntry {
+            path: path.to_string(),
+            size: data.len() as u64,
+            mode: 0o600,
+            mtime: now,
+            sha256: crate::codec::Sha256::of(data),
+            part: part_index,
+        });
+    }
+    let bytes = tar
+        .into_inner()
+        .context("build control part")?
+        .finish()
+        .context("build control part")?;
+    let part = PartEntry {
+        key: layout::CONTROL_PART.into(),
+        size: bytes.len() as u64,
+        sha256: crate::codec::Sha256::of(&bytes),
+        original_size: files.iter().map(|(_, d)| d.len() as u64).sum(),
+    };
+    repo.storage()
+        .put(
+            &format!("{backup_dir}/{}", layout::CONTROL_PART),
+            Bytes::from(bytes),
+        )
+        .await?;
+    let control_entry = entries.pop().expect("pg_control entry");
+    Ok((part, control_entry, entries))
+}
+
+/// Wait (bounded) until every segment from the start to the stop segment is archived.
+async fn wait_for_wal(
+    repo: &Repository,
+    session: &pg::client::Session,
+    timeline: TimelineId,
+    start: Lsn,
+    stop: Lsn,
+    size: WalSegmentSize,
+    wait_seconds: u64,
+) -> anyhow::Result<()> {
+    let first = start.segno(size);
+    let last = stop.end_segno(size);
+    let stop_name = WalSegmentName::new(timeline, last, size);
+    let deadline = Instant::now() + Duration::from_secs(wait_seconds);
+    loop {
+        if repo
+            .wal_header(&WalFileName::Segment(stop_name))
+            .await?
+            .is_some()
+        {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let status = session
+                .archiver_status()
+                .await
+                .unwrap_or_else(|e| format!("unavailable: {e:#}"));
+            bail!(
+                "WAL segment {stop_name}, which this backup needs, did not reach the archive within {wait_seconds} s: \
+                 WAL archiving looks broken. Check archive_command and `select * from pg_stat_archiver` ({status}). \
+                 The backup was NOT stored."
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let archived: std::collections::HashSet<u64> = repo
+        .list_wal()
+        .await?
+        .into_iter()
+        .filter_map(|(n, _)| match n {
+            WalFileName::Segment(s) if s.timeline == timeline => Some(s.segno(size)),
+            _ => None,
+        })
+        .collect();
+    let missing: Vec<String> = (first..=last)
+        .filter(|s| !archived.contains(s))
+        .map(|s| WalSegmentName::new(timeline, s, size).to_string())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the archive lacks WAL this backup needs: {}; the backup was NOT stored",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Remove the parts of a backup that will not get a manifest (best effort; `expire` also
+/// removes such leftovers later).
+async fn cleanup_parts(repo: &Repository, backup_dir: &str) {
+    if let Ok(entries) = repo.storage().list(backup_dir).await {
+        let keys = entries.into_iter().map(|e| e.key).collect();
+        let _ = repo.storage().delete_many(keys).await;
+    }
+}
+
+/// A progress bar on a terminal, else a log line every 10 seconds.
+async fn report_progress(done: Arc<AtomicU64>, total: u64) {
+    let started = Instant::now();
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        loop {
+            bar.set_position(done.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let d = done.load(Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        let rate = d as f64 / secs.max(0.001);
+        let eta = if rate > 0.0 {
+            (total.saturating_sub(d)) as f64 / rate
+        } else {
+            0.0
+        };
+        tracing::info!(
+            "copied {:.0} of {:.0} MB ({:.0} MB/s, ETA {:.0} s)",
+            d as f64 / 1e6,
+            total as f64 / 1e6,
+            rate / 1e6,
+            eta
+        );
+    }
+}

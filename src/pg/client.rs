@@ -1,0 +1,305 @@
+//! The database session a backup holds open, and the queries the tool needs. Returns our own
+//! types, never `Row`. Passwords follow libpq's conventions (`PGPASSWORD`, the 0600 password
+//! file), which tokio-postgres does not read by itself.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, NoTls};
+
+use super::{Lsn, SystemId, TimelineId};
+
+/// What the server says about itself.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub system_id: SystemId,
+    pub version_num: u32,
+    pub wal_segment_size: u32,
+    pub data_checksums: bool,
+    pub in_recovery: bool,
+    pub timeline: TimelineId,
+    pub data_directory: String,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        self.version_num / 10_000
+    }
+}
+
+/// The result of the stop call.
+#[derive(Debug, Clone)]
+pub struct BackupStop {
+    pub lsn: Lsn,
+    pub label: String,
+    pub tablespace_map: Option<String>,
+}
+
+pub struct Session {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+    major: u32,
+}
+
+/// Connect with a libpq-style connection string; never prints the password.
+pub async fn connect(conninfo: &str) -> anyhow::Result<Session> {
+    let mut config: tokio_postgres::Config = conninfo
+        .parse()
+        .map_err(|e| crate::error::usage(format!("bad connection string: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_user().is_none() {
+        config.user(&std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
+    }
+    if config.get_password().is_none() {
+        if let Some(pw) = password_for(&config) {
+            config.password(pw);
+        }
+    }
+    if config.get_hosts().is_empty() {
+        config.host_path("/var/run/postgresql");
+    }
+    let target = describe(&config);
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connect to PostgreSQL at {target}"))?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("database connection closed: {e}");
+        }
+    });
+    let major: u32 = client
+        .query_one("select current_setting('server_version_num')::int", &[])
+        .await
+        .context("read server_version_num")?
+        .get::<_, i32>(0) as u32
+        / 10_000;
+    Ok(Session {
+        client,
+        task,
+        major,
+    })
+}
+
+fn describe(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(s) => s.clone(),
+            Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    format!(
+        "{} port {}",
+        hosts.join(","),
+        if ports.is_empty() {
+            "5432".into()
+        } else {
+            ports.join(",")
+        }
+    )
+}
+
+/// `PGPASSWORD`, else the first matching line of the password file (`PGPASSFILE`, default
+/// `~/.pgpass`), which libpq ignores unless it is 0600 — and so do we.
+fn password_for(config: &tokio_postgres::Config) -> Option<Vec<u8>> {
+    if let Ok(pw) = std::env::var("PGPASSWORD") {
+        return Some(pw.into_bytes());
+    }
+    let path = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&path).ok()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            "password file {} is readable by others; ignoring it (chmod 600)",
+            path.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        _ => "localhost".into(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let db = config.get_dbname().unwrap_or("postgres");
+    let user = config.get_user().unwrap_or("postgres");
+    pgpass_lookup(&text, &host, &port, db, user).map(String::into_bytes)
+}
+
+/// One line of a .pgpass file: `host:port:database:user:password`, `*` matches anything,
+/// `\:` and `\\` are escapes.
+pub fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -> Option<String> {
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => cur.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() != 5 {
+            continue;
+        }
+        let want = [host, port, db, user];
+        if fields[..4]
+            .iter()
+            .zip(want)
+            .all(|(f, w)| f == "*" || f == w)
+        {
+            return Some(fields[4].clone());
+        }
+    }
+    None
+}
+
+impl Session {
+    pub async fn server_info(&self) -> anyhow::Result<ServerInfo> {
+        let row = self
+            .client
+            .query_one(
+                "select (select system_identifier from pg_control_system())::text,
+                        current_setting('server_version_num')::int,
+                        (select setting::int from pg_settings where name = 'wal_segment_size'),
+                        current_setting('data_checksums') = 'on',
+                        pg_is_in_recovery(),
+                        (select timeline_id from pg_control_checkpoint()),
+                        current_setting('data_directory')",
+                &[],
+            )
+            .await
+            .context("read server identity")?;
+        let sysid: String = row.get(0);
+        Ok(ServerInfo {
+            system_id: SystemId(sysid.parse().context("system identifier")?),
+            version_num: row.get::<_, i32>(1) as u32,
+            wal_segment_size: row.get::<_, i32>(2) as u32,
+            data_checksums: row.get(3),
+            in_recovery: row.get(4),
+            timeline: TimelineId(row.get::<_, i32>(5) as u32),
+            data_directory: row.get(6),
+        })
+    }
+
+    /// Tablespaces other than pg_default/pg_global: (oid, location).
+    pub async fn tablespaces(&self) -> anyhow::Result<Vec<(u32, String)>> {
+        let rows = self
+            .client
+            .query(
+                "select oid::int8, pg_tablespace_location(oid) from pg_tablespace where spcname not in ('pg_default', 'pg_global')",
+                &[],
+            )
+            .await
+            .context("list tablespaces")?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+            .collect())
+    }
+
+    /// Start a non-exclusive backup on this session; returns the start LSN.
+    pub async fn backup_start(&self, label: &str, fast: bool) -> anyhow::Result<Lsn> {
+        let sql = if self.major >= 15 {
+            "select pg_backup_start($1, $2)::text"
+        } else if self.major >= 13 {
+            "select pg_start_backup($1, $2, false)::text"
+        } else {
+            bail!(
+                "PostgreSQL {} is not supported (13 or newer needed)",
+                self.major
+            );
+        };
+        let lsn: String = self
+            .client
+            .query_one(sql, &[&label, &fast])
+            .await
+            .context("start the backup (pg_backup_start)")?
+            .get(0);
+        lsn.parse().context("backup start LSN")
+    }
+
+    /// Stop the backup started on this session. Does not wait for archiving: the caller
+    /// waits for the WAL itself, with a bound.
+    pub async fn backup_stop(&self) -> anyhow::Result<BackupStop> {
+        let sql = if self.major >= 15 {
+            "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
+        } else {
+            "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"
+        };
+        let row = self
+            .client
+            .query_one(sql, &[])
+            .await
+            .context("stop the backup (pg_backup_stop)")?;
+        let lsn: String = row.get(0);
+        let map: Option<String> = row.get(2);
+        Ok(BackupStop {
+            lsn: lsn.parse().context("backup stop LSN")?,
+            label: row.get(1),
+            tablespace_map: map.filter(|m| !m.is_empty()),
+        })
+    }
+
+    /// `pg_stat_archiver`: (last archived WAL, last archived time, failed count, last failed WAL).
+    pub async fn archiver_status(&self) -> anyhow::Result<String> {
+        let row = self
+            .client
+            .query_one(
+                "select coalesce(last_archived_wal, '-'), coalesce(last_archived_time::text, '-'), failed_count::text, coalesce(last_failed_wal, '-'), coalesce(last_failed_time::text, '-') from pg_stat_archiver",
+                &[],
+            )
+            .await
+            .context("read pg_stat_archiver")?;
+        Ok(format!(
+            "last archived {} at {}; {} failures, last failed {} at {}",
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3),
+            row.get::<_, String>(4)
+        ))
+    }
+
+    pub async fn close(self) {
+        drop(self.client);
+        let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpass_matches_like_libpq() {
+        let text = "# comment\nother:5432:*:postgres:nope\nlocalhost:5432:*:postgres:se\\:cret\n*:*:*:*:fallback\n";
+        assert_eq!(
+            pgpass_lookup(text, "localhost", "5432", "db", "postgres").as_deref(),
+            Some("se:cret")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "h", "1", "d", "u").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(pgpass_lookup("a:b:c:d\n", "a", "b", "c", "d"), None);
+    }
+}
