@@ -9,3 +9,4 @@ pub mod logging;
 pub mod pg;
 pub mod repo;
 pub mod storage;
+pub mod timeparse;

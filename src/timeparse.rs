@@ -37,7 +37,8 @@ pub enum Reading {
 #[error("{0}")]
 pub struct TimeError(String);
 
-const FORMS: &str = "'2024-01-01 12:00', '2024-01-01 12:00:00[.ffffff]', optionally with an offset \
+const FORMS: &str =
+    "'2024-01-01 12:00', '2024-01-01 12:00:00[.ffffff]', optionally with an offset \
                      ('2024-01-01 12:00:00+02:00', '2024-01-01T12:00:00Z')";
 
 /// Parse a `--to` time; `zone` is used when the input has no offset.
@@ -147,7 +148,10 @@ impl fmt::Display for TargetTime {
 /// Split a trailing `Z` or numeric offset off the time text.
 fn split_offset(s: &str) -> Option<(&str, Option<FixedOffset>)> {
     if let Some(rest) = s.strip_suffix(['Z', 'z']) {
-        return Some((rest, Some(FixedOffset::east_opt(0).expect("0 is a valid offset"))));
+        return Some((
+            rest,
+            Some(FixedOffset::east_opt(0).expect("0 is a valid offset")),
+        ));
     }
     // The date's own '-' signs are before index 10; an offset sign comes after the time.
     let Some(pos) = s[11..].rfind(['+', '-']).map(|p| p + 11) else {
@@ -321,7 +325,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist in Europe/Berlin"), "{err}");
-        assert!(err.contains("from 2024-03-31 02:00:00 to 03:00:00"), "{err}");
+        assert!(
+            err.contains("from 2024-03-31 02:00:00 to 03:00:00"),
+            "{err}"
+        );
         assert!(err.contains("[02:00:00, 03:00:00)"), "{err}");
         assert!(err.contains("CET") && err.contains("CEST"), "{err}");
         // Just outside the gap is fine.
@@ -369,10 +376,7 @@ mod tests {
             "2024-05-01 12:00:00.123456+00"
         );
         let t = parse_target_time("2024-01-01 13:02", chrono_tz::Europe::Berlin).unwrap();
-        assert_eq!(
-            recovery_target_time(t.utc),
-            "2024-01-01 12:02:00.000000+00"
-        );
+        assert_eq!(recovery_target_time(t.utc), "2024-01-01 12:02:00.000000+00");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! PostgreSQL knowledge: positions, timelines, WAL file names and formats, client queries.
 
+pub mod backup_manifest;
 pub mod client;
 pub mod control;
 pub mod exclude;

@@ -3,6 +3,7 @@
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod window;
 
 use anyhow::Context;
 use bytes::Bytes;
