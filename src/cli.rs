@@ -106,4 +106,17 @@ pub enum Command {
     },
     /// Point-in-time restore into a data directory.
     Restore(RestoreArgs),
+    /// Apply retention: remove backups and WAL no longer needed to recover any moment of the
+    /// last `retention_days`.
+    Expire {
+        /// Print what would be removed and why; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Plan as if it were this time ("what would expire on the 1st?").
+        #[arg(long, value_name = "TIME")]
+        now: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }

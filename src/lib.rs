@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod logging;
 pub mod pg;
+pub mod policy;
 pub mod repo;
 pub mod storage;
 pub mod timeparse;

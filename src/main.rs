@@ -86,6 +86,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup => commands::backup::run(&config, cluster, &repo).await,
         Command::List { json } => commands::list::run(&config, &repo, json).await,
+        Command::Expire { dry_run, now, json } => {
+            commands::expire::run(&config, &repo, dry_run, now.as_deref(), json).await
+        }
         Command::Restore(args) => {
             commands::restore::run(&config, cluster, &repo, &args, cli.config.as_deref()).await
         }

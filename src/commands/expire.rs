@@ -1,0 +1,247 @@
+//! `expire`: apply retention. Deletion order survives a crash at any point: a backup's
+//! manifest goes first (it stops existing at once), then its parts; WAL below the horizon
+//! afterwards. A re-run finishes whatever an interrupted run left.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::pg::{WalFileName, WalSegmentSize};
+use crate::policy::{self, BackupFacts};
+use crate::repo::layout;
+use crate::repo::lock::RepoLock;
+use crate::repo::manifest::BackupId;
+use crate::repo::Repository;
+
+/// Parts of a backup without a manifest are an interrupted backup's leftovers once the
+/// backup started this long ago (a running backup also holds the lock).
+const LEFTOVER_GRACE_HOURS: i64 = 24;
+/// Keys per bulk delete request.
+const DELETE_BATCH: usize = 1000;
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cluster: String,
+    now: DateTime<Utc>,
+    retention_days: u32,
+    dry_run: bool,
+    backups: Vec<BackupReport>,
+    leftovers_removed: Vec<String>,
+    wal_horizon: Option<String>,
+    wal_objects_removed: usize,
+    bytes_freed: u64,
+    window_start: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+struct BackupReport {
+    id: String,
+    keep: bool,
+    reason: &'static str,
+}
+
+pub async fn run(
+    config: &Config,
+    repo: &Repository,
+    dry_run: bool,
+    now: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let now = match now {
+        Some(s) => {
+            crate::timeparse::parse_target_time(s, config.timezone())
+                .map_err(|e| crate::error::usage(format!("--now: {e}")))?
+                .utc
+        }
+        None => Utc::now(),
+    };
+    let lock = if dry_run {
+        None
+    } else {
+        Some(
+            RepoLock::acquire(
+                repo.storage(),
+                "expire",
+                Duration::from_secs(config.backup.lock_ttl_seconds),
+            )
+            .await?,
+        )
+    };
+    let result = expire(config, repo, dry_run, now).await;
+    if let Some(lock) = lock {
+        lock.release().await?;
+    }
+    let report = result?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        for b in &report.backups {
+            println!(
+                "{} {} — {}",
+                if b.keep {
+                    "keep  "
+                } else if dry_run {
+                    "WOULD REMOVE"
+                } else {
+                    "remove"
+                },
+                b.id,
+                b.reason
+            );
+        }
+        for l in &report.leftovers_removed {
+            println!(
+                "{} leftover of an interrupted backup: {l}",
+                if dry_run { "WOULD REMOVE" } else { "remove" }
+            );
+        }
+    }
+    let kept = report.backups.iter().filter(|b| b.keep).count();
+    tracing::info!(
+        cluster = %report.cluster,
+        dry_run,
+        "expire: {kept} backup(s) kept, {} removed, {} leftover(s), {} WAL object(s) removed below {}, {} freed; recoverable from {}",
+        report.backups.len() - kept,
+        report.leftovers_removed.len(),
+        report.wal_objects_removed,
+        report.wal_horizon.as_deref().unwrap_or("-"),
+        crate::commands::list::human_bytes(report.bytes_freed),
+        report.window_start.map_or("-".to_string(), |t| crate::timeparse::format_utc(t))
+    );
+    Ok(())
+}
+
+async fn expire(
+    config: &Config,
+    repo: &Repository,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Report> {
+    let manifests = repo.list_backups().await?;
+    let facts: Vec<BackupFacts> = manifests
+        .iter()
+        .map(|m| BackupFacts {
+            id: m.id.clone(),
+            start_time: m.start_time,
+            stop_time: m.stop_time,
+            start_lsn: m.start_lsn,
+        })
+        .collect();
+    let retention = chrono::Duration::days(i64::from(config.repository.retention_days));
+    let plan = policy::plan_retention(&facts, now, retention);
+    let objects = repo.storage().list(layout::BACKUPS_DIR).await?;
+    let mut bytes_freed = 0;
+
+    // Backups the policy removes: manifest first, then everything else under the backup.
+    for id in plan.removed() {
+        let dir = layout::backup_dir(id);
+        let keys: Vec<(String, u64)> = objects
+            .iter()
+            .filter(|e| e.key.starts_with(&format!("{dir}/")))
+            .map(|e| (e.key.clone(), e.size))
+            .collect();
+        bytes_freed += keys.iter().map(|(_, s)| s).sum::<u64>();
+        if !dry_run {
+            repo.storage()
+                .delete(&layout::manifest_key(id))
+                .await
+                .with_context(|| format!("remove backup {id}"))?;
+            delete_batched(repo, keys.into_iter().map(|(k, _)| k).collect()).await?;
+        }
+    }
+
+    // Leftovers: backup directories without a manifest, started long enough ago.
+    let with_manifest: std::collections::HashSet<&str> =
+        manifests.iter().map(|m| m.id.as_str()).collect();
+    let mut leftovers: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    for e in &objects {
+        let Some(id) = e
+            .key
+            .strip_prefix("backups/")
+            .and_then(|r| r.split('/').next())
+        else {
+            continue;
+        };
+        if with_manifest.contains(id) || plan.removed().any(|r| r.as_str() == id) {
+            continue;
+        }
+        let started = id.parse::<BackupId>().ok().and_then(|i| {
+            chrono::NaiveDateTime::parse_from_str(i.as_str(), "%Y%m%dT%H%M%SZ")
+                .ok()
+                .map(|n| n.and_utc())
+        });
+        let old_enough =
+            started.is_none_or(|t| now - t > chrono::Duration::hours(LEFTOVER_GRACE_HOURS));
+        if old_enough {
+            leftovers
+                .entry(id.to_string())
+                .or_default()
+                .push((e.key.clone(), e.size));
+        }
+    }
+    for keys in leftovers.values() {
+        bytes_freed += keys.iter().map(|(_, s)| s).sum::<u64>();
+        if !dry_run {
+            delete_batched(repo, keys.iter().map(|(k, _)| k.clone()).collect()).await?;
+        }
+    }
+
+    // WAL below the horizon; history files are kept forever.
+    let mut wal_removed = 0;
+    if let (Some(horizon), Some(first)) = (plan.wal_horizon, manifests.first()) {
+        let size = WalSegmentSize::new(first.wal_segment_size)
+            .context("manifest has an invalid wal_segment_size")?;
+        let horizon_segno = horizon.segno(size);
+        let mut doomed = Vec::new();
+        for (name, entry) in repo.list_wal().await? {
+            let below = match name {
+                WalFileName::History(_) => false,
+                other => other
+                    .segment()
+                    .is_some_and(|s| s.segno(size) < horizon_segno),
+            };
+            if below {
+                bytes_freed += entry.size;
+                doomed.push(entry.key);
+            }
+        }
+        wal_removed = doomed.len();
+        if !dry_run {
+            delete_batched(repo, doomed).await?;
+        }
+    }
+
+    Ok(Report {
+        cluster: repo.cluster().to_string(),
+        now,
+        retention_days: config.repository.retention_days,
+        dry_run,
+        backups: plan
+            .decisions
+            .iter()
+            .map(|d| BackupReport {
+                id: d.id.to_string(),
+                keep: d.keep,
+                reason: d.reason,
+            })
+            .collect(),
+        leftovers_removed: leftovers.keys().cloned().collect(),
+        wal_horizon: plan.wal_horizon.map(|l| l.to_string()),
+        wal_objects_removed: wal_removed,
+        bytes_freed,
+        window_start: plan.window_start,
+    })
+}
+
+async fn delete_batched(repo: &Repository, keys: Vec<String>) -> anyhow::Result<()> {
+    for chunk in keys.chunks(DELETE_BATCH) {
+        repo.storage().delete_many(chunk.to_vec()).await?;
+    }
+    Ok(())
+}
