@@ -3,7 +3,9 @@
 //! S3-compatible server on 127.0.0.1, and the real binary. Run them with `bash .ci/run`.
 
 mod backup;
+mod expire;
 mod harness;
 mod restore;
 mod storage_suite;
+mod tls;
 mod wal;

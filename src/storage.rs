@@ -322,23 +322,53 @@ impl Storage {
         Ok(())
     }
 
-    /// fsync a local object and its directory so a put survives a crash.
+    /// fsync a local object and its directory so a put survives a crash. When running as
+    /// root, hand what was created to the repository directory's owner, so that an operator's
+    /// `backup` as root never leaves directories that `archive_command` (the postgres user)
+    /// cannot write into.
     async fn sync_local(&self, key: &str) -> anyhow::Result<()> {
-        let Some(root) = &self.local_root else {
+        let Some(root) = self.local_root.clone() else {
             return Ok(());
         };
-        let file = root.join(self.path(key).as_ref());
+        let rel = PathBuf::from(self.path(key).as_ref());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let file = root.join(&rel);
             std::fs::File::open(&file)?.sync_all()?;
             if let Some(dir) = file.parent() {
                 std::fs::File::open(dir)?.sync_all()?;
             }
-            Ok(())
+            match_owner(&root, &rel)
         })
         .await
         .expect("fsync task does not panic")
         .with_context(|| format!("fsync {key}"))
     }
+}
+
+/// As root, give `root/rel` and the directories above it (below `root`) to `root`'s owner.
+fn match_owner(root: &std::path::Path, rel: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !running_as_root() {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(root)?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    let mut path = root.to_path_buf();
+    for part in rel.components() {
+        path.push(part);
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.uid() != owner.uid() || meta.gid() != owner.gid() {
+            std::os::unix::fs::lchown(&path, Some(owner.uid()), Some(owner.gid()))?;
+        }
+    }
+    Ok(())
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// A streaming upload. Nothing is visible under the key until `finish` returns.
