@@ -322,6 +322,14 @@ impl Storage {
         Ok(())
     }
 
+    /// For local storage, the file that holds `key`, so that a large object can be read with
+    /// plain file I/O (the object_store stream reads local files 8 KiB per blocking task).
+    /// `None` for remote stores.
+    pub fn local_file(&self, key: &str) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        Some(root.join(self.path(key).as_ref()))
+    }
+
     /// fsync a local object and its directory so a put survives a crash. When running as
     /// root, hand what was created to the repository directory's owner, so that an operator's
     /// `backup` as root never leaves directories that `archive_command` (the postgres user)

@@ -121,6 +121,7 @@ pub async fn run(
         );
     }
     check_wal_continuity(repo, &index, backup, &target).await?;
+    eprintln!("{}", win.describe(zone));
     let layout = Layout::new(&pgdata, backup, &relocations)?;
     layout.check_manifest(backup)?;
     for (oid, dir) in &layout.tablespaces {
@@ -677,15 +678,8 @@ fn check_disk_space(
     prefetch: usize,
     size: WalSegmentSize,
 ) -> anyhow::Result<()> {
-    let mut need: BTreeMap<PathBuf, u64> = BTreeMap::new();
-    for f in &backup.files {
-        *need
-            .entry(layout.root_of(&f.path).to_path_buf())
-            .or_default() += f.size;
-    }
     let wal = (prefetch as u64 + 4) * u64::from(size.bytes());
-    *need.entry(layout.pgdata.clone()).or_default() += wal;
-
+    let need = space_needed(layout, backup, wal);
     let roots: Vec<PathBuf> = need.keys().cloned().collect();
     let probes: Vec<PathBuf> = roots.iter().map(|r| nearest_existing(r)).collect();
     let out = match std::process::Command::new("df")
@@ -711,25 +705,63 @@ fn check_disk_space(
         eprintln!("warning: could not check free space (unexpected df output)");
         return Ok(());
     }
-    // Sum what each file system needs and what --force frees on it.
-    let mut per_mount: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (root, (avail, mount)) in roots.iter().zip(mounts) {
-        let freed = if force { dir_usage(root) } else { 0 };
-        let slot = per_mount.entry(mount).or_insert((avail, 0));
-        slot.0 += freed;
-        slot.1 += need[root];
+    let per_root: Vec<RootSpace> = roots
+        .iter()
+        .zip(mounts)
+        .map(|(root, (avail, mount))| RootSpace {
+            mount,
+            avail,
+            freed: if force { dir_usage(root) } else { 0 },
+            need: need[root],
+        })
+        .collect();
+    space_shortfall(&per_root).map_or(Ok(()), |(mount, needed, avail)| {
+        Err(anyhow!(
+            "not enough free space on {mount}: backup {} needs {} there, {} is available",
+            backup.id,
+            human_bytes(needed),
+            human_bytes(avail)
+        ))
+    })
+}
+
+/// Bytes each destination root (data directory, tablespace directories) receives.
+fn space_needed(layout: &Layout, backup: &BackupManifest, wal: u64) -> BTreeMap<PathBuf, u64> {
+    let mut need: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    need.insert(layout.pgdata.clone(), wal);
+    for dir in layout.tablespaces.values() {
+        need.entry(dir.clone()).or_default();
     }
-    for (mount, (avail, needed)) in per_mount {
-        if needed > avail {
-            bail!(
-                "not enough free space on {mount}: backup {} needs {} there, {} is available",
-                backup.id,
-                human_bytes(needed),
-                human_bytes(avail)
-            );
-        }
+    for f in &backup.files {
+        *need
+            .entry(layout.root_of(&f.path).to_path_buf())
+            .or_default() += f.size;
     }
-    Ok(())
+    need
+}
+
+/// One destination root and its file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RootSpace {
+    mount: String,
+    avail: u64,
+    /// What `--force` will remove from it first.
+    freed: u64,
+    need: u64,
+}
+
+/// The first file system (mount, bytes needed, bytes available) without room for its roots.
+fn space_shortfall(roots: &[RootSpace]) -> Option<(String, u64, u64)> {
+    let mut per_mount: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for r in roots {
+        let slot = per_mount.entry(&r.mount).or_insert((r.avail, 0));
+        slot.0 += r.freed;
+        slot.1 += r.need;
+    }
+    per_mount
+        .into_iter()
+        .find(|(_, (avail, need))| need > avail)
+        .map(|(m, (avail, need))| (m.to_string(), need, avail))
 }
 
 fn nearest_existing(path: &Path) -> PathBuf {
@@ -786,6 +818,8 @@ struct Extraction {
     backup_label: String,
     tablespace_map: Option<String>,
     written: AtomicU64,
+    /// Set when a part failed: the others stop at their next entry.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 /// A file restored from a part (or deliberately not written, like WAL left in `pg_wal`).
@@ -820,6 +854,7 @@ async fn restore_parts(
         backup_label: backup.backup_label.clone(),
         tablespace_map: backup.tablespace_map.clone(),
         written: AtomicU64::new(0),
+        cancelled: std::sync::atomic::AtomicBool::new(false),
     });
 
     // Directories first (parents before children), including empty ones such as pg_wal.
@@ -867,7 +902,16 @@ async fn restore_parts(
     };
     let result = async {
         let mut extracted: Vec<Extracted> = futures::stream::iter(data)
-            .map(|i| restore_part(repo, backup, i, shared.clone()))
+            .map(|i| {
+                let shared = shared.clone();
+                async move {
+                    let result = restore_part(repo, backup, i, shared.clone()).await;
+                    if result.is_err() {
+                        shared.cancelled.store(true, Ordering::Relaxed);
+                    }
+                    result
+                }
+            })
             .buffer_unordered(parallel)
             .try_concat()
             .await?;
@@ -905,7 +949,8 @@ async fn restore_parts(
     Ok(extracted)
 }
 
-/// Stream one part from the store into a blocking extractor.
+/// Read one part from the store into a blocking extractor: a local file directly, a remote
+/// object as a stream handed over through a bounded channel.
 async fn restore_part(
     repo: &Repository,
     backup: &BackupManifest,
@@ -914,13 +959,31 @@ async fn restore_part(
 ) -> anyhow::Result<Vec<Extracted>> {
     let part = backup.parts[index].clone();
     let key = layout::part_key(&backup.id, &part.key);
+    let missing =
+        || anyhow!("{key}: the part is missing from the repository; the backup is damaged");
+    if let Some(path) = repo.storage().local_file(&key) {
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+        };
+        let key = key.clone();
+        return tokio::task::spawn_blocking(move || {
+            let reader = io::BufReader::with_capacity(1 << 20, file);
+            shared.extract_part(index, &part, &key, reader)
+        })
+        .await
+        .context("extraction task")?;
+    }
     let Some(mut stream) = repo.storage().get_stream(&key).await? else {
-        bail!("{key}: the part is missing from the repository; the backup is damaged");
+        return Err(missing());
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<anyhow::Result<Bytes>>(16);
     let task = {
         let key = key.clone();
-        tokio::task::spawn_blocking(move || shared.extract_part(index, &part, &key, rx))
+        tokio::task::spawn_blocking(move || {
+            shared.extract_part(index, &part, &key, ChannelReader::new(rx))
+        })
     };
     while let Some(chunk) = stream.next().await {
         let failed = chunk.is_err();
@@ -932,13 +995,10 @@ async fn restore_part(
     task.await.context("extraction task")?
 }
 
-/// The blocking side of a part: a `Read` over the chunks the async side receives, which also
-/// hashes the stored bytes.
+/// The blocking side of a remote part: a `Read` over the chunks the async side receives.
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<anyhow::Result<Bytes>>,
     buf: Bytes,
-    hasher: sha2::Sha256,
-    len: u64,
 }
 
 impl ChannelReader {
@@ -946,20 +1006,7 @@ impl ChannelReader {
         ChannelReader {
             rx,
             buf: Bytes::new(),
-            hasher: sha2::Sha256::new(),
-            len: 0,
         }
-    }
-
-    /// Read to the end, so that the digest covers the whole object.
-    fn drain(&mut self) -> io::Result<()> {
-        let mut scratch = vec![0u8; 64 * 1024];
-        while self.read(&mut scratch)? > 0 {}
-        Ok(())
-    }
-
-    fn digest(&self) -> (Sha256, u64) {
-        (Sha256(self.hasher.clone().finalize().into()), self.len)
     }
 }
 
@@ -967,11 +1014,7 @@ impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.buf.is_empty() {
             match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.hasher.update(&chunk);
-                    self.len += chunk.len() as u64;
-                    self.buf = chunk;
-                }
+                Some(Ok(chunk)) => self.buf = chunk,
                 Some(Err(e)) => return Err(io::Error::other(format!("{e:#}"))),
                 None => return Ok(0),
             }
@@ -983,16 +1026,56 @@ impl Read for ChannelReader {
     }
 }
 
+/// Hashes and counts the stored bytes of a part as they are read.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Read to the end, so that the digest covers the whole object.
+    fn drain(&mut self) -> io::Result<()> {
+        let mut scratch = vec![0u8; 256 * 1024];
+        while self.read(&mut scratch)? > 0 {}
+        Ok(())
+    }
+
+    fn digest(&self) -> (Sha256, u64) {
+        (Sha256(self.hasher.clone().finalize().into()), self.len)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.hasher.update(&out[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
 impl Extraction {
     fn extract_part(
         &self,
         index: usize,
         part: &crate::repo::manifest::PartEntry,
         key: &str,
-        rx: tokio::sync::mpsc::Receiver<anyhow::Result<Bytes>>,
+        stored: impl Read,
     ) -> anyhow::Result<Vec<Extracted>> {
-        let mut reader = ChannelReader::new(rx);
+        let mut reader = HashingReader::new(stored);
         let result = self.extract_entries(index, key, &mut reader);
+        if self.cancelled.load(Ordering::Relaxed) {
+            return result;
+        }
         // Whatever happened, read the rest: if the stored bytes are not what the manifest
         // says, that is the error to report (it explains any decoding failure).
         let drained = reader.drain();
@@ -1012,7 +1095,7 @@ impl Extraction {
         &self,
         index: usize,
         key: &str,
-        reader: &mut ChannelReader,
+        reader: &mut impl Read,
     ) -> anyhow::Result<Vec<Extracted>> {
         let gz = flate2::read::MultiGzDecoder::new(reader);
         let mut archive = tar::Archive::new(gz);
@@ -1021,6 +1104,9 @@ impl Extraction {
             .entries()
             .with_context(|| format!("{key}: corrupt part: not a tar stream"))?;
         for entry in entries {
+            if self.cancelled.load(Ordering::Relaxed) {
+                bail!("{key}: stopped because another part failed");
+            }
             let mut entry =
                 entry.with_context(|| format!("{key}: corrupt part: unreadable tar entry"))?;
             let raw = entry.path_bytes().into_owned();
@@ -1093,10 +1179,16 @@ impl Extraction {
             );
         }
         // WAL in the backup is stale for a restore (pg-reference §11 step 4); pid files belong to
-        // the original server; backup_label and tablespace_map are written at the end.
+        // the original server; backup_label and tablespace_map are written at the end; a
+        // standby.signal would keep the restored server a standby forever (it takes precedence
+        // over recovery.signal, §3.4).
         let skip = matches!(
             path,
-            "postmaster.pid" | "postmaster.opts" | "backup_label" | "tablespace_map"
+            "postmaster.pid"
+                | "postmaster.opts"
+                | "backup_label"
+                | "tablespace_map"
+                | "standby.signal"
         ) || path.starts_with("pg_wal/");
         let dest = match self.layout.dest(path)? {
             Dest::Path(p) => p,
@@ -1320,11 +1412,10 @@ fn finish(
     let now = Utc::now();
     ensure_dir(pgdata, "pg_wal", 0o700, owner)?;
     ensure_dir(pgdata, "pg_wal/archive_status", 0o700, owner)?;
-    if pgdata.join("standby.signal").exists() {
+    if extracted.iter().any(|e| e.path == "standby.signal") {
         eprintln!(
-            "note: removing standby.signal from the backup (recovery.signal is used for a restore)"
+            "note: the backup's standby.signal was not restored (a restore recovers with recovery.signal and promotes)"
         );
-        fs::remove_file(pgdata.join("standby.signal")).context("remove standby.signal")?;
     }
 
     let mut ours: Vec<(&str, Vec<u8>)> =
@@ -1446,6 +1537,8 @@ fn sync_path(path: &Path) -> anyhow::Result<()> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct LogState {
     promoted: bool,
+    /// The server sends its log to the logging collector: this file sees nothing more.
+    collector: bool,
     paused: bool,
     shutdown_at_target: bool,
     shut_down: bool,
@@ -1458,6 +1551,8 @@ fn scan_log(text: &str) -> LogState {
     for line in text.lines() {
         if line.contains("database system is ready to accept connections") {
             st.promoted = true;
+        } else if line.contains("redirecting log output to logging collector process") {
+            st.collector = true;
         } else if line.contains("pausing at the end of recovery") {
             st.paused = true;
         } else if line.contains("shutdown at recovery target") {
@@ -1479,66 +1574,49 @@ fn scan_log(text: &str) -> LogState {
 struct Probe {
     in_recovery: bool,
     paused: bool,
-    timeline: Option<i64>,
-    replay: Option<String>,
+    timeline: u32,
+    replay: Option<Lsn>,
 }
 
+/// Ask the server behind the configured connection about recovery. `Ok(None)` while it does
+/// not accept connections yet; an error when the connection cannot be used to watch this
+/// restore (a bad connection string, or it reaches another server).
 async fn probe(conninfo: &str, pgdata: &Path) -> anyhow::Result<Option<Probe>> {
-    let mut config: tokio_postgres::Config = conninfo
-        .parse()
-        .map_err(|e| usage(format!("bad connection string: {e}")))?;
-    config.connect_timeout(Duration::from_secs(5));
-    if config.get_user().is_none() {
-        config.user("postgres");
-    }
-    if config.get_password().is_none() {
-        if let Ok(pw) = std::env::var("PGPASSWORD") {
-            config.password(pw);
-        }
-    }
-    if config.get_hosts().is_empty() {
-        config.host_path("/var/run/postgresql");
-    }
-    let (client, connection) = match tokio::time::timeout(
-        Duration::from_secs(10),
-        config.connect(tokio_postgres::NoTls),
+    conninfo
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| anyhow!("bad connection string: {e}"))?;
+    let session = match tokio::time::timeout(
+        Duration::from_secs(15),
+        crate::pg::client::connect(conninfo),
     )
     .await
     {
-        Ok(Ok(pair)) => pair,
+        Ok(Ok(s)) => s,
         _ => return Ok(None),
     };
-    let conn_task = tokio::spawn(connection);
-    let query = client.query_one(
-        "select pg_is_in_recovery(), \
-                case when pg_is_in_recovery() then pg_get_wal_replay_pause_state() else '' end, \
-                current_setting('data_directory'), \
-                (select timeline_id::bigint from pg_control_checkpoint()), \
-                pg_last_wal_replay_lsn()::text",
-        &[],
-    );
-    let row = match tokio::time::timeout(Duration::from_secs(10), query).await {
-        Ok(Ok(row)) => row,
-        _ => {
-            conn_task.abort();
-            return Ok(None);
-        }
+    let state = async {
+        let info = session.server_info().await?;
+        let (paused, replay) = session.replay_state().await?;
+        Ok::<_, anyhow::Error>((info, paused, replay))
     };
-    conn_task.abort();
-    let data_dir: String = row.get(2);
+    let result = tokio::time::timeout(Duration::from_secs(15), state).await;
+    session.close().await;
+    let Ok(Ok((info, paused, replay))) = result else {
+        return Ok(None);
+    };
     let ours = fs::canonicalize(pgdata).ok();
-    if fs::canonicalize(&data_dir).ok() != ours {
+    if fs::canonicalize(&info.data_directory).ok() != ours {
         bail!(
-            "the configured connection reaches the server of {data_dir}, not the restored {}",
+            "the configured connection reaches the server of {}, not the restored {}",
+            info.data_directory,
             pgdata.display()
         );
     }
-    let state: String = row.get(1);
     Ok(Some(Probe {
-        in_recovery: row.get(0),
-        paused: state == "paused",
-        timeline: row.get(3),
-        replay: row.get(4),
+        in_recovery: info.in_recovery,
+        paused,
+        timeline: info.timeline.0,
+        replay,
     }))
 }
 
@@ -1610,20 +1688,34 @@ async fn start_and_wait(
 
     let latest = matches!(target, RecoveryTarget::Latest);
     let started = Instant::now();
-    let mut last_progress = (0usize, None::<String>);
+    let mut last_progress = (0usize, None::<Lsn>, None::<String>);
     let mut last_change = Instant::now();
     let mut last_report = Instant::now();
     let mut sql_usable = true;
     let mut sql_probe_at = Instant::now();
+    let mut ever_alive = false;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let text = fs::read_to_string(&log).unwrap_or_default();
         let st = scan_log(&text);
         let alive = live_postmaster(pgdata).is_some();
+        ever_alive |= alive;
 
-        if !alive && started.elapsed() > Duration::from_secs(2) {
-            if st.shutdown_at_target && action == TargetAction::Shutdown {
-                eprintln!("recovery reached the target {target} and the server shut down (--target-action shutdown); start it again to continue");
+        // The postmaster is gone (or never came up): the log says why.
+        let gone = ever_alive
+            || st.shut_down
+            || !st.errors.is_empty()
+            || started.elapsed() > Duration::from_secs(60);
+        if !alive && gone {
+            if st.shutdown_at_target {
+                let why = match action {
+                    TargetAction::Shutdown => "--target-action shutdown",
+                    _ => "hot_standby is off, so pause acts as shutdown",
+                };
+                eprintln!(
+                    "recovery reached the target {target} and the server shut down ({why}); \
+                     start it again to continue, or change the target first"
+                );
                 return Ok(());
             }
             bail!(
@@ -1636,6 +1728,15 @@ async fn start_and_wait(
                 },
                 log_tail(&log)
             );
+        }
+        if alive && !sql_usable && st.collector {
+            eprintln!(
+                "started: the server on {} is running, but it logs through its logging collector and the configured \
+                 connection does not reach it, so the outcome of recovery cannot be followed from here: \
+                 check its log and `select pg_is_in_recovery()`",
+                pgdata.display()
+            );
+            return Ok(());
         }
 
         let probe = if alive && sql_usable && sql_probe_at.elapsed() >= Duration::from_secs(1) {
@@ -1654,13 +1755,13 @@ async fn start_and_wait(
 
         let done = match (&probe, action) {
             (Some(p), _) if !p.in_recovery => Some(format!(
-                "recovery complete: the server on {} is running and promoted{}",
+                "recovery complete: the server on {} is running and promoted (timeline {})",
                 pgdata.display(),
-                p.timeline.map(|t| format!(" (timeline {t})")).unwrap_or_default()
+                p.timeline
             )),
             (Some(p), TargetAction::Pause) if p.paused && !latest => Some(format!(
                 "recovery reached the target and is paused at {} (read-only); promote with `select pg_wal_replay_resume()`",
-                p.replay.clone().unwrap_or_default()
+                p.replay.map(|l| l.to_string()).unwrap_or_default()
             )),
             (None, _) if !sql_usable && st.promoted => Some(format!(
                 "recovery complete: the server on {} is running and promoted",
@@ -1677,7 +1778,11 @@ async fn start_and_wait(
         }
 
         // Progress, and a stall guard: recovery that shows no sign of life for long is an error.
-        let progress = (text.len(), probe.as_ref().and_then(|p| p.replay.clone()));
+        let progress = (
+            text.len(),
+            probe.as_ref().and_then(|p| p.replay),
+            newest_wal_file(pgdata),
+        );
         if progress != last_progress {
             last_progress = progress;
             last_change = Instant::now();
@@ -1700,6 +1805,16 @@ async fn start_and_wait(
             );
         }
     }
+}
+
+/// The newest WAL segment in `pg_wal` (restored segments land there as replay proceeds).
+fn newest_wal_file(pgdata: &Path) -> Option<String> {
+    fs::read_dir(pgdata.join("pg_wal"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .max()
 }
 
 fn log_tail(log: &Path) -> String {
@@ -1937,6 +2052,51 @@ mod tests {
         assert!(st.shut_down && !st.promoted);
         let st = scan_log("LOG:  database system is ready to accept read-only connections\nLOG:  pausing at the end of recovery\n");
         assert!(st.paused && !st.promoted);
+    }
+
+    #[test]
+    fn space_is_summed_per_file_system() {
+        let mut m = manifest_with_tablespace();
+        for (path, size) in [
+            ("base/1/1", 100),
+            ("base/1/2", 50),
+            ("pg_tblspc/16385/PG_15_x/5/1", 70),
+        ] {
+            m.files.push(FileEntry {
+                path: path.into(),
+                size,
+                mode: 0o600,
+                mtime: 0,
+                sha256: Sha256::of(b""),
+                part: 0,
+            });
+        }
+        let layout = Layout::new(Path::new("/data/pgdata"), &m, &BTreeMap::new()).unwrap();
+        let need = space_needed(&layout, &m, 10);
+        assert_eq!(need[Path::new("/data/pgdata")], 160);
+        assert_eq!(need[Path::new("/srv/ts1")], 70);
+
+        let root = |mount: &str, avail, freed, need| RootSpace {
+            mount: mount.into(),
+            avail,
+            freed,
+            need,
+        };
+        // Two roots on one file system: their needs add up.
+        assert_eq!(
+            space_shortfall(&[root("/", 200, 0, 160), root("/", 200, 0, 70)]),
+            Some(("/".into(), 230, 200))
+        );
+        assert_eq!(
+            space_shortfall(&[root("/", 200, 0, 160), root("/srv", 100, 0, 70)]),
+            None
+        );
+        // What --force removes counts as free.
+        assert_eq!(space_shortfall(&[root("/", 100, 80, 160)]), None);
+        assert_eq!(
+            space_shortfall(&[root("/", 100, 0, 160)]),
+            Some(("/".into(), 160, 100))
+        );
     }
 
     // ---- A whole restore against an in-memory repository --------------------------------

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{Lsn, SystemId, TimelineId};
 
@@ -42,16 +42,19 @@ pub struct Session {
     major: u32,
 }
 
-/// Connect with a libpq-style connection string; never prints the password.
+/// Connect with a libpq-style connection string; never prints the password. TLS follows
+/// libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` (see [`super::tls`]).
 pub async fn connect(conninfo: &str) -> anyhow::Result<Session> {
-    let mut config: tokio_postgres::Config = conninfo
+    let split = super::tls::split_conninfo(conninfo)?;
+    let mut config: tokio_postgres::Config = split
+        .rest
         .parse()
         .map_err(|e| crate::error::usage(format!("bad connection string: {e}")))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
     if config.get_user().is_none() {
-        config.user(&std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
+        config.user(std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
     }
     if config.get_password().is_none() {
         if let Some(pw) = password_for(&config) {
@@ -62,10 +65,30 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<Session> {
         config.host_path("/var/run/postgresql");
     }
     let target = describe(&config);
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .with_context(|| format!("connect to PostgreSQL at {target}"))?;
+    // PostgreSQL does not do TLS over unix sockets.
+    let tls_applies = !config.get_hostaddrs().is_empty()
+        || config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let tls = super::tls::TlsSetup::prepare(
+        &split.tls.with_env(|v| std::env::var(v).ok()),
+        home.as_deref(),
+        tls_applies,
+    )
+    .with_context(|| format!("connect to PostgreSQL at {target}"))?;
+    config.ssl_mode(tls.tokio_postgres_mode());
+    tracing::debug!("connecting to PostgreSQL at {target} ({})", tls.summary());
+    let (client, connection) = match connect_with(&config, &tls, &target).await {
+        Ok(c) => c,
+        Err(f) if f.tls_handshake && tls.falls_back_to_plain() => {
+            // allow/prefer: like libpq, a failed handshake is retried without TLS.
+            tracing::debug!("{:#}; retrying without TLS", f.err);
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            connect_with(&config, &tls, &target)
+                .await
+                .map_err(|f| f.err)?
+        }
+        Err(f) => return Err(f.err),
+    };
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("database connection closed: {e}");
@@ -81,6 +104,43 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<Session> {
         client,
         task,
         major,
+    })
+}
+
+type PgConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream,
+>;
+
+/// A failed connection attempt: the error to report, and whether the TLS handshake failed.
+struct ConnectFailure {
+    err: anyhow::Error,
+    tls_handshake: bool,
+}
+
+/// One connection attempt. A failed TLS handshake gets a message that says what was wrong
+/// (e.g. with the server's certificate) in place of the library's; never the password.
+async fn connect_with(
+    config: &tokio_postgres::Config,
+    tls: &super::tls::TlsSetup,
+    target: &str,
+) -> Result<(Client, PgConnection), ConnectFailure> {
+    let e = match config.connect(tls.connector.clone()).await {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let (err, tls_handshake) = match tls.explain(&e) {
+        Some(msg) => {
+            tracing::debug!("TLS handshake with PostgreSQL at {target} failed: {e}");
+            (anyhow::anyhow!(msg), true)
+        }
+        None => (anyhow::Error::new(e), false),
+    };
+    Err(ConnectFailure {
+        err: err.context(format!("connect to PostgreSQL at {target}")),
+        tls_handshake,
     })
 }
 
@@ -277,6 +337,26 @@ impl Session {
             row.get::<_, String>(3),
             row.get::<_, String>(4)
         ))
+    }
+
+    /// During recovery: whether replay is paused (`pg_get_wal_replay_pause_state() = 'paused'`)
+    /// and the last replayed LSN. Outside recovery: `(false, None)`.
+    pub async fn replay_state(&self) -> anyhow::Result<(bool, Option<Lsn>)> {
+        // Outside recovery the pause functions raise an error, hence the CASE.
+        let sql = if self.major >= 14 {
+            "select case when pg_is_in_recovery() then pg_get_wal_replay_pause_state() = 'paused' else false end,
+                    pg_last_wal_replay_lsn()::text"
+        } else {
+            "select case when pg_is_in_recovery() then pg_is_wal_replay_paused() else false end,
+                    pg_last_wal_replay_lsn()::text"
+        };
+        let row = self
+            .client
+            .query_one(sql, &[])
+            .await
+            .context("read the recovery state")?;
+        let lsn: Option<String> = row.get(1);
+        Ok((row.get(0), lsn.and_then(|l| l.parse().ok())))
     }
 
     pub async fn close(self) {

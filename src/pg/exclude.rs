@@ -63,11 +63,11 @@ pub struct Plan {
 /// Walk `pgdata` (following `pg_tblspc/<oid>` links into the tablespaces).
 pub fn plan(pgdata: &Path) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
-    walk_dir(pgdata, "", &mut plan, false).with_context(|| format!("walk {}", pgdata.display()))?;
+    walk_dir(pgdata, "", &mut plan).with_context(|| format!("walk {}", pgdata.display()))?;
     Ok(plan)
 }
 
-fn walk_dir(dir: &Path, rel: &str, plan: &mut Plan, in_tablespace: bool) -> anyhow::Result<()> {
+fn walk_dir(dir: &Path, rel: &str, plan: &mut Plan) -> anyhow::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         // A directory that vanished during the walk (a dropped database): WAL covers it.
@@ -128,7 +128,7 @@ fn walk_dir(dir: &Path, rel: &str, plan: &mut Plan, in_tablespace: bool) -> anyh
                     .with_context(|| format!("read link {}", abs.display()))?;
                 plan.tablespaces.push((oid, target.clone()));
                 plan.dirs.push((child_rel.clone(), 0o700));
-                walk_dir(&target, &child_rel, plan, true)?;
+                walk_dir(&target, &child_rel, plan)?;
             } else if rel.is_empty() && name == "pg_wal" {
                 plan.dirs.push(("pg_wal".into(), 0o700));
                 plan.dirs.push(("pg_wal/archive_status".into(), 0o700));
@@ -147,7 +147,7 @@ fn walk_dir(dir: &Path, rel: &str, plan: &mut Plan, in_tablespace: bool) -> anyh
             if rel.is_empty() && EXCLUDE_DIR_CONTENTS.contains(&name.as_str()) {
                 continue;
             }
-            walk_dir(&abs, &child_rel, plan, in_tablespace)?;
+            walk_dir(&abs, &child_rel, plan)?;
             continue;
         }
         if !ft.is_file() {

@@ -6,6 +6,7 @@ pub mod control;
 pub mod exclude;
 pub mod lsn;
 pub mod page;
+pub mod tls;
 pub mod walname;
 pub mod walscan;
 

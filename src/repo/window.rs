@@ -104,8 +104,14 @@ impl Window {
             (None, Some(w)) => format!("LSN {w} (end of archived WAL; no commit times recorded)"),
             (_, None) => "nothing (no WAL archived)".into(),
         };
+        let note = match self.last_commit {
+            Some(c) if c <= first.time => {
+                "; no commit is archived after the earliest backup's end yet, so only --lsn and --latest can be served"
+            }
+            _ => "",
+        };
         format!(
-            "recoverable window: from {} (end of backup {}, LSN {}) to {end}",
+            "recoverable window: from {} (end of backup {}, LSN {}) to {end}{note}",
             at(first.time),
             first.id,
             first.lsn

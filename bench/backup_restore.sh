@@ -1,0 +1,604 @@
+#!/usr/bin/env bash
+# Base backup and restore benchmark: synapse-backup `backup` / `restore` against pgBackRest 2.45
+# and pg_basebackup, all in the same run on the same database (issues 3 and 4).
+#
+# What it does
+#   0. initdb -k (data checksums) in a mktemp -d work dir; PostgreSQL on a unix socket in that
+#      dir only (listen_addresses=''), archive_mode=on, archive_command =
+#      bin/archive-to-synapse-and-pgbackrest.sh %p, a wrapper that feeds BOTH repositories:
+#        synapse-backup wal-push %p && pgbackrest archive-push %p   (archive-async=y, process-max=2)
+#      so each tool's backup passes its own archive check (pgBackRest's archive-check stays on).
+#      The wrapper discards WAL (exit 0) while pgbench -i runs (nobody needs it) and whenever its
+#      working directory is not the benchmark cluster (restored copies do not archive into the
+#      benchmark repositories). pgbench -i -s SCALE, CHECKPOINT; the database is quiet from then
+#      on until step 3.
+#   1. Base backup (issue 3), REPS rounds, the order of the three tools rotated each round,
+#      a CHECKPOINT (untimed) before each:
+#        a) synapse-backup backup              (parallelism 2, compress_level 6, file:// repo)
+#        b) pgbackrest backup --type=full      (compress-type=gz, compress-level=6, process-max=2,
+#                                               start-fast=y)
+#        c) pg_basebackup -Ft -z -X fetch -c fast   (stored = size of its *.tar.gz files)
+#      Wall time, MB/s (= PGDATA size without pg_wal / wall), stored size, peak RSS
+#      (GNU time %M; for pgBackRest that of the main process and its waited-for workers).
+#   2. Restore (issue 4), REPS rounds, of the newest backup of each tool into an empty dir
+#      (deleted between rounds, `sync` before each timed step):
+#        a) synapse-backup restore --latest --pgdata D1   (no --start)
+#        b) pgbackrest restore --process-max=2 --pg1-path=D2
+#        c) tar -xzf of the pg_basebackup output into D3  (tar alone, and tar + sync -f)
+#      Our restored directory is checked with pg_verifybackup -n (untimed; VERIFY=0 skips it).
+#   3. WAL: pgbench write load (-c 4 -j 2, synchronous_commit=off, rounds of 10 s) until
+#      pg_current_wal_lsn has advanced SEGMENTS x 16 MB past the newest backup. Then a
+#      marker row 'before' is committed, the target time T (whole seconds, UTC) is taken > 1 s
+#      after it, and > 1 s after T a marker row 'after' is committed; pg_switch_wal and wait
+#      until pg_stat_archiver shows the switched segment archived (the wrapper returns only when
+#      both repositories hold it). The cluster is then stopped (the restored servers reuse its
+#      port and socket dir).
+#   4. Restore plus recovery to T, one run each:
+#        a) synapse-backup restore --to 'T' --start --pgdata D4  (wall time of the command, which
+#           returns when recovery reached the target and the server is up and promoted; its
+#           stderr is time-stamped to split download/extract from recovery)
+#        b) pgbackrest restore --type=time --target='T' --target-action=promote --pg1-path=D5,
+#           then pg_ctl start -w and polling (0.2 s) until pg_is_in_recovery() is false
+#      Each restored server must show the 'before' row and not the 'after' row, then is stopped.
+#   All runs use a warm page cache (23 GB of RAM; the database is read from memory).
+#   Only same-run ratios mean anything: the 2-core machine is shared and noisy.
+#
+# Usage (as root, PostgreSQL and all tools then run as postgres via runuser; or as postgres):
+#   cargo build --release && bench/backup_restore.sh
+# Environment:
+#   SCALE=100  REPS=3  SEGMENTS=500  PORT=54341  PGBIN=/usr/lib/postgresql/15/bin
+#   SYNAPSE_BIN=<binary, default target/release/synapse-backup; a private copy is used>
+#   PARTS=backup,restore,pitr (which parts to run; restore and pitr need backup)
+#   VERIFY=1 (pg_verifybackup -n of our restored dir)  KEEP=0 (1 keeps the work dir)
+#   GEN_TIMEOUT=1800 (s of WAL load at most)  ARCHIVE_TIMEOUT=1800 (s to wait for archiving)
+#   STRICT=0 (1: exit 2 if a target is missed)
+# Exit: 0 when everything ran (targets missed or not), 1 on a failure of the harness or a
+# reference tool, 3 when one of our own commands failed (the tables show which).
+set -euo pipefail
+export LC_ALL=C
+
+SCALE=${SCALE:-100}
+REPS=${REPS:-3}
+SEGMENTS=${SEGMENTS:-500}
+PORT=${PORT:-54341}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PARTS=${PARTS:-backup,restore,pitr}
+VERIFY=${VERIFY:-1}
+KEEP=${KEEP:-0}
+GEN_TIMEOUT=${GEN_TIMEOUT:-1800}
+ARCHIVE_TIMEOUT=${ARCHIVE_TIMEOUT:-1800}
+STRICT=${STRICT:-0}
+COMPRESS_LEVEL=6
+PROCESS_MAX=2
+WAL_SEG=16777216
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+crate=$(dirname "$here")
+SYNAPSE_BIN=${SYNAPSE_BIN:-$crate/target/release/synapse-backup}
+
+log() { printf '[%s +%4ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+want() { case ",$PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# ---------------------------------------------------------------- prerequisites
+[ -x /usr/bin/pgbackrest ] || die "pgbackrest is not installed: apt-get install pgbackrest"
+[ -x /usr/bin/time ] || die "GNU time is not installed: apt-get install time"
+command -v jq >/dev/null || die "jq is not installed: apt-get install jq"
+[ -x "$PGBIN/initdb" ] || die "PostgreSQL binaries not found in $PGBIN (set PGBIN)"
+[ -x "$SYNAPSE_BIN" ] || die "$SYNAPSE_BIN not found: run 'cargo build --release' in $crate"
+for v in SCALE REPS SEGMENTS PORT; do
+    case ${!v} in '' | *[!0-9]* | 0) die "$v must be a positive integer" ;; esac
+done
+if want restore || want pitr; then want backup || die "PARTS: restore and pitr need backup"; fi
+
+if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user"
+    RUN_USER=postgres
+    as_pg() { runuser -u postgres -- "$@"; }
+    chown_pg() { chown -R postgres: "$@"; }
+else
+    RUN_USER=$(id -un)
+    as_pg() { "$@"; }
+    chown_pg() { :; }
+fi
+
+# ---------------------------------------------------------------- work dir and cleanup
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/backup-bench.XXXXXX")
+chmod 755 "$WORK"
+SRC=$WORK/pgdata
+SOCK=$WORK/sock
+RES=$WORK/results
+BIN=$WORK/bin/synapse-backup
+SYN_CONF=$WORK/synapse.toml
+SYN_REPO=$WORK/synapse-repo
+PGBR_CONF=$WORK/pgbackrest.conf
+PGBR_REPO=$WORK/pgbr-repo
+STARTED=()   # data directories of servers this script (or our restore --start) started
+
+cleanup() {
+    local rc=$? d pids i
+    set +e
+    for d in "${STARTED[@]}"; do
+        if [ -f "$d/postmaster.pid" ]; then
+            as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate -w stop >/dev/null 2>&1
+        fi
+    done
+    # pgBackRest's async archive-push/get workers may outlive the last call: wait for the
+    # processes started with our config file (its path is unique), end only those by PID.
+    for i in $(seq 1 60); do
+        pids=$(pgrep -f -- "--config=$PGBR_CONF" || true)
+        [ -z "$pids" ] && break
+        sleep 0.5
+    done
+    [ -n "${pids:-}" ] && kill $pids 2>/dev/null
+    if [ "$KEEP" = 1 ]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$SOCK" "$RES" "$WORK/bin" "$SYN_REPO" "$PGBR_REPO" "$WORK/pgbr-log" "$WORK/pgbr-lock" "$WORK/pgbr-spool" "$WORK/basebackup"
+# A private copy of the binary: a rebuild during the run must not change what is measured.
+cp "$SYNAPSE_BIN" "$BIN"
+
+# ---------------------------------------------------------------- helpers
+now() { echo "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+median() { printf '%s\n' "$@" | { grep -v -e '^-$' -e '^$' || true; } | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+mb() { awk -v b="$1" 'BEGIN { if (b == "-") print "-"; else printf "%.1f", b / 1e6 }'; }
+rate() { awk -v b="$1" -v s="$2" 'BEGIN { if (s == "-" || s <= 0) print "-"; else printf "%.1f", b / 1e6 / s }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b <= 0) print "-"; else printf "%.2f", a / b }'; }
+rss_mb() { local f=$1; [ -s "$f" ] && awk 'END { printf "%.1f", $1 / 1024 }' "$f" || echo "-"; }
+psql_q() { as_pg "$PGBIN/psql" -X -h "$SOCK" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 -Atqc "$1"; }
+data_bytes() { find "$1" -path "$1/pg_wal" -prune -o -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
+dir_bytes() { du -sb "$1" | cut -f1; }
+syn() { as_pg "$BIN" --config "$SYN_CONF" "$@"; }
+pgbr() { as_pg pgbackrest --config="$PGBR_CONF" --stanza=bench "$@"; }
+# A timestamp on each line of stdin (for splitting our restore into its phases).
+stamp() { local l; while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
+tail_err() { tail -n "${2:-15}" "$1" | sed 's/^/    | /' >&2; }
+
+OURS_FAILED=0
+FAILURES=()
+our_failure() { OURS_FAILED=1; FAILURES+=("$1"); log "OUR TOOL FAILED: $1"; }
+
+log "work dir $WORK; tools run as $RUN_USER; $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+log "synapse-backup: $SYNAPSE_BIN ($(stat -c '%y' "$SYNAPSE_BIN" | cut -d. -f1)), $("$BIN" --version)"
+log "$(pgbackrest version); $("$PGBIN/postgres" --version)"
+log "SCALE=$SCALE REPS=$REPS SEGMENTS=$SEGMENTS PARTS=$PARTS"
+
+# ---------------------------------------------------------------- 0. the cluster
+ARCHIVE_SH=$WORK/bin/archive-to-synapse-and-pgbackrest.sh   # pgBackRest insists that archive_command contains "pgbackrest"
+cat >"$ARCHIVE_SH" <<EOF
+#!/bin/sh
+# archive_command of the benchmark cluster (bench/backup_restore.sh): \$1 = %p, cwd = data dir.
+[ "\$(pwd -P)" = "$(cd "$WORK" && pwd -P)/pgdata" ] || exit 0   # a restored copy: archive nothing
+[ -e "$WORK/archive.discard" ] && exit 0                       # pgbench -i: nobody needs this WAL
+"$BIN" --config "$SYN_CONF" wal-push "\$1" || exit \$?
+exec pgbackrest --config="$PGBR_CONF" --stanza=bench archive-push "\$1"
+EOF
+chmod 755 "$ARCHIVE_SH"
+
+cat >"$SYN_CONF" <<EOF
+timezone = "UTC"
+
+[repository]
+url = "file://$SYN_REPO"
+
+[archive]
+compress_level = $COMPRESS_LEVEL
+
+[backup]
+parallelism = $PROCESS_MAX
+compress_level = $COMPRESS_LEVEL
+
+[[cluster]]
+name = "bench"
+pgdata = "$SRC"
+connection = "host=$SOCK port=$PORT user=postgres dbname=postgres"
+pg_bin_dir = "$PGBIN"
+EOF
+
+cat >"$PGBR_CONF" <<EOF
+[global]
+repo1-path=$PGBR_REPO
+repo1-retention-full=99
+compress-type=gz
+compress-level=$COMPRESS_LEVEL
+process-max=$PROCESS_MAX
+start-fast=y
+archive-async=y
+spool-path=$WORK/pgbr-spool
+lock-path=$WORK/pgbr-lock
+log-path=$WORK/pgbr-log
+log-level-console=warn
+log-level-stderr=warn
+log-level-file=info
+
+[bench]
+pg1-path=$SRC
+pg1-socket-path=$SOCK
+pg1-port=$PORT
+EOF
+: >"$WORK/archive.discard"
+chown_pg "$WORK"
+
+log "initdb -k, start PostgreSQL on unix socket $SOCK port $PORT"
+as_pg "$PGBIN/initdb" -k -D "$SRC" -U postgres --auth=trust -E UTF8 --no-instructions >"$WORK/initdb.log"
+cat >>"$SRC/postgresql.conf" <<EOF
+# --- bench/backup_restore.sh
+listen_addresses = ''
+unix_socket_directories = '$SOCK'
+port = $PORT
+archive_mode = on
+archive_command = '$ARCHIVE_SH %p'
+EOF
+STARTED+=("$SRC")
+as_pg "$PGBIN/pg_ctl" -D "$SRC" -l "$WORK/postgresql.log" -w start >/dev/null
+
+as_pg pgbackrest --config="$PGBR_CONF" --stanza=bench stanza-create >"$RES/stanza-create.log" 2>&1 \
+    || { tail_err "$RES/stanza-create.log"; die "pgbackrest stanza-create failed"; }
+
+log "pgbench -i -s $SCALE (WAL discarded meanwhile)"
+t0=$(now)
+as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -i -s "$SCALE" -q postgres >"$RES/pgbench-init.log" 2>&1 \
+    || { tail_err "$RES/pgbench-init.log"; die "pgbench -i failed"; }
+psql_q "create table bench_marker (tag text primary key, at timestamptz not null default clock_timestamp())"
+psql_q "checkpoint"
+log "  done in $(elapsed "$t0" "$(now)") s"
+
+# Archive for real from the next segment on, and check that both repositories receive it.
+wait_archived() { # segment name, timeout s: until pg_stat_archiver has archived it (or later)
+    local seg=$1 limit=$2 start=$SECONDS last
+    while :; do
+        last=$(psql_q "select coalesce(last_archived_wal, '') from pg_stat_archiver")
+        # Same timeline: names compare in WAL order.
+        if [ -n "$last" ] && [[ ! "$last" < "$seg" ]]; then return 0; fi
+        [ $((SECONDS - start)) -lt "$limit" ] || return 1
+        sleep 0.5
+    done
+}
+rm -f "$WORK/archive.discard"
+seg=$(psql_q "select pg_walfile_name(pg_switch_wal())")
+wait_archived "$seg" 300 || die "segment $seg was not archived in 300 s: see $WORK/postgresql.log and pg_stat_archiver"
+[ -f "$SYN_REPO/bench/wal/${seg:0:16}/$seg.gz" ] || die "segment $seg archived, but not in our repository $SYN_REPO"
+compgen -G "$PGBR_REPO/archive/bench/*/${seg:0:16}/$seg-*" >/dev/null || die "segment $seg archived, but not in pgBackRest's repository"
+log "archiving to both repositories works ($seg)"
+
+DATA_BYTES=$(data_bytes "$SRC")
+log "PGDATA without pg_wal: $(mb "$DATA_BYTES") MB"
+
+# ---------------------------------------------------------------- 1. base backups
+declare -A BK_WALL BK_STORED BK_RSS
+BK_TOOLS=(synapse pgbackrest pg_basebackup)
+SYN_LAST_ID=""
+PGBB_LAST=""
+backup_one() { # tool, round -> appends wall, stored, rss
+    local tool=$1 r=$2 t0 t1 out=$RES/backup-$1-$2 id label dir
+    psql_q "checkpoint"
+    sync
+    case $tool in
+        synapse)
+            t0=$(now)
+            if as_pg /usr/bin/time -f %M -o "$out.rss" "$BIN" --config "$SYN_CONF" backup >"$out.stdout" 2>"$out.stderr"; then
+                t1=$(now)
+                id=$(tail -n 1 "$out.stdout" | tr -d '[:space:]')
+                dir=$SYN_REPO/bench/backups/$id
+                [ -n "$id" ] && [ -d "$dir" ] || { our_failure "backup round $r: printed id '$id' but $dir does not exist"; return 0; }
+                SYN_LAST_ID=$id
+                BK_WALL[$tool]+=" $(elapsed "$t0" "$t1")"
+                BK_STORED[$tool]+=" $(dir_bytes "$dir")"
+                BK_RSS[$tool]+=" $(rss_mb "$out.rss")"
+            else
+                our_failure "backup round $r exited non-zero: $(grep -v '^Command exited' "$out.stderr" | tail -n 3 | tr '\n' ' ')"
+                tail_err "$out.stderr"
+            fi
+            ;;
+        pgbackrest)
+            local before
+            before=$(ls "$PGBR_REPO/backup/bench" 2>/dev/null | grep -E '^[0-9]{8}-[0-9]{6}F$' | sort | tail -n 1 || true)
+            t0=$(now)
+            as_pg /usr/bin/time -f %M -o "$out.rss" pgbackrest --config="$PGBR_CONF" --stanza=bench --type=full backup >"$out.stdout" 2>"$out.stderr" \
+                || { tail_err "$out.stderr"; die "pgbackrest backup failed"; }
+            t1=$(now)
+            label=$(ls "$PGBR_REPO/backup/bench" | grep -E '^[0-9]{8}-[0-9]{6}F$' | sort | tail -n 1)
+            [ -n "$label" ] && [ "$label" != "$before" ] || die "pgbackrest backup: no new backup set in $PGBR_REPO/backup/bench"
+            BK_WALL[$tool]+=" $(elapsed "$t0" "$t1")"
+            BK_STORED[$tool]+=" $(dir_bytes "$PGBR_REPO/backup/bench/$label")"
+            BK_RSS[$tool]+=" $(rss_mb "$out.rss")"
+            ;;
+        pg_basebackup)
+            dir=$WORK/basebackup/r$r
+            t0=$(now)
+            as_pg /usr/bin/time -f %M -o "$out.rss" "$PGBIN/pg_basebackup" -h "$SOCK" -p "$PORT" -U postgres \
+                -Ft -z -X fetch -c fast -D "$dir" >"$out.stdout" 2>"$out.stderr" \
+                || { tail_err "$out.stderr"; die "pg_basebackup failed"; }
+            t1=$(now)
+            BK_WALL[$tool]+=" $(elapsed "$t0" "$t1")"
+            BK_STORED[$tool]+=" $(cat "$dir"/*.tar.gz | wc -c)"
+            BK_RSS[$tool]+=" $(rss_mb "$out.rss")"
+            # Keep only the newest one (for the restore part).
+            [ -n "$PGBB_LAST" ] && rm -rf "$PGBB_LAST"
+            PGBB_LAST=$dir
+            ;;
+    esac
+    log "  $tool: $(echo "${BK_WALL[$tool]:-}" | awk '{ print $NF }') s"
+}
+
+if want backup; then
+    log "1. base backups, $REPS round(s)"
+    for r in $(seq 1 "$REPS"); do
+        # Rotate the order so no tool always goes first (or last) in a round.
+        order=()
+        for i in 0 1 2; do order+=("${BK_TOOLS[$(((i + r - 1) % 3))]}"); done
+        log " round $r: ${order[*]}"
+        for tool in "${order[@]}"; do backup_one "$tool" "$r"; done
+    done
+    syn list --json >"$RES/list.json" 2>"$RES/list.stderr" || our_failure "list --json failed: $(tail -n 2 "$RES/list.stderr" | tr '\n' ' ')"
+fi
+
+# ---------------------------------------------------------------- 2. restores
+declare -A RS_WALL RS_RSS
+TAR_SYNC=""
+if want restore; then
+    log "2. restores of the newest backups, $REPS round(s)"
+    RS_TOOLS=(synapse pgbackrest tar)
+    for r in $(seq 1 "$REPS"); do
+        order=()
+        for i in 0 1 2; do order+=("${RS_TOOLS[$(((i + r - 1) % 3))]}"); done
+        log " round $r: ${order[*]}"
+        for tool in "${order[@]}"; do
+            out=$RES/restore-$tool-$r
+            rm -rf "$WORK/D1" "$WORK/D2" "$WORK/D3"
+            sync
+            case $tool in
+                synapse)
+                    [ -n "$SYN_LAST_ID" ] || { log "  synapse: no backup of ours to restore"; continue; }
+                    t0=$(now)
+                    if as_pg /usr/bin/time -f %M -o "$out.rss" "$BIN" --config "$SYN_CONF" restore --latest --pgdata "$WORK/D1" >"$out.stdout" 2>"$out.stderr"; then
+                        t1=$(now)
+                        RS_WALL[$tool]+=" $(elapsed "$t0" "$t1")"
+                        RS_RSS[$tool]+=" $(rss_mb "$out.rss")"
+                        if [ "$VERIFY" = 1 ] && [ "$r" -eq "$REPS" ]; then
+                            if as_pg "$PGBIN/pg_verifybackup" -n "$WORK/D1" >"$RES/verifybackup.log" 2>&1; then
+                                log "  pg_verifybackup -n of our restored directory: ok"
+                            else
+                                our_failure "pg_verifybackup -n of our restored directory failed: $(tail -n 3 "$RES/verifybackup.log" | tr '\n' ' ')"
+                            fi
+                        fi
+                    else
+                        our_failure "restore --latest round $r exited non-zero: $(grep -v '^Command exited' "$out.stderr" | tail -n 3 | tr '\n' ' ')"
+                        tail_err "$out.stderr"
+                    fi
+                    ;;
+                pgbackrest)
+                    as_pg mkdir -m 700 "$WORK/D2"
+                    t0=$(now)
+                    as_pg /usr/bin/time -f %M -o "$out.rss" pgbackrest --config="$PGBR_CONF" --stanza=bench \
+                        --process-max=$PROCESS_MAX --pg1-path="$WORK/D2" restore >"$out.stdout" 2>"$out.stderr" \
+                        || { tail_err "$out.stderr"; die "pgbackrest restore failed"; }
+                    t1=$(now)
+                    RS_WALL[$tool]+=" $(elapsed "$t0" "$t1")"
+                    RS_RSS[$tool]+=" $(rss_mb "$out.rss")"
+                    ;;
+                tar)
+                    as_pg mkdir -m 700 "$WORK/D3"
+                    t0=$(now)
+                    for f in "$PGBB_LAST"/*.tar.gz; do
+                        as_pg tar -xzf "$f" -C "$WORK/D3" || die "tar -xzf $f failed"
+                    done
+                    t1=$(now)
+                    sync -f "$WORK/D3"
+                    t2=$(now)
+                    RS_WALL[$tool]+=" $(elapsed "$t0" "$t1")"
+                    TAR_SYNC+=" $(elapsed "$t0" "$t2")"
+                    ;;
+            esac
+            log "  $tool: $(echo "${RS_WALL[$tool]:-}" | awk '{ print $NF }') s"
+        done
+    done
+    rm -rf "$WORK/D1" "$WORK/D2" "$WORK/D3"
+fi
+
+# ---------------------------------------------------------------- 3. WAL after the backups
+SEG_ACTUAL="-"
+TARGET=""
+GEN_S="-"
+ARCH_WAIT_S="-"
+if want pitr; then
+    log "3. write load until $SEGMENTS WAL segments after the newest backup"
+    lsn0=$(psql_q "select pg_current_wal_lsn()")
+    archived0=$(psql_q "select archived_count from pg_stat_archiver")
+    need=$((SEGMENTS * WAL_SEG))
+    t0=$(now)
+    gen_start=$SECONDS
+    while :; do
+        done_bytes=$(psql_q "select (pg_current_wal_lsn() - '$lsn0'::pg_lsn)::bigint")
+        [ "$done_bytes" -ge "$need" ] && break
+        [ $((SECONDS - gen_start)) -le "$GEN_TIMEOUT" ] || die "only $((done_bytes / WAL_SEG)) segments after $GEN_TIMEOUT s of load (GEN_TIMEOUT; or set SEGMENTS lower)"
+        as_pg env PGOPTIONS="-c synchronous_commit=off" "$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -n -c 4 -j 2 -T 10 postgres >>"$RES/pgbench-load.log" 2>&1 \
+            || { tail_err "$RES/pgbench-load.log"; die "pgbench load failed"; }
+        done_bytes=$(psql_q "select (pg_current_wal_lsn() - '$lsn0'::pg_lsn)::bigint")
+        arch=$(psql_q "select archived_count - $archived0 || ' archived, ' || failed_count || ' archive failures, last ' || coalesce(last_archived_wal, '-') from pg_stat_archiver")
+        log "  $((done_bytes / WAL_SEG)) of $SEGMENTS segments written; $arch"
+    done
+    # The target: after a committed 'before' row, before a committed 'after' row.
+    psql_q "insert into bench_marker (tag) values ('before')"
+    sleep 1.2
+    TARGET=$(psql_q "select to_char(date_trunc('second', clock_timestamp() at time zone 'UTC'), 'YYYY-MM-DD HH24:MI:SS') || '+00'")
+    sleep 1.2
+    psql_q "insert into bench_marker (tag) values ('after')"
+    lsn1=$(psql_q "select pg_current_wal_lsn()")
+    SEG_ACTUAL=$(psql_q "select ceil((pg_current_wal_lsn() - '$lsn0'::pg_lsn) / $WAL_SEG)::int")
+    last_seg=$(psql_q "select pg_walfile_name(pg_switch_wal())")
+    GEN_S=$(elapsed "$t0" "$(now)")
+    log "  $SEG_ACTUAL segments ($lsn0 .. $lsn1) in $GEN_S s; target time $TARGET; waiting until $last_seg is archived"
+    t0=$(now)
+    wait_archived "$last_seg" "$ARCHIVE_TIMEOUT" || die "$last_seg not archived after $ARCHIVE_TIMEOUT s: $(psql_q 'select * from pg_stat_archiver')"
+    ARCH_WAIT_S=$(elapsed "$t0" "$(now)")
+    ARCH_STATS=$(psql_q "select archived_count - $archived0 || ' segments archived since the load began, ' || failed_count || ' failed archive_command calls' from pg_stat_archiver")
+    log "  archived after $ARCH_WAIT_S s more; $ARCH_STATS"
+    SYN_WAL_MB=$(mb "$(dir_bytes "$SYN_REPO/bench/wal")")
+    PGBR_WAL_MB=$(mb "$(dir_bytes "$PGBR_REPO/archive/bench")")
+    as_pg "$PGBIN/pg_ctl" -D "$SRC" -m fast -w stop >/dev/null
+
+    # ------------------------------------------------------------ 4. restore + recovery to TARGET
+    check_markers() { # label -> "ok" or a description
+        local got
+        got=$(psql_q "select string_agg(tag, ',' order by tag) from bench_marker" 2>&1) || { echo "query failed: $got"; return; }
+        [ "$got" = before ] && echo ok || echo "WRONG: marker rows '$got' (expected 'before' only)"
+    }
+    log "4a. synapse-backup restore --to '$TARGET' --start"
+    D4=$WORK/D4
+    out=$RES/pitr-synapse
+    STARTED+=("$D4")
+    sync
+    t0=$(now)
+    rc=0
+    { as_pg /usr/bin/time -f %M -o "$out.rss" "$BIN" --config "$SYN_CONF" restore --to "$TARGET" --start --pgdata "$D4" 2>&1 1>"$out.stdout" | stamp >"$out.stderr"; } || rc=$?
+    t1=$(now)
+    PITR_SYN="-" PITR_SYN_RESTORE="-" PITR_SYN_RECOVERY="-" PITR_SYN_CHECK="-"
+    if [ "$rc" -eq 0 ]; then
+        PITR_SYN=$(elapsed "$t0" "$t1")
+        ts=$(grep -m1 'starting PostgreSQL' "$out.stderr" | cut -d' ' -f1 || true)
+        if [ -n "$ts" ]; then
+            PITR_SYN_RESTORE=$(elapsed "$t0" "$ts")
+            PITR_SYN_RECOVERY=$(elapsed "$ts" "$t1")
+        fi
+        PITR_SYN_CHECK=$(check_markers)
+        [ "$PITR_SYN_CHECK" = ok ] || our_failure "restore --to: $PITR_SYN_CHECK"
+        log "  $PITR_SYN s (restore $PITR_SYN_RESTORE s + start/recovery $PITR_SYN_RECOVERY s); markers: $PITR_SYN_CHECK"
+    else
+        our_failure "restore --to '$TARGET' --start exited $rc: $(cut -d' ' -f2- "$out.stderr" | grep -v '^Command exited' | tail -n 3 | tr '\n' ' ')"
+        cut -d' ' -f2- "$out.stderr" >"$out.stderr.plain"
+        tail_err "$out.stderr.plain"
+    fi
+    if [ -f "$D4/postmaster.pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$D4" -m fast -w stop >/dev/null || true; fi
+    PITR_SYN_RSS=$(rss_mb "$out.rss")
+
+    log "4b. pgbackrest restore --type=time --target='$TARGET' --target-action=promote + pg_ctl start"
+    D5=$WORK/D5
+    out=$RES/pitr-pgbackrest
+    as_pg mkdir -m 700 "$D5"
+    sync
+    t0=$(now)
+    as_pg pgbackrest --config="$PGBR_CONF" --stanza=bench --process-max=$PROCESS_MAX --pg1-path="$D5" \
+        --type=time --target="$TARGET" --target-action=promote restore >"$out.stdout" 2>"$out.stderr" \
+        || { tail_err "$out.stderr"; die "pgbackrest restore --type=time failed"; }
+    t1=$(now)
+    STARTED+=("$D5")
+    as_pg "$PGBIN/pg_ctl" -D "$D5" -l "$WORK/D5.log" -t 3600 -w start >/dev/null \
+        || { tail_err "$WORK/D5.log"; die "pg_ctl start of pgBackRest's restored directory failed"; }
+    while [ "$(psql_q 'select pg_is_in_recovery()' 2>/dev/null || echo t)" != f ]; do
+        [ -f "$D5/postmaster.pid" ] || { tail_err "$WORK/D5.log"; die "pgBackRest's restored server stopped during recovery"; }
+        sleep 0.2
+    done
+    t2=$(now)
+    PITR_PGBR_RESTORE=$(elapsed "$t0" "$t1")
+    PITR_PGBR_RECOVERY=$(elapsed "$t1" "$t2")
+    PITR_PGBR=$(elapsed "$t0" "$t2")
+    PITR_PGBR_CHECK=$(check_markers)
+    log "  $PITR_PGBR s (restore $PITR_PGBR_RESTORE s + start/recovery $PITR_PGBR_RECOVERY s); markers: $PITR_PGBR_CHECK"
+    as_pg "$PGBIN/pg_ctl" -D "$D5" -m fast -w stop >/dev/null || true
+fi
+
+# ---------------------------------------------------------------- report
+med() { median ${1:-}; }
+echo
+echo "==================================================================================================="
+echo "synapse-backup base backup / restore benchmark — $(date -u +%FT%TZ), $(nproc) CPUs, load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "binary: $SYNAPSE_BIN ($(stat -c '%y' "$SYNAPSE_BIN" | cut -d. -f1)); $(pgbackrest version); $("$PGBIN/postgres" --version)"
+echo "database: pgbench -i -s $SCALE on initdb -k (data checksums); PGDATA without pg_wal $(mb "$DATA_BYTES") MB (the MB/s basis); warm page cache; quiet during backups and restores"
+echo "shared, noisy machine: only the ratios of this run mean anything. Medians of $REPS round(s), tool order rotated per round."
+echo "pgBackRest's archive check is ON: archive_command feeds both repositories (synapse wal-push && pgbackrest archive-push, async, process-max=2)."
+
+declare -A LABEL=(
+    [synapse]="synapse-backup backup (par 2, gz 6)"
+    [pgbackrest]="pgbackrest backup full (gz 6, pmax 2)"
+    [pg_basebackup]="pg_basebackup -Ft -z -X fetch -c fast"
+)
+missed=0
+check() { # description, awk condition (skipped when it mentions "-")
+    if [[ "$2" == *" - "* || "$2" == "- "* || "$2" == *" -" ]]; then echo "target ??:     $1 (no figure)"; missed=1; return; fi
+    if awk "BEGIN { exit !($2) }"; then echo "target met:    $1"; else echo "target MISSED: $1"; missed=1; fi
+}
+
+if want backup; then
+    echo
+    echo "1. BASE BACKUP (issue 3)"
+    printf '%-40s %8s %10s %9s %11s %10s  %s\n' tool wall_s MB_per_s stored_MB peak_rss_MB rounds "all walls (s)"
+    declare -A MW MR MS MM
+    for t in synapse pgbackrest pg_basebackup; do
+        MW[$t]=$(med "${BK_WALL[$t]:-}")
+        MR[$t]=$(rate "$DATA_BYTES" "${MW[$t]}")
+        MS[$t]=$(med "${BK_STORED[$t]:-}")
+        MM[$t]=$(med "${BK_RSS[$t]:-}")
+        n=$(echo "${BK_WALL[$t]:-}" | wc -w)
+        printf '%-40s %8s %10s %9s %11s %10s  %s\n' "${LABEL[$t]}" "${MW[$t]}" "${MR[$t]}" "$(mb "${MS[$t]}")" "${MM[$t]}" "$n" "${BK_WALL[$t]:-}"
+    done
+    if [ -s "$RES/list.json" ] && [ -n "$SYN_LAST_ID" ]; then
+        echo "our list --json for $SYN_LAST_ID: $(jq -c --arg id "$SYN_LAST_ID" '.backups[] | select(.id == $id) | {original_bytes, stored_bytes, duration_seconds, page_problems}' "$RES/list.json")"
+    fi
+    r_pgbr=$(ratio "${MR[synapse]}" "${MR[pgbackrest]}")
+    r_pgbb=$(ratio "${MR[synapse]}" "${MR[pg_basebackup]}")
+    r_size=$(ratio "${MS[synapse]}" "${MS[pgbackrest]}")
+    echo "ratios: throughput ours/pgBackRest ${r_pgbr}x, ours/pg_basebackup ${r_pgbb}x, stored size ours/pgBackRest ${r_size}"
+    check "backup throughput >= 1.5x pgBackRest (got ${r_pgbr}x)" "$r_pgbr >= 1.5"
+    check "backup throughput >= 2x pg_basebackup (got ${r_pgbb}x)" "$r_pgbb >= 2.0"
+    check "stored size within 5% of pgBackRest's (got ${r_size})" "$r_size <= 1.05 && $r_size >= 0.95"
+    check "peak memory of our backup < 256 MB (got ${MM[synapse]} MB, median; max $(printf '%s\n' ${BK_RSS[synapse]:-0} | sort -g | tail -n 1) MB)" "${MM[synapse]} < 256"
+fi
+
+if want restore; then
+    echo
+    echo "2. RESTORE of the newest backup, no recovery (issue 4)"
+    printf '%-40s %8s %10s %11s %10s  %s\n' tool wall_s MB_per_s peak_rss_MB rounds "all walls (s)"
+    declare -A RW RR
+    declare -A RLABEL=(
+        [synapse]="synapse-backup restore --latest"
+        [pgbackrest]="pgbackrest restore (pmax 2)"
+        [tar]="tar -xzf of pg_basebackup output"
+    )
+    for t in synapse pgbackrest tar; do
+        RW[$t]=$(med "${RS_WALL[$t]:-}")
+        RR[$t]=$(rate "$DATA_BYTES" "${RW[$t]}")
+        n=$(echo "${RS_WALL[$t]:-}" | wc -w)
+        printf '%-40s %8s %10s %11s %10s  %s\n' "${RLABEL[$t]}" "${RW[$t]}" "${RR[$t]}" "$(med "${RS_RSS[$t]:-}")" "$n" "${RS_WALL[$t]:-}"
+    done
+    tsw=$(med "$TAR_SYNC")
+    printf '%-40s %8s %10s %11s %10s  %s\n' "tar -xzf + sync -f (same runs)" "$tsw" "$(rate "$DATA_BYTES" "$tsw")" "-" "$(echo "$TAR_SYNC" | wc -w)" "$TAR_SYNC"
+    r_rs=$(ratio "${RR[synapse]}" "${RR[pgbackrest]}")
+    r_tar=$(ratio "${RR[synapse]}" "${RR[tar]}")
+    echo "ratios: throughput ours/pgBackRest ${r_rs}x, ours/tar ${r_tar}x"
+    [ "$VERIFY" = 1 ] && echo "pg_verifybackup -n of our last restored directory: $( [ -s "$RES/verifybackup.log" ] && (grep -q 'successfully verified' "$RES/verifybackup.log" && echo ok || tail -n 2 "$RES/verifybackup.log" | tr '\n' ' ') || echo 'not run')"
+    check "restore throughput >= 1.5x pgBackRest (got ${r_rs}x)" "$r_rs >= 1.5"
+fi
+
+if want pitr; then
+    echo
+    echo "3. RESTORE + RECOVERY to a target $SEG_ACTUAL WAL segments after the newest backup (issue 4)"
+    echo "WAL: $SEG_ACTUAL segments of pgbench -c 4 load in $GEN_S s (+ $ARCH_WAIT_S s until archived); ${ARCH_STATS:-}; stored WAL: ours $SYN_WAL_MB MB, pgBackRest $PGBR_WAL_MB MB"
+    echo "target time: $TARGET (a commit before it, one after it; restored servers must show only 'before')"
+    printf '%-58s %9s %11s %12s %11s  %s\n' tool total_s restore_s recovery_s peak_rss_MB markers
+    printf '%-58s %9s %11s %12s %11s  %s\n' "synapse-backup restore --to T --start" "$PITR_SYN" "$PITR_SYN_RESTORE" "$PITR_SYN_RECOVERY" "$PITR_SYN_RSS" "$PITR_SYN_CHECK"
+    printf '%-58s %9s %11s %12s %11s  %s\n' "pgbackrest restore --type=time + pg_ctl start, promote" "$PITR_PGBR" "$PITR_PGBR_RESTORE" "$PITR_PGBR_RECOVERY" "-" "$PITR_PGBR_CHECK"
+    echo "(ours: restore_s = until it printed 'starting PostgreSQL'; it polls the server every 0.5-1 s. pgBackRest: recovery_s = pg_ctl start -w + polling pg_is_in_recovery() every 0.2 s)"
+    r_pitr=$(ratio "$PITR_SYN" "$PITR_PGBR")
+    echo "ratio: total time ours/pgBackRest $r_pitr (lower is better)"
+    check "restore + recovery no slower than pgBackRest (ours/pgBackRest ${r_pitr})" "$r_pitr <= 1.0"
+fi
+
+if [ "${#FAILURES[@]}" -gt 0 ]; then
+    echo
+    echo "FAILURES of synapse-backup in this run:"
+    for f in "${FAILURES[@]}"; do echo "  - $f"; done
+fi
+echo "logs: $RES (kept with KEEP=1)"
+
+[ "$OURS_FAILED" -eq 1 ] && exit 3
+[ "$STRICT" = 1 ] && [ "$missed" -eq 1 ] && exit 2
+exit 0
