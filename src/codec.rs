@@ -125,6 +125,73 @@ pub fn compress(
     (out, header)
 }
 
+/// Compress `reader` (whose content the caller already hashed into `header`) as a list of
+/// 1 MiB chunks — no buffer ever holds the whole input or over-allocates for the output.
+/// Returns the chunks and the SHA-256 of what was actually read, so the caller can check
+/// that the input did not change since it was hashed.
+pub fn compress_stream(
+    mut reader: impl Read,
+    header: &ObjectHeader,
+    level: u32,
+) -> std::io::Result<(Vec<bytes::Bytes>, Sha256)> {
+    let comment = serde_json::to_vec(header).expect("header serializes");
+    let sink = ChunkWriter::default();
+    let mut gz = GzBuilder::new().comment(comment).write(HashingWriter::new(sink), Compression::new(level));
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        gz.write_all(&buf[..n])?;
+    }
+    let (sink, _, _) = gz.finish()?.finish();
+    Ok((sink.finish(), Sha256(hasher.finalize().into())))
+}
+
+/// Collects written bytes into 1 MiB `Bytes` chunks.
+#[derive(Default)]
+struct ChunkWriter {
+    chunks: Vec<bytes::Bytes>,
+    current: Vec<u8>,
+}
+
+impl ChunkWriter {
+    const CHUNK: usize = 1 << 20;
+    fn finish(mut self) -> Vec<bytes::Bytes> {
+        if !self.current.is_empty() {
+            self.chunks.push(bytes::Bytes::from(std::mem::take(&mut self.current)));
+        }
+        self.chunks
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            if self.current.capacity() == 0 {
+                self.current.reserve_exact(Self::CHUNK);
+            }
+            let room = Self::CHUNK - self.current.len();
+            let take = room.min(data.len());
+            self.current.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.current.len() == Self::CHUNK {
+                self.chunks.push(bytes::Bytes::from(std::mem::take(&mut self.current)));
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Read the header from the start of a compressed object (a few hundred bytes suffice).
 pub fn read_header(object: &[u8], name: &str) -> anyhow::Result<ObjectHeader> {
     let gz = flate2::read::GzDecoder::new(object);
@@ -180,6 +247,19 @@ mod tests {
             .read_to_end(&mut plain)
             .unwrap();
         assert_eq!(plain, data);
+    }
+
+    #[test]
+    fn streamed_compression_equals_the_content() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let header = ObjectHeader { sha256: Sha256::of(&data), size: data.len() as u64, extra: Default::default() };
+        let (chunks, read_sha) = compress_stream(&data[..], &header, 6).unwrap();
+        assert_eq!(read_sha, header.sha256);
+        assert!(chunks.iter().all(|c| c.len() <= 1 << 20));
+        let object: Vec<u8> = chunks.concat();
+        let (back, h) = decompress_verified(&object, "x").unwrap();
+        assert_eq!(back, data);
+        assert_eq!(h, header);
     }
 
     #[test]

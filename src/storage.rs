@@ -149,14 +149,14 @@ impl Storage {
     }
 
     /// Store `data` under `key` unless something is already there. Durable on return.
-    pub async fn put_if_absent(&self, key: &str, data: Bytes) -> anyhow::Result<Put> {
+    pub async fn put_if_absent(&self, key: &str, data: impl Into<PutPayload>) -> anyhow::Result<Put> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         match self
             .store
-            .put_opts(&self.path(key), PutPayload::from(data), opts)
+            .put_opts(&self.path(key), data.into(), opts)
             .await
         {
             Ok(_) => {

@@ -112,6 +112,12 @@ pub async fn run(
         None => window::select_backup(&backups, &target)
             .ok_or_else(|| refuse(format!("no backup ends at or before {target}")))?,
     };
+    if let Some(t) = args.timeline.filter(|t| *t < backup.timeline.0) {
+        return Err(usage(format!(
+            "backup {} is on timeline {}; it cannot be recovered along the older timeline {t}",
+            backup.id, backup.timeline.0
+        )));
+    }
     let index = WalIndex::new(&wal, size, backup.timeline, args.timeline.map(TimelineId));
     if index.crosses_timelines() {
         eprintln!(

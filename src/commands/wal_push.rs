@@ -45,9 +45,7 @@ pub async fn run(repo: &Repository, cfg: &ArchiveConfig, path: &Path) -> anyhow:
         }
     }
 
-    let cpu = Arc::new(Semaphore::new(
-        std::thread::available_parallelism().map_or(2, |n| n.get()),
-    ));
+    let limits = Arc::new(Limits::new());
     let ahead = look_ahead(
         &wal_dir,
         &pushed_dir,
@@ -56,14 +54,14 @@ pub async fn run(repo: &Repository, cfg: &ArchiveConfig, path: &Path) -> anyhow:
     );
     let mut tasks = tokio::task::JoinSet::new();
     for (other, other_path) in ahead {
-        let (repo, cpu, pushed_dir, level) = (
+        let (repo, limits, pushed_dir, level) = (
             repo.clone(),
-            cpu.clone(),
+            limits.clone(),
             pushed_dir.clone(),
             cfg.compress_level,
         );
         tasks.spawn(async move {
-            match push_one(&repo, &cpu, &other, &other_path, level).await {
+            match push_one(&repo, &limits, &other, &other_path, level).await {
                 Ok(marker) => {
                     if let Err(e) = marker.write(&pushed_dir, &other) {
                         tracing::warn!(file = %other, "could not record look-ahead push: {e:#}");
@@ -74,7 +72,7 @@ pub async fn run(repo: &Repository, cfg: &ArchiveConfig, path: &Path) -> anyhow:
             }
         });
     }
-    let result = push_one(repo, &cpu, &name, path, cfg.compress_level).await;
+    let result = push_one(repo, &limits, &name, path, cfg.compress_level).await;
     while tasks.join_next().await.is_some() {}
     result.map(|_| ())
 }
@@ -89,46 +87,71 @@ fn file_name(path: &Path) -> anyhow::Result<WalFileName> {
         .map_err(|e: crate::pg::walname::ParseWalNameError| usage(e.to_string()))
 }
 
+/// Bounds on memory and CPU for one call: whole segments are held in memory one at a time
+/// (to check, scan and hash them), and compressed in a streaming pass on every core.
+struct Limits {
+    whole_file: Semaphore,
+    cpu: Semaphore,
+}
+
+impl Limits {
+    fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Limits { whole_file: Semaphore::new(1), cpu: Semaphore::new(cores) }
+    }
+}
+
 /// Read, check, compress and store one WAL file.
 async fn push_one(
     repo: &Repository,
-    cpu: &Semaphore,
+    limits: &Limits,
     name: &WalFileName,
     path: &Path,
     level: u32,
 ) -> anyhow::Result<Marker> {
-    let permit = cpu.acquire().await.expect("semaphore is never closed");
+    let permit = limits.whole_file.acquire().await.expect("semaphore is never closed");
     let (name2, path2) = (*name, path.to_path_buf());
-    let prepared = tokio::task::spawn_blocking(move || prepare(&name2, &path2, level))
+    let checked = tokio::task::spawn_blocking(move || check(&name2, &path2))
         .await
-        .expect("prepare task does not panic")?;
+        .expect("check task does not panic")?;
     drop(permit);
-    if let Some(info) = &prepared.identity {
+    if let Some(info) = &checked.identity {
         repo.ensure_identity(info).await?;
     }
+    let permit = limits.cpu.acquire().await.expect("semaphore is never closed");
+    let (path2, header) = (path.to_path_buf(), checked.header.clone());
+    let chunks = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Bytes>> {
+        let file = std::fs::File::open(&path2).with_context(|| format!("read {}", path2.display()))?;
+        let (chunks, read_sha) =
+            codec::compress_stream(file, &header, level).with_context(|| format!("read {}", path2.display()))?;
+        if read_sha != header.sha256 {
+            bail!("{} changed while it was being archived; PostgreSQL will retry", path2.display());
+        }
+        Ok(chunks)
+    })
+    .await
+    .expect("compress task does not panic")?;
+    drop(permit);
     let outcome = repo
-        .put_wal(name, prepared.object, &prepared.header)
+        .put_wal(name, chunks.into_iter().collect::<object_store::PutPayload>(), &checked.header)
         .await
         .with_context(|| format!("archive {name}"))?;
     match outcome {
-        Archived::Stored => {
-            tracing::info!(file = %name, sha256 = %prepared.header.sha256, "archived")
-        }
-        Archived::AlreadyArchived => {
-            tracing::info!(file = %name, "already archived with identical content")
-        }
+        Archived::Stored => tracing::info!(file = %name, sha256 = %checked.header.sha256, "archived"),
+        Archived::AlreadyArchived => tracing::info!(file = %name, "already archived with identical content"),
     }
-    Ok(prepared.marker)
+    Ok(checked.marker)
 }
 
-struct Prepared {
-    object: Bytes,
+/// What the first, whole-file pass learned.
+struct Checked {
     header: codec::ObjectHeader,
     identity: Option<RepositoryInfo>,
     marker: Marker,
 }
 
-fn prepare(name: &WalFileName, path: &Path, level: u32) -> anyhow::Result<Prepared> {
+/// Read the whole file: check it is what its name says, scan it for commit times, hash it.
+fn check(name: &WalFileName, path: &Path) -> anyhow::Result<Checked> {
     let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
     let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
     let mut extra = serde_json::Map::new();
@@ -146,8 +169,7 @@ fn prepare(name: &WalFileName, path: &Path, level: u32) -> anyhow::Result<Prepar
             }
         }
         let seg = name.segment().expect("segment data has a segment");
-        let size =
-            crate::pg::WalSegmentSize::new(header.seg_size).context("invalid segment size")?;
+        let size = crate::pg::WalSegmentSize::new(header.seg_size).context("invalid segment size")?;
         if header.page_addr != seg.start_lsn(size).0 {
             bail!(
                 "{}: the file's first page is for LSN {}, but the name {} means {}; refusing a misnamed segment",
@@ -174,13 +196,8 @@ fn prepare(name: &WalFileName, path: &Path, level: u32) -> anyhow::Result<Prepar
     } else {
         None
     };
-    let (object, header) = codec::compress(&data, level, extra);
-    Ok(Prepared {
-        object: Bytes::from(object),
-        header,
-        identity,
-        marker: Marker::of(&meta),
-    })
+    let header = codec::ObjectHeader { sha256: codec::Sha256::of(&data), size: data.len() as u64, extra };
+    Ok(Checked { header, identity, marker: Marker::of(&meta) })
 }
 
 /// Files waiting to be archived after `current`: `.history` first, then in WAL order.
