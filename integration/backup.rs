@@ -111,6 +111,9 @@ async fn backup_under_load_is_complete_and_listed() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
     assert_eq!(v["backups"][0]["id"], id.as_str());
     assert!(v["backups"][0]["stored_bytes"].as_u64().unwrap() > 0);
+    // The recoverable window starts at the backup's end.
+    assert_eq!(v["window"]["start_lsn"], v["backups"][0]["stop_lsn"]);
+    assert!(v["window"]["wal_end_lsn"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread")]

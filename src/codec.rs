@@ -136,7 +136,9 @@ pub fn compress_stream(
 ) -> std::io::Result<(Vec<bytes::Bytes>, Sha256)> {
     let comment = serde_json::to_vec(header).expect("header serializes");
     let sink = ChunkWriter::default();
-    let mut gz = GzBuilder::new().comment(comment).write(HashingWriter::new(sink), Compression::new(level));
+    let mut gz = GzBuilder::new()
+        .comment(comment)
+        .write(HashingWriter::new(sink), Compression::new(level));
     let mut hasher = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -164,7 +166,8 @@ impl ChunkWriter {
     const CHUNK: usize = 1 << 20;
     fn finish(mut self) -> Vec<bytes::Bytes> {
         if !self.current.is_empty() {
-            self.chunks.push(bytes::Bytes::from(std::mem::take(&mut self.current)));
+            self.chunks
+                .push(bytes::Bytes::from(std::mem::take(&mut self.current)));
         }
         self.chunks
     }
@@ -182,7 +185,8 @@ impl Write for ChunkWriter {
             self.current.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.current.len() == Self::CHUNK {
-                self.chunks.push(bytes::Bytes::from(std::mem::take(&mut self.current)));
+                self.chunks
+                    .push(bytes::Bytes::from(std::mem::take(&mut self.current)));
             }
         }
         Ok(n)
@@ -252,7 +256,11 @@ mod tests {
     #[test]
     fn streamed_compression_equals_the_content() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let header = ObjectHeader { sha256: Sha256::of(&data), size: data.len() as u64, extra: Default::default() };
+        let header = ObjectHeader {
+            sha256: Sha256::of(&data),
+            size: data.len() as u64,
+            extra: Default::default(),
+        };
         let (chunks, read_sha) = compress_stream(&data[..], &header, 6).unwrap();
         assert_eq!(read_sha, header.sha256);
         assert!(chunks.iter().all(|c| c.len() <= 1 << 20));

@@ -149,7 +149,11 @@ impl Storage {
     }
 
     /// Store `data` under `key` unless something is already there. Durable on return.
-    pub async fn put_if_absent(&self, key: &str, data: impl Into<PutPayload>) -> anyhow::Result<Put> {
+    pub async fn put_if_absent(
+        &self,
+        key: &str,
+        data: impl Into<PutPayload>,
+    ) -> anyhow::Result<Put> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()

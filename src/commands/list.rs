@@ -3,7 +3,9 @@
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::pg::{TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupManifest;
+use crate::repo::window;
 use crate::repo::Repository;
 
 /// One backup in `list --json` (format documented in the README).
@@ -26,6 +28,16 @@ pub struct BackupSummary {
 pub struct Listing {
     pub cluster: String,
     pub backups: Vec<BackupSummary>,
+    pub window: WindowSummary,
+}
+
+/// The recoverable window: from the earliest backup's end to the last archived commit.
+#[derive(Debug, Serialize)]
+pub struct WindowSummary {
+    pub start_time: Option<String>,
+    pub start_lsn: Option<String>,
+    pub end_time: Option<String>,
+    pub wal_end_lsn: Option<String>,
 }
 
 pub fn summarize(m: &BackupManifest) -> BackupSummary {
@@ -48,11 +60,20 @@ pub fn summarize(m: &BackupManifest) -> BackupSummary {
     }
 }
 
-pub async fn run(_config: &Config, repo: &Repository, json: bool) -> anyhow::Result<()> {
+pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Result<()> {
     let backups = repo.list_backups().await?;
+    let win = load_window(repo, &backups).await?;
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let listing = Listing {
         cluster: repo.cluster().to_string(),
         backups: backups.iter().map(summarize).collect(),
+        window: WindowSummary {
+            start_time: win.earliest.as_ref().map(|e| rfc(e.time)),
+            start_lsn: win.earliest.as_ref().map(|e| e.lsn.to_string()),
+            end_time: win.last_commit.map(rfc),
+            wal_end_lsn: win.wal_end.map(|l| l.to_string()),
+        },
     };
     if json {
         println!(
@@ -66,6 +87,7 @@ pub async fn run(_config: &Config, repo: &Repository, json: bool) -> anyhow::Res
         listing.cluster,
         listing.backups.len()
     );
+    println!("{}", win.describe(config.timezone()));
     if listing.backups.is_empty() {
         return Ok(());
     }
@@ -98,6 +120,22 @@ pub async fn run(_config: &Config, repo: &Repository, json: bool) -> anyhow::Res
         );
     }
     Ok(())
+}
+
+/// The window over all archived WAL (timeline 1 upward).
+async fn load_window(
+    repo: &Repository,
+    backups: &[BackupManifest],
+) -> anyhow::Result<window::Window> {
+    let wal: Vec<WalFileName> = repo.list_wal().await?.into_iter().map(|(n, _)| n).collect();
+    let size = match (backups.first(), repo.info().await?) {
+        (Some(b), _) => WalSegmentSize::new(b.wal_segment_size),
+        (None, Some(info)) => WalSegmentSize::new(info.wal_segment_size),
+        (None, None) => None,
+    }
+    .unwrap_or(WalSegmentSize::DEFAULT);
+    let index = window::WalIndex::new(&wal, size, TimelineId(1), None);
+    window::load_window(repo, backups, &index).await
 }
 
 pub fn human_bytes(n: u64) -> String {

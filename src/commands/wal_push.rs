@@ -97,7 +97,10 @@ struct Limits {
 impl Limits {
     fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Limits { whole_file: Semaphore::new(1), cpu: Semaphore::new(cores) }
+        Limits {
+            whole_file: Semaphore::new(1),
+            cpu: Semaphore::new(cores),
+        }
     }
 }
 
@@ -109,7 +112,11 @@ async fn push_one(
     path: &Path,
     level: u32,
 ) -> anyhow::Result<Marker> {
-    let permit = limits.whole_file.acquire().await.expect("semaphore is never closed");
+    let permit = limits
+        .whole_file
+        .acquire()
+        .await
+        .expect("semaphore is never closed");
     let (name2, path2) = (*name, path.to_path_buf());
     let checked = tokio::task::spawn_blocking(move || check(&name2, &path2))
         .await
@@ -118,14 +125,22 @@ async fn push_one(
     if let Some(info) = &checked.identity {
         repo.ensure_identity(info).await?;
     }
-    let permit = limits.cpu.acquire().await.expect("semaphore is never closed");
+    let permit = limits
+        .cpu
+        .acquire()
+        .await
+        .expect("semaphore is never closed");
     let (path2, header) = (path.to_path_buf(), checked.header.clone());
     let chunks = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Bytes>> {
-        let file = std::fs::File::open(&path2).with_context(|| format!("read {}", path2.display()))?;
-        let (chunks, read_sha) =
-            codec::compress_stream(file, &header, level).with_context(|| format!("read {}", path2.display()))?;
+        let file =
+            std::fs::File::open(&path2).with_context(|| format!("read {}", path2.display()))?;
+        let (chunks, read_sha) = codec::compress_stream(file, &header, level)
+            .with_context(|| format!("read {}", path2.display()))?;
         if read_sha != header.sha256 {
-            bail!("{} changed while it was being archived; PostgreSQL will retry", path2.display());
+            bail!(
+                "{} changed while it was being archived; PostgreSQL will retry",
+                path2.display()
+            );
         }
         Ok(chunks)
     })
@@ -133,12 +148,20 @@ async fn push_one(
     .expect("compress task does not panic")?;
     drop(permit);
     let outcome = repo
-        .put_wal(name, chunks.into_iter().collect::<object_store::PutPayload>(), &checked.header)
+        .put_wal(
+            name,
+            chunks.into_iter().collect::<object_store::PutPayload>(),
+            &checked.header,
+        )
         .await
         .with_context(|| format!("archive {name}"))?;
     match outcome {
-        Archived::Stored => tracing::info!(file = %name, sha256 = %checked.header.sha256, "archived"),
-        Archived::AlreadyArchived => tracing::info!(file = %name, "already archived with identical content"),
+        Archived::Stored => {
+            tracing::info!(file = %name, sha256 = %checked.header.sha256, "archived")
+        }
+        Archived::AlreadyArchived => {
+            tracing::info!(file = %name, "already archived with identical content")
+        }
     }
     Ok(checked.marker)
 }
@@ -169,7 +192,8 @@ fn check(name: &WalFileName, path: &Path) -> anyhow::Result<Checked> {
             }
         }
         let seg = name.segment().expect("segment data has a segment");
-        let size = crate::pg::WalSegmentSize::new(header.seg_size).context("invalid segment size")?;
+        let size =
+            crate::pg::WalSegmentSize::new(header.seg_size).context("invalid segment size")?;
         if header.page_addr != seg.start_lsn(size).0 {
             bail!(
                 "{}: the file's first page is for LSN {}, but the name {} means {}; refusing a misnamed segment",
@@ -196,8 +220,16 @@ fn check(name: &WalFileName, path: &Path) -> anyhow::Result<Checked> {
     } else {
         None
     };
-    let header = codec::ObjectHeader { sha256: codec::Sha256::of(&data), size: data.len() as u64, extra };
-    Ok(Checked { header, identity, marker: Marker::of(&meta) })
+    let header = codec::ObjectHeader {
+        sha256: codec::Sha256::of(&data),
+        size: data.len() as u64,
+        extra,
+    };
+    Ok(Checked {
+        header,
+        identity,
+        marker: Marker::of(&meta),
+    })
 }
 
 /// Files waiting to be archived after `current`: `.history` first, then in WAL order.

@@ -258,14 +258,21 @@ mod tests {
         let (a, ha) = codec::compress(b"1\t0/3000000\tno recovery target\n", 6, Default::default());
         let (b, hb) = codec::compress(b"1\t0/4000000\tother\n", 6, Default::default());
         assert_eq!(
-            repo.put_wal(&name, Bytes::from(a.clone()).into(), &ha).await.unwrap(),
+            repo.put_wal(&name, Bytes::from(a.clone()).into(), &ha)
+                .await
+                .unwrap(),
             Archived::Stored
         );
         assert_eq!(
-            repo.put_wal(&name, Bytes::from(a).into(), &ha).await.unwrap(),
+            repo.put_wal(&name, Bytes::from(a).into(), &ha)
+                .await
+                .unwrap(),
             Archived::AlreadyArchived
         );
-        let err = repo.put_wal(&name, Bytes::from(b).into(), &hb).await.unwrap_err();
+        let err = repo
+            .put_wal(&name, Bytes::from(b).into(), &hb)
+            .await
+            .unwrap_err();
         assert_eq!(crate::error::exit_code(&err), crate::error::exit::CONFLICT);
         let (content, _) = repo.get_wal(&name).await.unwrap().unwrap();
         assert_eq!(content, b"1\t0/3000000\tno recovery target\n");
