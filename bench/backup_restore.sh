@@ -480,6 +480,8 @@ if want pitr; then
     if [ -f "$D4/postmaster.pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$D4" -m fast -w stop >/dev/null || true; fi
     PITR_SYN_RSS=$(rss_mb "$out.rss")
 
+    PITR_SYN_LOG=$(ls "$WORK"/restore-*.log 2>/dev/null | head -n 1 || true)
+
     log "4b. pgbackrest restore --type=time --target='$TARGET' --target-action=promote + pg_ctl start"
     D5=$WORK/D5
     out=$RES/pitr-pgbackrest
@@ -507,6 +509,19 @@ if want pitr; then
 fi
 
 # ---------------------------------------------------------------- report
+# "N segments, median/p90 s between them" from the 'restored log file' lines of a server log.
+seg_pace() {
+    [ -n "${1:-}" ] && [ -f "$1" ] || { echo "-"; return; }
+    grep 'restored log file' "$1" | awk '
+        { split($2, t, ":"); s = t[1] * 3600 + t[2] * 60 + t[3]
+          if (n++) { d = s - p; if (d < 0) d += 86400; a[n - 1] = d }; p = s }
+        END {
+            m = n - 1
+            if (m < 1) { print n " segments"; exit }
+            for (i = 2; i <= m; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            printf "%d segments restored, %.3f s median / %.3f s p90 between them", n, a[int((m + 1) / 2)], a[(int(m * 0.9) > 0) ? int(m * 0.9) : 1]
+        }'
+}
 med() { median ${1:-}; }
 echo
 echo "==================================================================================================="
@@ -587,6 +602,7 @@ if want pitr; then
     printf '%-58s %9s %11s %12s %11s  %s\n' "synapse-backup restore --to T --start" "$PITR_SYN" "$PITR_SYN_RESTORE" "$PITR_SYN_RECOVERY" "$PITR_SYN_RSS" "$PITR_SYN_CHECK"
     printf '%-58s %9s %11s %12s %11s  %s\n' "pgbackrest restore --type=time + pg_ctl start, promote" "$PITR_PGBR" "$PITR_PGBR_RESTORE" "$PITR_PGBR_RECOVERY" "-" "$PITR_PGBR_CHECK"
     echo "(ours: restore_s = until it printed 'starting PostgreSQL'; it polls the server every 0.5-1 s. pgBackRest: recovery_s = pg_ctl start -w + polling pg_is_in_recovery() every 0.2 s)"
+    echo "restore_command pace (server logs): ours $(seg_pace "${PITR_SYN_LOG:-}"); pgBackRest $(seg_pace "$WORK/D5.log")"
     r_pitr=$(ratio "$PITR_SYN" "$PITR_PGBR")
     echo "ratio: total time ours/pgBackRest $r_pitr (lower is better)"
     check "restore + recovery no slower than pgBackRest (ours/pgBackRest ${r_pitr})" "$r_pitr <= 1.0"

@@ -2,10 +2,12 @@
 //! Integration tests against real services: PostgreSQL 15 clusters the tests `initdb`, an
 //! S3-compatible server on 127.0.0.1, and the real binary. Run them with `bash .ci/run`.
 
+mod agent;
 mod backup;
 mod expire;
 mod harness;
 mod restore;
 mod storage_suite;
 mod tls;
+mod verify;
 mod wal;

@@ -392,3 +392,36 @@ fn bad_inputs_give_one_line_errors() {
     assert!(stderr(&out).contains("/nonexistent/synapse.toml"));
     assert_eq!(stderr(&out).trim_end().lines().count(), 1);
 }
+
+#[test]
+fn check_passes_on_a_working_setup_and_fails_on_broken_archiving() {
+    if harness::skip("check_passes_on_a_working_setup_and_fails_on_broken_archiving") {
+        return;
+    }
+    let scratch = Scratch::new("check");
+    let repo_dir = scratch.subdir("repo");
+    let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo_dir), "");
+    pg.psql("create table t as select 1 x");
+    let out = cfg.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(code(&out), 0, "{text}{}", stderr(&out));
+    assert!(
+        text.contains("all checks passed") && text.contains("reached the repository"),
+        "{text}"
+    );
+    // Point archive_command somewhere that fails: check says so.
+    pg.psql("alter system set archive_command = '/bin/false'");
+    pg.psql("select pg_reload_conf()");
+    pg.psql("insert into t values (2)");
+    let out = cfg
+        .command(&["check"])
+        .env("SYNAPSE_CHECK_TIMEOUT_SECONDS", "5")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_ne!(code(&out), 0, "{text}");
+    assert!(
+        text.contains("FAIL  archiving") && text.contains("archive_command"),
+        "{text}"
+    );
+}

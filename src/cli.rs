@@ -73,6 +73,31 @@ pub struct RestoreArgs {
     pub timeline: Option<u32>,
 }
 
+/// `verify` arguments.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").args(["backup", "latest", "all_unverified"])))]
+pub struct VerifyArgs {
+    /// Verify this backup.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Verify the newest backup (the default).
+    #[arg(long)]
+    pub latest: bool,
+    /// Verify every backup that has no verification report yet, oldest first.
+    #[arg(long)]
+    pub all_unverified: bool,
+    /// Recover to this time instead of the last archived commit the backup is responsible for
+    /// (up to the next backup's end). Read like `restore --to`.
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Where the scratch instance runs [default: `[verify] runtime`, else namespace on Linux].
+    #[arg(long, value_enum)]
+    pub runtime: Option<crate::config::VerifyRuntime>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -106,6 +131,13 @@ pub enum Command {
     },
     /// Point-in-time restore into a data directory.
     Restore(RestoreArgs),
+    /// Prove a backup: restore it into an isolated scratch instance, recover it to a target,
+    /// check it (pg_verifybackup, pg_amcheck, probes) and store the report next to the backup.
+    /// Exit 5 when the backup fails verification.
+    Verify(VerifyArgs),
+    /// End-to-end self-test: config, store (write/read/conditional put), database
+    /// connection and identity, and that WAL archiving reaches the repository.
+    Check,
     /// Apply retention: remove backups and WAL no longer needed to recover any moment of the
     /// last `retention_days`.
     Expire {
@@ -119,4 +151,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the service: every cluster's scheduled backup, expire and verify, and Prometheus
+    /// metrics on `[agent] listen` (/metrics, /healthz). SIGHUP reloads the config;
+    /// SIGTERM/SIGINT stop it.
+    Agent,
 }

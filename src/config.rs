@@ -28,6 +28,45 @@ pub struct Config {
     pub backup: BackupConfig,
     #[serde(rename = "cluster", default)]
     pub clusters: Vec<ClusterConfig>,
+    /// `verify`: how scratch instances are run.
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    /// The long-running `agent`: schedules and the metrics endpoint.
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+/// `[agent]`. Schedules are cron expressions of six fields, seconds first
+/// (`sec min hour day-of-month month day-of-week`), read in the configured `timezone`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address of `/metrics` and `/healthz`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Run the jobs of different clusters at the same time (default: one cluster after another).
+    #[serde(default)]
+    pub parallel_clusters: bool,
+    /// When to take each cluster's base backup (expire follows every successful backup).
+    #[serde(default = "default_backup_schedule")]
+    pub backup_schedule: String,
+    /// Verify each new backup right after it is taken (and expired).
+    #[serde(default = "default_true")]
+    pub verify_after_backup: bool,
+    /// An extra schedule that verifies the newest backup.
+    pub verify_schedule: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: default_listen(),
+            parallel_clusters: false,
+            backup_schedule: default_backup_schedule(),
+            verify_after_backup: true,
+            verify_schedule: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +162,141 @@ pub struct ClusterConfig {
     pub connection: String,
     /// Directory of the PostgreSQL binaries (pg_ctl, …). Default: /usr/lib/postgresql/<major>/bin.
     pub pg_bin_dir: Option<PathBuf>,
+    /// `verify`: SQL run in the recovered scratch instance, each with the text it must return.
+    #[serde(default)]
+    pub verify_probe: Vec<VerifyProbe>,
+    /// Agent: this cluster's backup schedule instead of `[agent] backup_schedule`.
+    pub backup_schedule: Option<String>,
+    /// Agent: instead of `[agent] verify_after_backup`.
+    pub verify_after_backup: Option<bool>,
+    /// Agent: instead of `[agent] verify_schedule`.
+    pub verify_schedule: Option<String>,
+}
+
+impl ClusterConfig {
+    /// The agent's backup schedule for this cluster.
+    pub fn backup_schedule<'a>(&'a self, agent: &'a AgentConfig) -> &'a str {
+        self.backup_schedule
+            .as_deref()
+            .unwrap_or(&agent.backup_schedule)
+    }
+    /// Whether the agent verifies each new backup of this cluster.
+    pub fn verify_after_backup(&self, agent: &AgentConfig) -> bool {
+        self.verify_after_backup
+            .unwrap_or(agent.verify_after_backup)
+    }
+    /// The agent's separate verify schedule for this cluster, if any.
+    pub fn verify_schedule<'a>(&'a self, agent: &'a AgentConfig) -> Option<&'a str> {
+        self.verify_schedule
+            .as_deref()
+            .or(agent.verify_schedule.as_deref())
+    }
+}
+
+impl ClusterConfig {
+    /// The connection string without any password, for messages.
+    pub fn connection_description(&self) -> String {
+        if let Some((scheme, rest)) = self.connection.split_once("://") {
+            // URI form: drop any user:password@ part.
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            return format!("{scheme}://{rest}");
+        }
+        self.connection
+            .split_whitespace()
+            .filter(|kv| !kv.to_ascii_lowercase().starts_with("password"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Where `verify` runs its scratch instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyRuntime {
+    /// The PostgreSQL binaries of this machine in new Linux namespaces (no daemon needed).
+    Namespace,
+    /// `docker run --network none` with `[verify] docker_image`.
+    Docker,
+}
+
+/// `[verify]`: the scratch instances that prove backups restore and recover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// `namespace` (default on Linux) or `docker`; `verify --runtime` overrides it.
+    #[serde(default = "default_verify_runtime")]
+    pub runtime: VerifyRuntime,
+    /// Docker image [default: `postgres:<major>` of the backup].
+    pub docker_image: Option<String>,
+    /// The PostgreSQL binaries inside the image [default: /usr/lib/postgresql/<major>/bin].
+    pub docker_pg_bin_dir: Option<PathBuf>,
+    /// Where scratch directories are made (each removed afterwards).
+    #[serde(default = "default_scratch_dir")]
+    pub scratch_dir: PathBuf,
+    /// Longest a verification may take, restore and recovery included.
+    #[serde(default = "default_verify_timeout")]
+    pub timeout_seconds: u64,
+    /// `shared_buffers` of the scratch instance (not the original's, which may be huge).
+    #[serde(default = "default_verify_shared_buffers")]
+    pub shared_buffers: String,
+    /// Memory limit of the scratch container (docker runtime).
+    #[serde(default = "default_verify_memory")]
+    pub memory_mb: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            runtime: default_verify_runtime(),
+            docker_image: None,
+            docker_pg_bin_dir: None,
+            scratch_dir: default_scratch_dir(),
+            timeout_seconds: default_verify_timeout(),
+            shared_buffers: default_verify_shared_buffers(),
+            memory_mb: default_verify_memory(),
+        }
+    }
+}
+
+/// `[[cluster.verify_probe]]`: a query run in the recovered scratch instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyProbe {
+    /// Named in the report and errors [default: the SQL].
+    pub name: Option<String>,
+    /// Run with the simple query protocol; the result is the first column of the last
+    /// statement's rows, one per line (NULL as an empty line).
+    pub sql: String,
+    /// What the result must equal (surrounding whitespace ignored).
+    pub expect: String,
+    /// Database to run it in [default: the one of the cluster's connection].
+    pub database: Option<String>,
+}
+
+impl VerifyProbe {
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.sql)
+    }
+}
+
+fn default_verify_runtime() -> VerifyRuntime {
+    if cfg!(target_os = "linux") {
+        VerifyRuntime::Namespace
+    } else {
+        VerifyRuntime::Docker
+    }
+}
+fn default_scratch_dir() -> PathBuf {
+    PathBuf::from("/var/tmp")
+}
+fn default_verify_timeout() -> u64 {
+    6 * 3600
+}
+fn default_verify_shared_buffers() -> String {
+    "128MB".into()
+}
+fn default_verify_memory() -> u64 {
+    2048
 }
 
 fn default_retention_days() -> u32 {
@@ -161,6 +335,12 @@ fn default_prefetch() -> usize {
 }
 fn default_level() -> u32 {
     6
+}
+fn default_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn default_backup_schedule() -> String {
+    "0 0 2 * * *".into()
 }
 fn default_connection() -> String {
     "host=/var/run/postgresql port=5432 user=postgres dbname=postgres".into()
@@ -245,6 +425,16 @@ impl Config {
                 bail!("cluster {:?}: pgdata must be an absolute path", c.name);
             }
         }
+        if !self.verify.scratch_dir.is_absolute() {
+            bail!("verify.scratch_dir must be an absolute path");
+        }
+        if let Some(c) = self
+            .clusters
+            .iter()
+            .find(|c| c.verify_probe.iter().any(|p| p.sql.trim().is_empty()))
+        {
+            bail!("cluster {:?}: a verify_probe has an empty sql", c.name);
+        }
         if !(1..=9).contains(&self.archive.compress_level) {
             bail!("archive.compress_level must be 1..9");
         }
@@ -256,6 +446,31 @@ impl Config {
         }
         if self.archive.push_parallelism == 0 {
             bail!("archive.push_parallelism must be at least 1");
+        }
+        self.agent
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "agent.listen {:?}: {e} (use ADDRESS:PORT, e.g. \"127.0.0.1:9187\")",
+                    self.agent.listen
+                )
+            })?;
+        let check = |what: String, expr: &str| {
+            crate::agent::schedule::Schedule::parse(expr)
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))
+        };
+        check("agent.backup_schedule".into(), &self.agent.backup_schedule)?;
+        if let Some(v) = &self.agent.verify_schedule {
+            check("agent.verify_schedule".into(), v)?;
+        }
+        for c in &self.clusters {
+            if let Some(v) = &c.backup_schedule {
+                check(format!("cluster {:?}: backup_schedule", c.name), v)?;
+            }
+            if let Some(v) = &c.verify_schedule {
+                check(format!("cluster {:?}: verify_schedule", c.name), v)?;
+            }
         }
         Ok(())
     }
@@ -386,6 +601,55 @@ pgdata = "/var/lib/postgresql/15/main"
     }
 
     #[test]
+    fn agent_section_defaults_and_overrides() {
+        let cfg = Config::parse(include_str!("../config/synapse-backup.example.toml")).unwrap();
+        assert_eq!(cfg.agent.listen, "127.0.0.1:9187");
+        assert!(!cfg.agent.parallel_clusters);
+        assert!(cfg.agent.verify_after_backup);
+        let core = cfg.cluster(Some("core")).unwrap();
+        let analytics = cfg.cluster(Some("analytics")).unwrap();
+        assert_eq!(core.backup_schedule(&cfg.agent), "0 0 2 * * *");
+        assert_eq!(analytics.backup_schedule(&cfg.agent), "0 30 3 * * *");
+        assert_eq!(core.verify_schedule(&cfg.agent), None);
+
+        let cfg = Config::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.agent.backup_schedule, "0 0 2 * * *");
+        assert!(cfg.agent.verify_after_backup);
+        let cfg = Config::parse(&format!(
+            "[agent]\nverify_after_backup = false\nverify_schedule = \"0 0 3 * * Sun\"\n{MINIMAL}verify_after_backup = true\n"
+        ))
+        .unwrap();
+        let core = cfg.cluster(None).unwrap();
+        assert!(core.verify_after_backup(&cfg.agent));
+        assert_eq!(core.verify_schedule(&cfg.agent), Some("0 0 3 * * Sun"));
+    }
+
+    #[test]
+    fn bad_agent_settings_name_the_problem() {
+        let cases = [
+            (
+                "[agent]\nbackup_schedule = \"0 2 * * *\"\n",
+                "six fields, seconds first",
+            ),
+            ("[agent]\nbackup_schedule = \"0 0 2 * * 1-5\"\n", "Mon-Fri"),
+            ("[agent]\nlisten = \"9187\"\n", "agent.listen"),
+            ("[agent]\nbogus = 1\n", "bogus"),
+        ];
+        for (agent, want) in cases {
+            let err = format!(
+                "{:#}",
+                Config::parse(&format!("{agent}{MINIMAL}")).unwrap_err()
+            );
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+        let err = format!(
+            "{:#}",
+            Config::parse(&format!("{MINIMAL}backup_schedule = \"nope\"\n")).unwrap_err()
+        );
+        assert!(err.contains("cluster \"core\": backup_schedule"), "{err}");
+    }
+
+    #[test]
     fn one_cluster_needs_no_name() {
         let cfg = Config::parse(MINIMAL).unwrap();
         assert_eq!(cfg.cluster(None).unwrap().name, "core");
@@ -425,6 +689,18 @@ pgdata = "/var/lib/postgresql/15/main"
             let err = format!("{:#}", Config::parse(&text).unwrap_err());
             assert!(err.contains(want), "want {want:?} in {err:?}");
         }
+    }
+
+    #[test]
+    fn connection_description_hides_passwords() {
+        let mut cfg = Config::parse(MINIMAL).unwrap();
+        cfg.clusters[0].connection = "host=/tmp password=hunter2 user=x".into();
+        assert_eq!(cfg.clusters[0].connection_description(), "host=/tmp user=x");
+        cfg.clusters[0].connection = "postgresql://x:hunter2@db:5432/postgres".into();
+        assert_eq!(
+            cfg.clusters[0].connection_description(),
+            "postgresql://db:5432/postgres"
+        );
     }
 
     #[test]

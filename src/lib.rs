@@ -1,5 +1,6 @@
 //! synapse-backup: PostgreSQL backup and point-in-time recovery.
 
+pub mod agent;
 pub mod cli;
 pub mod codec;
 pub mod commands;
@@ -9,5 +10,6 @@ pub mod logging;
 pub mod pg;
 pub mod policy;
 pub mod repo;
+pub mod sandbox;
 pub mod storage;
 pub mod timeparse;

@@ -60,6 +60,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Agent = cli.command {
+        if cli.cluster.is_some() {
+            return Err(error::usage(
+                "the agent serves every configured cluster; run it without --cluster",
+            ));
+        }
+        return synapse_backup::agent::run(synapse_backup::agent::Options {
+            config: cli.config,
+            log_format: cli.log_format,
+            verbose: cli.verbose,
+        })
+        .await;
+    }
     let config = Config::load(cli.config.as_deref())?;
     let cluster = config.cluster(cli.cluster.as_deref())?;
     let storage = Storage::open(&config.repository)?;
@@ -89,9 +102,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Expire { dry_run, now, json } => {
             commands::expire::run(&config, &repo, dry_run, now.as_deref(), json).await
         }
+        Command::Check => commands::check::run(&config, cluster, &repo).await,
         Command::Restore(args) => {
             commands::restore::run(&config, cluster, &repo, &args, cli.config.as_deref()).await
         }
+        Command::Agent => unreachable!("handled above: the agent needs no --cluster"),
+        Command::Verify(args) => commands::verify::run(&config, cluster, &repo, &args).await,
     }
 }
 

@@ -22,6 +22,8 @@ pub struct BackupSummary {
     pub duration_seconds: f64,
     pub page_problems: usize,
     pub pg_version: u32,
+    /// The newest `verify` report of this backup (`null`: never verified).
+    pub last_verification: Option<crate::commands::verify::LastVerification>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +59,7 @@ pub fn summarize(m: &BackupManifest) -> BackupSummary {
         duration_seconds: m.duration_seconds(),
         page_problems: m.page_problems.len(),
         pg_version: m.pg_version,
+        last_verification: None,
     }
 }
 
@@ -65,9 +68,13 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
     let win = load_window(repo, &backups).await?;
     let rfc =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
+    for (s, b) in summaries.iter_mut().zip(&backups) {
+        s.last_verification = crate::commands::verify::last_verification(repo, &b.id).await?;
+    }
     let listing = Listing {
         cluster: repo.cluster().to_string(),
-        backups: backups.iter().map(summarize).collect(),
+        backups: summaries,
         window: WindowSummary {
             start_time: win.earliest.as_ref().map(|e| rfc(e.time)),
             start_lsn: win.earliest.as_ref().map(|e| e.lsn.to_string()),
@@ -92,7 +99,7 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
         return Ok(());
     }
     println!(
-        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}",
+        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}  {}",
         "ID",
         "START (UTC)",
         "STOP (UTC)",
@@ -102,11 +109,16 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
         "SIZE",
         "STORED",
         "SECS",
-        "BADPG"
+        "BADPG",
+        "VERIFIED"
     );
-    for b in &backups {
+    for (b, s) in backups.iter().zip(&listing.backups) {
+        let verified = match &s.last_verification {
+            Some(v) => format!("{} {}", if v.ok { "ok" } else { "FAILED" }, v.time),
+            None => "never".into(),
+        };
         println!(
-            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7.1} {:>6}",
+            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7.1} {:>6}  {}",
             b.id.as_str(),
             b.start_time.format("%Y-%m-%d %H:%M:%S"),
             b.stop_time.format("%Y-%m-%d %H:%M:%S"),
@@ -116,7 +128,8 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
             human_bytes(b.original_size()),
             human_bytes(b.stored_size()),
             b.duration_seconds(),
-            b.page_problems.len()
+            b.page_problems.len(),
+            verified
         );
     }
     Ok(())

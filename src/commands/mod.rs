@@ -1,8 +1,10 @@
 //! One module per command.
 
 pub mod backup;
+pub mod check;
 pub mod expire;
 pub mod list;
 pub mod restore;
+pub mod verify;
 pub mod wal_fetch;
 pub mod wal_push;

@@ -156,29 +156,23 @@ pub async fn run(
     );
     eprintln!("restoring into {}", pgdata.display());
 
-    // 3. Mark, clear, extract.
-    prepare_dir(&pgdata, &state, args.force, owner)?;
-    for (oid, dir) in &layout.tablespaces {
-        prepare_tablespace(&pgdata, *oid, dir, args.force, owner)?;
-    }
-    let started = Instant::now();
-    let extracted = restore_parts(repo, backup, &layout, owner).await?;
-
-    // 4. Recovery configuration, manifest, and the switch from "incomplete" to "ready".
+    // 3. and 4. Mark, clear, extract; recovery configuration, manifest, and the switch from
+    // "incomplete" to "ready".
     let settings = RecoverySettings {
         restore_command,
         target,
         action: args.target_action,
         timeline: args.timeline,
     };
-    finish(&layout, backup, &extracted, &settings, owner)?;
+    let started = Instant::now();
+    let files = extract(repo, backup, &layout, &state, args.force, owner, &settings).await?;
     let elapsed = started.elapsed();
     let bytes = backup.original_size();
     eprintln!(
         "restored backup {} into {}: {} files, {} in {:.1}s ({}/s)",
         backup.id,
         pgdata.display(),
-        extracted.len(),
+        files,
         human_bytes(bytes),
         elapsed.as_secs_f64(),
         human_bytes((bytes as f64 / elapsed.as_secs_f64().max(0.001)) as u64),
@@ -194,6 +188,46 @@ pub async fn run(
         );
         Ok(())
     }
+}
+
+/// Restore `backup` into `pgdata`, which must be absent or empty, with its tablespaces moved
+/// to `relocations` (OID → directory), and write `settings` as its recovery configuration.
+/// Every part and file is checked against the manifest, as for `restore`. The caller has made
+/// its own target and WAL checks, and starts the server itself (`verify` does both). Returns
+/// the number of files restored.
+pub async fn restore_into(
+    repo: &Repository,
+    backup: &BackupManifest,
+    pgdata: &Path,
+    relocations: &BTreeMap<u32, PathBuf>,
+    settings: &RecoverySettings,
+) -> anyhow::Result<usize> {
+    let state = inspect_dir(pgdata)?;
+    refuse_non_empty(pgdata, &state, false)?;
+    let layout = Layout::new(pgdata, backup, relocations)?;
+    layout.check_manifest(backup)?;
+    let owner = decide_owner(pgdata)?;
+    extract(repo, backup, &layout, &state, false, owner, settings).await
+}
+
+/// Steps 3 and 4: mark and prepare the directories, download and extract every part, then
+/// write the recovery files and move `pg_control` into place. Returns the number of files.
+async fn extract(
+    repo: &Repository,
+    backup: &BackupManifest,
+    layout: &Layout,
+    state: &DirState,
+    force: bool,
+    owner: Option<Owner>,
+    settings: &RecoverySettings,
+) -> anyhow::Result<usize> {
+    prepare_dir(&layout.pgdata, state, force, owner)?;
+    for (oid, dir) in &layout.tablespaces {
+        prepare_tablespace(&layout.pgdata, *oid, dir, force, owner)?;
+    }
+    let extracted = restore_parts(repo, backup, layout, owner).await?;
+    finish(layout, backup, &extracted, settings, owner)?;
+    Ok(extracted.len())
 }
 
 /// The parsed target, with how a time was read (for the message).
@@ -1305,11 +1339,14 @@ fn ensure_dir(root: &Path, rel: &str, mode: u32, owner: Option<Owner>) -> anyhow
 // ---------------------------------------------------------------------------------------------
 // Recovery configuration and the final switch
 
-struct RecoverySettings {
-    restore_command: String,
-    target: RecoveryTarget,
-    action: TargetAction,
-    timeline: Option<u32>,
+/// What goes into the restored directory's recovery configuration.
+pub struct RecoverySettings {
+    /// As PostgreSQL runs it (`%f`, `%p` placeholders).
+    pub restore_command: String,
+    pub target: RecoveryTarget,
+    pub action: TargetAction,
+    /// `recovery_target_timeline`; `None` is `latest`.
+    pub timeline: Option<u32>,
 }
 
 /// `restore_command` for this binary, config file and cluster, as PostgreSQL will run it

@@ -36,6 +36,28 @@ pub struct BackupStop {
     pub tablespace_map: Option<String>,
 }
 
+/// `pg_stat_archiver` as numbers (see [`Session::archiver_stats`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArchiverStats {
+    pub archived_count: u64,
+    /// Unix seconds.
+    pub last_archived_time: Option<f64>,
+    pub failed_count: u64,
+    /// Unix seconds.
+    pub last_failed_time: Option<f64>,
+    /// `pg_current_wal_lsn()` in bytes; `None` on a standby.
+    pub wal_position_bytes: Option<f64>,
+}
+
+/// WAL waiting for the archiver (see [`Session::archive_backlog`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArchiveBacklog {
+    pub ready_files: u64,
+    /// Segment files count their segment size; `.history` and `.backup` files count 0.
+    pub ready_bytes: u64,
+    pub oldest_ready_age_seconds: f64,
+}
+
 pub struct Session {
     client: Client,
     task: tokio::task::JoinHandle<()>,
@@ -339,6 +361,53 @@ impl Session {
         ))
     }
 
+    /// `pg_stat_archiver` as numbers, plus the server's WAL write position (for the agent's
+    /// metrics). Times are Unix seconds; `None` where PostgreSQL has none.
+    pub async fn archiver_stats(&self) -> anyhow::Result<ArchiverStats> {
+        let row = self
+            .client
+            .query_one(
+                "select archived_count, extract(epoch from last_archived_time)::float8,
+                        failed_count, extract(epoch from last_failed_time)::float8,
+                        case when pg_is_in_recovery() then null
+                             else pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 end
+                 from pg_stat_archiver",
+                &[],
+            )
+            .await
+            .context("read pg_stat_archiver")?;
+        Ok(ArchiverStats {
+            archived_count: row.get::<_, i64>(0).max(0) as u64,
+            last_archived_time: row.get(1),
+            failed_count: row.get::<_, i64>(2).max(0) as u64,
+            last_failed_time: row.get(3),
+            wal_position_bytes: row.get(4),
+        })
+    }
+
+    /// WAL files PostgreSQL has not archived yet: the `.ready` files of
+    /// `pg_wal/archive_status` (needs superuser or `pg_monitor`).
+    pub async fn archive_backlog(&self) -> anyhow::Result<ArchiveBacklog> {
+        let row = self
+            .client
+            .query_one(
+                r"select count(*)::int8,
+                        coalesce(sum(case when name ~ '^[0-9A-F]{24}\.ready$' then s.seg else 0 end), 0)::int8,
+                        coalesce(extract(epoch from now() - min(modification)), 0)::float8
+                 from pg_ls_archive_statusdir(),
+                      (select setting::int8 as seg from pg_settings where name = 'wal_segment_size') s
+                 where name like '%.ready'",
+                &[],
+            )
+            .await
+            .context("list pg_wal/archive_status (pg_ls_archive_statusdir)")?;
+        Ok(ArchiveBacklog {
+            ready_files: row.get::<_, i64>(0).max(0) as u64,
+            ready_bytes: row.get::<_, i64>(1).max(0) as u64,
+            oldest_ready_age_seconds: row.get::<_, f64>(2).max(0.0),
+        })
+    }
+
     /// During recovery: whether replay is paused (`pg_get_wal_replay_pause_state() = 'paused'`)
     /// and the last replayed LSN. Outside recovery: `(false, None)`.
     pub async fn replay_state(&self) -> anyhow::Result<(bool, Option<Lsn>)> {
@@ -357,6 +426,20 @@ impl Session {
             .context("read the recovery state")?;
         let lsn: Option<String> = row.get(1);
         Ok((row.get(0), lsn.and_then(|l| l.parse().ok())))
+    }
+
+    /// `pg_switch_wal()`; returns the segment that was completed, or `None` when nothing
+    /// had been written since the last switch.
+    pub async fn switch_wal(&self) -> anyhow::Result<Option<super::WalSegmentName>> {
+        let row = self
+            .client
+            .query_one("select pg_walfile_name(pg_switch_wal())", &[])
+            .await
+            .context("switch WAL (pg_switch_wal)")?;
+        let name: String = row.get(0);
+        Ok(Some(
+            name.parse().context("segment name from pg_walfile_name")?,
+        ))
     }
 
     pub async fn close(self) {

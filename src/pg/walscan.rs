@@ -156,7 +156,7 @@ impl LongPageHeader {
                 blcksz: header.xlog_blcksz,
             });
         }
-        if header.page_addr % u64::from(seg_size) != 0 {
+        if !header.page_addr.is_multiple_of(u64::from(seg_size)) {
             return Err(WalScanError::NotSegmentStart {
                 page_addr: Lsn(header.page_addr),
             });
@@ -328,7 +328,7 @@ impl<'a> Walker<'a> {
                 self.stop = Some(Stop::SegmentEnd);
                 return None;
             }
-            if pos % XLOG_BLCKSZ == 0 {
+            if pos.is_multiple_of(XLOG_BLCKSZ) {
                 match self.page_header(pos) {
                     // A record must start here, so the page may not begin with the rest of one.
                     Some((info, _)) if info & XLP_FIRST_IS_CONTRECORD != 0 => {
@@ -627,7 +627,7 @@ mod tests {
         fn write(&mut self, data: &[u8], continuation: bool) {
             let mut i = 0;
             while i < data.len() && self.pos < SEG {
-                if self.pos % XLOG_BLCKSZ == 0 {
+                if self.pos.is_multiple_of(XLOG_BLCKSZ) {
                     let rem = (data.len() - i) as u32;
                     let (info, rem) = if continuation || i > 0 {
                         (XLP_FIRST_IS_CONTRECORD, rem)
@@ -647,7 +647,7 @@ mod tests {
         /// Offset where the next record will start.
         fn next_start(&self) -> usize {
             let pos = maxalign(self.pos);
-            if pos % XLOG_BLCKSZ == 0 {
+            if pos.is_multiple_of(XLOG_BLCKSZ) {
                 pos + SIZE_OF_SHORT_PHD
             } else {
                 pos
@@ -657,7 +657,7 @@ mod tests {
         /// Append a record; `payload` is everything after the 24-byte header.
         fn record(&mut self, rmid: u8, info: u8, payload: &[u8]) -> u64 {
             self.pos = maxalign(self.pos);
-            if self.pos % XLOG_BLCKSZ == 0 && self.pos < SEG {
+            if self.pos.is_multiple_of(XLOG_BLCKSZ) && self.pos < SEG {
                 self.page_header(self.pos, 0, 0);
                 self.pos += SIZE_OF_SHORT_PHD;
             }

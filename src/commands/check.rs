@@ -1,0 +1,139 @@
+//! `check`: an end-to-end self-test an operator runs after setting up (or when in doubt).
+//! Each check prints one line; the command fails if any check fails.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::{ClusterConfig, Config};
+use crate::pg::{self, WalFileName};
+use crate::repo::Repository;
+use crate::storage::Put;
+
+struct Outcome {
+    failed: Vec<String>,
+}
+
+impl Outcome {
+    fn report(&mut self, name: &str, result: anyhow::Result<String>) {
+        match result {
+            Ok(detail) => println!("ok    {name}: {detail}"),
+            Err(e) => {
+                println!("FAIL  {name}: {e:#}");
+                self.failed.push(name.to_string());
+            }
+        }
+    }
+}
+
+pub async fn run(
+    _config: &Config,
+    cluster: &ClusterConfig,
+    repo: &Repository,
+) -> anyhow::Result<()> {
+    let mut out = Outcome { failed: Vec::new() };
+    out.report("store", check_store(repo).await);
+    let session = pg::client::connect(&cluster.connection).await;
+    match session {
+        Err(e) => out.report("database connection", Err(e)),
+        Ok(session) => {
+            out.report("database connection", Ok(cluster.connection_description()));
+            out.report("identity", check_identity(cluster, repo, &session).await);
+            out.report("archiving", check_archiving(repo, &session).await);
+            session.close().await;
+        }
+    }
+    if out.failed.is_empty() {
+        println!("all checks passed");
+        Ok(())
+    } else {
+        anyhow::bail!("check failed: {}", out.failed.join(", "))
+    }
+}
+
+/// Write, read back, refuse an overwrite, delete: the store semantics WAL archiving relies on.
+async fn check_store(repo: &Repository) -> anyhow::Result<String> {
+    let key = format!(
+        "check/probe-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    let s = repo.storage();
+    let started = Instant::now();
+    if s.put_if_absent(&key, Bytes::from_static(b"one")).await? != Put::Stored {
+        anyhow::bail!("a fresh probe key already existed");
+    }
+    let second = s.put_if_absent(&key, Bytes::from_static(b"two")).await;
+    let back = s.get(&key).await?;
+    s.delete(&key).await?;
+    if second? != Put::AlreadyExists || back.as_deref() != Some(b"one".as_slice()) {
+        anyhow::bail!(
+            "the store ignores create-only puts (If-None-Match): an archived WAL file could be silently overwritten; use a store that supports conditional writes"
+        );
+    }
+    Ok(format!(
+        "write, conditional write, read and delete work ({} ms)",
+        started.elapsed().as_millis()
+    ))
+}
+
+async fn check_identity(
+    cluster: &ClusterConfig,
+    repo: &Repository,
+    session: &pg::client::Session,
+) -> anyhow::Result<String> {
+    let server = session.server_info().await?;
+    let on_disk = pg::control::read_system_id(&cluster.pgdata)?;
+    if on_disk != server.system_id {
+        anyhow::bail!(
+            "pgdata {} is database system {on_disk}, but the server is {}",
+            cluster.pgdata.display(),
+            server.system_id
+        );
+    }
+    match repo.info().await? {
+        Some(info) if info.system_identifier != server.system_id => anyhow::bail!(
+            "the repository belongs to database system {}, the server is {}",
+            info.system_identifier,
+            server.system_id
+        ),
+        Some(_) => Ok(format!(
+            "server, pgdata and repository agree: system {}",
+            server.system_id
+        )),
+        None => Ok(format!(
+            "server and pgdata agree: system {}; the repository is still empty",
+            server.system_id
+        )),
+    }
+}
+
+/// Ask for a WAL switch and wait until that segment is in the repository.
+async fn check_archiving(
+    repo: &Repository,
+    session: &pg::client::Session,
+) -> anyhow::Result<String> {
+    let status = session.archiver_status().await?;
+    let segment = session.switch_wal().await?;
+    let Some(segment) = segment else {
+        return Ok(format!("nothing to archive; {status}"));
+    };
+    let name = WalFileName::Segment(segment);
+    let wait = std::env::var("SYNAPSE_CHECK_TIMEOUT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    while Instant::now() < deadline {
+        if repo.wal_header(&name).await?.is_some() {
+            return Ok(format!("{name} reached the repository"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!(
+        "{name} did not reach the repository within {wait} s: check archive_mode and archive_command \
+         (`{} --cluster NAME wal-push %p`) and the server log; pg_stat_archiver: {}",
+        std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "synapse-backup".into()),
+        session.archiver_status().await.unwrap_or(status)
+    )
+}
