@@ -144,6 +144,7 @@ trap 'exit 130' INT TERM
 mkdir -p "$SOCK" "$RES" "$WORK/bin" "$SYN_REPO" "$PGBR_REPO" "$WORK/pgbr-log" "$WORK/pgbr-lock" "$WORK/pgbr-spool" "$WORK/basebackup"
 # A private copy of the binary: a rebuild during the run must not change what is measured.
 cp "$SYNAPSE_BIN" "$BIN"
+BIN_DESC="$SYNAPSE_BIN as of $(stat -c '%y' "$SYNAPSE_BIN" | cut -d. -f1) (private copy; $("$BIN" --version))"
 
 # ---------------------------------------------------------------- helpers
 now() { echo "$EPOCHREALTIME"; }
@@ -167,7 +168,7 @@ FAILURES=()
 our_failure() { OURS_FAILED=1; FAILURES+=("$1"); log "OUR TOOL FAILED: $1"; }
 
 log "work dir $WORK; tools run as $RUN_USER; $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-log "synapse-backup: $SYNAPSE_BIN ($(stat -c '%y' "$SYNAPSE_BIN" | cut -d. -f1)), $("$BIN" --version)"
+log "synapse-backup: $BIN_DESC"
 log "$(pgbackrest version); $("$PGBIN/postgres" --version)"
 log "SCALE=$SCALE REPS=$REPS SEGMENTS=$SEGMENTS PARTS=$PARTS"
 
@@ -526,7 +527,7 @@ med() { median ${1:-}; }
 echo
 echo "==================================================================================================="
 echo "synapse-backup base backup / restore benchmark — $(date -u +%FT%TZ), $(nproc) CPUs, load average now $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "binary: $SYNAPSE_BIN ($(stat -c '%y' "$SYNAPSE_BIN" | cut -d. -f1)); $(pgbackrest version); $("$PGBIN/postgres" --version)"
+echo "binary: $BIN_DESC; $(pgbackrest version); $("$PGBIN/postgres" --version)"
 echo "database: pgbench -i -s $SCALE on initdb -k (data checksums); PGDATA without pg_wal $(mb "$DATA_BYTES") MB (the MB/s basis); warm page cache; quiet during backups and restores"
 echo "shared, noisy machine: only the ratios of this run mean anything. Medians of $REPS round(s), tool order rotated per round."
 echo "pgBackRest's archive check is ON: archive_command feeds both repositories (synapse wal-push && pgbackrest archive-push, async, process-max=2)."

@@ -90,6 +90,7 @@ impl Agent {
             .arg("--config")
             .arg(config)
             .arg("agent")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -226,12 +227,12 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
             CLUSTERS.iter().all(|c| {
                 sample(
                     &m,
-                    &format!("synapse_backup_last_success_timestamp_seconds{{cluster=\"{c}\",job=\"backup\"}}"),
+                    &format!("synapse_backup_last_success_timestamp_seconds{{cluster=\"{c}\",job_type=\"backup\"}}"),
                 )
                 .is_some_and(|t| t >= started)
                     && sample(
                         &m,
-                        &format!("synapse_backup_job_runs_total{{cluster=\"{c}\",job=\"expire\"}}"),
+                        &format!("synapse_backup_job_runs_total{{cluster=\"{c}\",job_type=\"expire\"}}"),
                     )
                     .is_some_and(|n| n >= 1.0)
             })
@@ -277,7 +278,9 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
         assert_eq!(
             sample(
                 &m,
-                &format!("synapse_backup_job_failures_total{{cluster=\"{c}\",job=\"backup\"}}")
+                &format!(
+                    "synapse_backup_job_failures_total{{cluster=\"{c}\",job_type=\"backup\"}}"
+                )
             ),
             Some(0.0),
             "{c}: a backup failed:\n{}",
@@ -329,7 +332,7 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
     agent.wait_for("a running backup of core", Duration::from_secs(120), |_| {
         sample(
             &metrics(port),
-            "synapse_backup_job_running{cluster=\"core\",job=\"backup\"}",
+            "synapse_backup_job_running{cluster=\"core\",job_type=\"backup\"}",
         ) == Some(1.0)
     });
     let before: Vec<String> = repo(&setup, "core")
@@ -405,12 +408,15 @@ async fn agent_verifies_each_new_backup() {
     });
     let mut agent = Agent::start(&setup.config, scratch.path().join("agent.log"));
     let port = setup.port;
+    agent.wait_for("/healthz", Duration::from_secs(30), |_| {
+        matches!(get(port, "/healthz"), Some((200, _)))
+    });
     // A verification is attempted after the first backup of core (whatever its outcome in
     // this environment: the result is recorded either way).
     agent.wait_for("a verification attempt", Duration::from_secs(300), |a| {
         sample(
             &metrics(port),
-            "synapse_backup_job_runs_total{cluster=\"core\",job=\"verify\"}",
+            "synapse_backup_job_runs_total{cluster=\"core\",job_type=\"verify\"}",
         )
         .is_some_and(|n| n >= 1.0)
             && a.log()
@@ -420,7 +426,7 @@ async fn agent_verifies_each_new_backup() {
     assert!(
         sample(
             &m,
-            "synapse_backup_next_run_timestamp_seconds{cluster=\"core\",job=\"backup\"}"
+            "synapse_backup_next_run_timestamp_seconds{cluster=\"core\",job_type=\"backup\"}"
         )
         .is_some_and(|t| t > unix_now()),
         "{m}"

@@ -120,6 +120,16 @@ pub enum Command {
         /// Where to write it (%p).
         dest: PathBuf,
     },
+    /// Internal: fill a wal-fetch spool with the segments after SEGMENT (started by wal-fetch).
+    #[command(hide = true)]
+    WalPrefetch {
+        after: String,
+        spool: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        segment_size: u32,
+    },
     /// Take an online base backup of the cluster now.
     Backup,
     /// List backups and the recoverable window.

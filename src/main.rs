@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_hook = matches!(
         cli.command,
-        Command::WalPush { .. } | Command::WalFetch { .. }
+        Command::WalPush { .. } | Command::WalFetch { .. } | Command::WalPrefetch { .. }
     );
     let level = match (cli.verbose, is_hook) {
         (0, true) => "warn",
@@ -95,7 +95,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e: synapse_backup::pg::walname::ParseWalNameError| {
                         error::usage(e.to_string())
                     })?;
-            commands::wal_fetch::run(&repo, config.archive.prefetch, &name, &dest).await
+            let prefetch = commands::wal_fetch::PrefetchSpawn {
+                count: config.archive.prefetch,
+                config: cli.config.clone(),
+                cluster: cli.cluster.clone(),
+            };
+            commands::wal_fetch::run(&repo, &prefetch, &name, &dest).await
+        }
+        Command::WalPrefetch {
+            after,
+            spool,
+            count,
+            segment_size,
+        } => {
+            let after: synapse_backup::pg::WalSegmentName =
+                after
+                    .parse()
+                    .map_err(|e: synapse_backup::pg::walname::ParseWalNameError| {
+                        error::usage(e.to_string())
+                    })?;
+            let size = synapse_backup::pg::WalSegmentSize::new(segment_size)
+                .ok_or_else(|| error::usage(format!("invalid segment size {segment_size}")))?;
+            commands::wal_fetch::prefetch(&repo, &after, &spool, count, size).await
         }
         Command::Backup => commands::backup::run(&config, cluster, &repo).await,
         Command::List { json } => commands::list::run(&config, &repo, json).await,

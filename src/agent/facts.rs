@@ -90,10 +90,11 @@ impl RepoReader {
                         }
                     }
                     // `<id>/verify/<time>.json`: the newest by time is the last verification.
-                    [_, "verify", name] if name.ends_with(".json") => {
-                        if newest_report.is_none_or(|(n, _): (&str, &str)| name > n) {
-                            newest_report = Some((name, e.key.as_str()));
-                        }
+                    [_, "verify", name]
+                        if name.ends_with(".json")
+                            && newest_report.is_none_or(|(n, _): (&str, &str)| name > n) =>
+                    {
+                        newest_report = Some((name, e.key.as_str()));
                     }
                     _ => {}
                 }

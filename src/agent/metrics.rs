@@ -20,7 +20,8 @@ use crate::pg::client::{ArchiveBacklog, ArchiverStats};
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// The agent's job kinds (the `job` label).
+/// The agent's job kinds (the `job_type` label; not `job`, which Prometheus sets on every
+/// scraped series to the scrape job's name and would rename ours to `exported_job`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum JobKind {
     Backup,
@@ -171,7 +172,7 @@ fn cluster(name: &str) -> Labels {
 fn cluster_job(name: &str, job: JobKind) -> Labels {
     vec![
         ("cluster", name.to_string()),
-        ("job", job.name().to_string()),
+        ("job_type", job.name().to_string()),
     ]
 }
 
@@ -262,14 +263,14 @@ impl Collector for Snapshot {
         family(
             &mut enc,
             "synapse_backup_job_runs",
-            "Jobs run by this agent, by cluster and job (backup, expire, verify).",
+            "Jobs run by this agent, by cluster and job type (backup, expire, verify).",
             Counter,
             per_job(&|c, k| Some(job(c, k).runs as f64)),
         )?;
         family(
             &mut enc,
             "synapse_backup_job_failures",
-            "Jobs that failed, by cluster and job.",
+            "Jobs that failed, by cluster and job type.",
             Counter,
             per_job(&|c, k| Some(job(c, k).failures as f64)),
         )?;
@@ -558,30 +559,30 @@ synapse_backup_config_last_reload_successful 1.0
 # HELP synapse_backup_config_last_reload_success_timestamp_seconds When the configuration was last loaded successfully (Unix time).
 # TYPE synapse_backup_config_last_reload_success_timestamp_seconds gauge
 synapse_backup_config_last_reload_success_timestamp_seconds 1699999000.0
-# HELP synapse_backup_job_runs_total Jobs run by this agent, by cluster and job (backup, expire, verify).
+# HELP synapse_backup_job_runs_total Jobs run by this agent, by cluster and job type (backup, expire, verify).
 # TYPE synapse_backup_job_runs_total counter
-synapse_backup_job_runs_total{cluster="core",job="backup"} 3
-synapse_backup_job_runs_total{cluster="core",job="expire"} 0
-synapse_backup_job_runs_total{cluster="core",job="verify"} 1
-# HELP synapse_backup_job_failures_total Jobs that failed, by cluster and job.
+synapse_backup_job_runs_total{cluster="core",job_type="backup"} 3
+synapse_backup_job_runs_total{cluster="core",job_type="expire"} 0
+synapse_backup_job_runs_total{cluster="core",job_type="verify"} 1
+# HELP synapse_backup_job_failures_total Jobs that failed, by cluster and job type.
 # TYPE synapse_backup_job_failures_total counter
-synapse_backup_job_failures_total{cluster="core",job="backup"} 1
-synapse_backup_job_failures_total{cluster="core",job="expire"} 0
-synapse_backup_job_failures_total{cluster="core",job="verify"} 1
+synapse_backup_job_failures_total{cluster="core",job_type="backup"} 1
+synapse_backup_job_failures_total{cluster="core",job_type="expire"} 0
+synapse_backup_job_failures_total{cluster="core",job_type="verify"} 1
 # HELP synapse_backup_job_running Whether the job is running now.
 # TYPE synapse_backup_job_running gauge
-synapse_backup_job_running{cluster="core",job="backup"} 0.0
-synapse_backup_job_running{cluster="core",job="expire"} 0.0
-synapse_backup_job_running{cluster="core",job="verify"} 1.0
+synapse_backup_job_running{cluster="core",job_type="backup"} 0.0
+synapse_backup_job_running{cluster="core",job_type="expire"} 0.0
+synapse_backup_job_running{cluster="core",job_type="verify"} 1.0
 # HELP synapse_backup_job_last_duration_seconds How long the job's last run took, successful or not.
 # TYPE synapse_backup_job_last_duration_seconds gauge
-synapse_backup_job_last_duration_seconds{cluster="core",job="backup"} 91.0
+synapse_backup_job_last_duration_seconds{cluster="core",job_type="backup"} 91.0
 # HELP synapse_backup_last_success_timestamp_seconds When the job last succeeded (Unix time). For backup: the end of the newest complete backup in the repository.
 # TYPE synapse_backup_last_success_timestamp_seconds gauge
-synapse_backup_last_success_timestamp_seconds{cluster="core",job="backup"} 1700000091.0
+synapse_backup_last_success_timestamp_seconds{cluster="core",job_type="backup"} 1700000091.0
 # HELP synapse_backup_next_run_timestamp_seconds When the schedule next starts the job (Unix time).
 # TYPE synapse_backup_next_run_timestamp_seconds gauge
-synapse_backup_next_run_timestamp_seconds{cluster="core",job="backup"} 1700086400.0
+synapse_backup_next_run_timestamp_seconds{cluster="core",job_type="backup"} 1700086400.0
 # HELP synapse_backup_repository_up Whether the agent's last read of the repository succeeded.
 # TYPE synapse_backup_repository_up gauge
 synapse_backup_repository_up{cluster="core"} 1.0
@@ -682,8 +683,9 @@ synapse_backup_wal_archive_oldest_ready_age_seconds{cluster="core"} 42.5
         assert!(!text.contains("synapse_backup_wal_archived_total{cluster=\"analytics\"}"));
         assert!(!text.contains("synapse_backup_backups{cluster=\"analytics\"}"));
         // But its job counters start at zero, so rate() and increase() work from the start.
-        assert!(text
-            .contains("synapse_backup_job_failures_total{cluster=\"analytics\",job=\"backup\"} 0"));
+        assert!(text.contains(
+            "synapse_backup_job_failures_total{cluster=\"analytics\",job_type=\"backup\"} 0"
+        ));
     }
 
     #[test]

@@ -438,7 +438,7 @@ async fn after_start(
     checks.record(
         "connect",
         Instant::now(),
-        if in_recovery == "f" {
+        if in_recovery == "false" || in_recovery == "f" {
             Ok(format!(
                 "accepts connections as {user:?} on database {dbname:?}; promoted to timeline {timeline}"
             ))

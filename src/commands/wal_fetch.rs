@@ -5,21 +5,34 @@
 //! corrupt object) exits 255 so that PostgreSQL stops recovery instead of taking the
 //! failure as the end of WAL and promoting on a partial history.
 //!
-//! Each call also downloads the next segments into `pg_wal/synapse_spool/fetched/`
-//! (verified content only), so replay does not wait on one GET at a time.
+//! Replay should not wait on one GET at a time: after serving a segment, `wal-fetch` makes
+//! sure a background prefetcher (`wal-prefetch`, a detached process of our own) is filling
+//! `pg_wal/synapse_spool/fetched/` with the next segments — verified content only, written
+//! atomically — and returns at once. A later call for a spooled segment is a rename.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use futures::StreamExt;
 
-use crate::codec::Sha256;
 use crate::error::Failure;
 use crate::pg::{WalFileName, WalSegmentName, WalSegmentSize};
 use crate::repo::Repository;
 
+/// How to start the background prefetcher: this binary with the same config and cluster.
+pub struct PrefetchSpawn {
+    pub count: usize,
+    pub config: Option<PathBuf>,
+    pub cluster: Option<String>,
+}
+
+const PID_FILE: &str = ".prefetch.pid";
+/// Downloads the prefetcher runs at once.
+const PREFETCH_CONCURRENCY: usize = 4;
+
 pub async fn run(
     repo: &Repository,
-    prefetch: usize,
+    prefetch: &PrefetchSpawn,
     name: &WalFileName,
     dest: &Path,
 ) -> anyhow::Result<()> {
@@ -29,108 +42,166 @@ pub async fn run(
         .unwrap_or_else(|| PathBuf::from("."));
     let spool = wal_dir.join("synapse_spool").join("fetched");
 
-    if let Some(len) = take_from_spool(&spool, name, dest)? {
-        tracing::info!(file = %name, "restored from prefetch spool");
-        if let WalFileName::Segment(seg) = name {
-            prefetch_after(repo, &spool, *seg, len, prefetch).await;
+    let len = match take_from_spool(&spool, name, dest)? {
+        Some(len) => {
+            tracing::info!(file = %name, "restored from prefetch spool");
+            len
         }
-        return Ok(());
-    }
-
-    let Some((content, _header)) = repo
-        .get_wal(name)
-        .await
-        .with_context(|| format!("fetch {name}"))?
-    else {
-        tracing::info!(file = %name, "not in the archive");
-        return Err(Failure::WalNotFound(name.to_string()).into());
+        None => {
+            let Some((content, _header)) = repo
+                .get_wal(name)
+                .await
+                .with_context(|| format!("fetch {name}"))?
+            else {
+                tracing::info!(file = %name, "not in the archive");
+                if name.is_segment_data() {
+                    // The end of the archive: nothing after this is coming; free the spool.
+                    let _ = std::fs::remove_dir_all(&spool);
+                }
+                return Err(Failure::WalNotFound(name.to_string()).into());
+            };
+            let len = content.len() as u64;
+            write_atomically(dest, &content)
+                .with_context(|| format!("write {}", dest.display()))?;
+            tracing::info!(file = %name, "restored from archive");
+            len
+        }
     };
-    let len = content.len() as u64;
-    write_atomically(dest, &content).with_context(|| format!("write {}", dest.display()))?;
-    drop(content);
-    tracing::info!(file = %name, "restored from archive");
-    if let WalFileName::Segment(seg) = name {
-        prefetch_after(repo, &spool, *seg, len, prefetch).await;
+    if let (WalFileName::Segment(seg), Some(size)) =
+        (name, u32::try_from(len).ok().and_then(WalSegmentSize::new))
+    {
+        clean_spool(&spool, *seg, size);
+        if let Err(e) = ensure_prefetcher(&spool, *seg, size, prefetch) {
+            tracing::debug!("could not start the prefetcher: {e:#}");
+        }
     }
     Ok(())
 }
 
-/// Move a prefetched, still-intact file to DEST. Returns its length.
+/// Move a prefetched file to DEST (a rename: it was verified before it was spooled).
+/// Returns its length.
 fn take_from_spool(spool: &Path, name: &WalFileName, dest: &Path) -> anyhow::Result<Option<u64>> {
     let file = spool.join(name.to_string());
-    let sum_file = spool.join(format!("{name}.sha256"));
-    let (Ok(content), Ok(sum)) = (std::fs::read(&file), std::fs::read_to_string(&sum_file)) else {
+    let Ok(meta) = std::fs::metadata(&file) else {
         return Ok(None);
     };
-    let good = sum
-        .trim()
-        .parse::<Sha256>()
-        .is_ok_and(|s| s == Sha256::of(&content));
-    let _ = std::fs::remove_file(&sum_file);
-    if !good {
-        // Damaged on local disk since it was verified: ignore it and go to the archive.
-        tracing::warn!(file = %name, "prefetched copy is damaged; fetching again");
-        let _ = std::fs::remove_file(&file);
-        return Ok(None);
+    match std::fs::rename(&file, dest) {
+        Ok(()) => Ok(Some(meta.len())),
+        // Another process took it, or another file system: fetch from the archive instead.
+        Err(_) => Ok(None),
     }
-    std::fs::rename(&file, dest)
-        .or_else(|_| {
-            write_atomically(dest, &content).map(|()| {
-                let _ = std::fs::remove_file(&file);
-            })
-        })
-        .with_context(|| format!("write {}", dest.display()))?;
-    Ok(Some(content.len() as u64))
 }
 
-/// Download the segments after `seg` that are not spooled yet. Failures only mean less
-/// prefetch: the call that needs the file will report them.
-async fn prefetch_after(
-    repo: &Repository,
+/// The next `count` segments after `seg`.
+fn following(seg: WalSegmentName, size: WalSegmentSize, count: usize) -> Vec<WalSegmentName> {
+    let mut next = seg;
+    (0..count)
+        .map(|_| {
+            next = next.next(size);
+            next
+        })
+        .collect()
+}
+
+/// Start a prefetcher unless the spool already holds what comes next or one is running.
+fn ensure_prefetcher(
     spool: &Path,
     seg: WalSegmentName,
-    seg_len: u64,
+    size: WalSegmentSize,
+    p: &PrefetchSpawn,
+) -> anyhow::Result<()> {
+    if p.count == 0 {
+        return Ok(());
+    }
+    let wanted = following(seg, size, p.count);
+    if wanted.iter().all(|s| spool.join(s.to_string()).exists()) {
+        return Ok(());
+    }
+    if prefetcher_running(spool) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(spool)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    if let Some(c) = &p.config {
+        cmd.arg("--config")
+            .arg(std::fs::canonicalize(c).unwrap_or_else(|_| c.clone()));
+    }
+    if let Some(c) = &p.cluster {
+        cmd.arg("--cluster").arg(c);
+    }
+    cmd.arg("wal-prefetch")
+        .arg(seg.to_string())
+        .arg(std::fs::canonicalize(spool)?)
+        .arg("--count")
+        .arg(p.count.to_string())
+        .arg("--segment-size")
+        .arg(size.bytes().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Not waited for: it outlives this call and exits when the spool is full.
+    cmd.spawn()?;
+    Ok(())
+}
+
+fn prefetcher_running(spool: &Path) -> bool {
+    std::fs::read_to_string(spool.join(PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// `wal-prefetch` (internal): download the `count` segments after `after` into `spool`.
+/// Failures only mean less prefetch: the call that needs a file reports them.
+pub async fn prefetch(
+    repo: &Repository,
+    after: &WalSegmentName,
+    spool: &Path,
     count: usize,
-) {
-    let Some(size) = u32::try_from(seg_len).ok().and_then(WalSegmentSize::new) else {
-        return;
-    };
-    if count == 0 || std::fs::create_dir_all(spool).is_err() {
-        return;
-    }
-    clean_spool(spool, seg, size);
-    let mut next = seg;
-    let mut wanted = Vec::new();
-    for _ in 0..count {
-        next = next.next(size);
-        if !spool.join(next.to_string()).exists() {
-            wanted.push(next);
+    size: WalSegmentSize,
+) -> anyhow::Result<()> {
+    let pid_file = spool.join(PID_FILE);
+    let mine = std::process::id().to_string();
+    // Claim the spool: create-only, or take over a dead prefetcher's file.
+    let claimed = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&pid_file);
+    if claimed.is_err() {
+        if prefetcher_running(spool) {
+            return Ok(());
         }
+        write_atomically(&pid_file, mine.as_bytes())?;
+    } else {
+        write_atomically(&pid_file, mine.as_bytes())?;
     }
-    let fetches = wanted.into_iter().map(|s| {
-        let spool = spool.to_path_buf();
-        async move {
+    let wanted: Vec<WalSegmentName> = following(*after, size, count)
+        .into_iter()
+        .filter(|s| !spool.join(s.to_string()).exists())
+        .collect();
+    futures::stream::iter(wanted)
+        .map(|s| async move {
             let name = WalFileName::Segment(s);
             match repo.get_wal(&name).await {
-                Ok(Some((content, header))) => {
-                    let res = write_atomically(
-                        &spool.join(format!("{name}.sha256")),
-                        header.sha256.to_string().as_bytes(),
-                    )
-                    .and_then(|()| write_atomically(&spool.join(name.to_string()), &content));
-                    if let Err(e) = res {
+                Ok(Some((content, _))) => {
+                    if let Err(e) = write_atomically(&spool.join(name.to_string()), &content) {
                         tracing::debug!(file = %name, "prefetch not kept: {e}");
                     }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(file = %name, "prefetch failed: {e:#}"),
             }
-        }
-    });
-    futures::future::join_all(fetches).await;
+        })
+        .buffer_unordered(PREFETCH_CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+    if std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == mine) {
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    Ok(())
 }
 
-/// Remove spooled segments at or before `current` on its timeline, and leftovers.
+/// Remove spooled segments at or before `current` on its timeline, and stray files.
 fn clean_spool(spool: &Path, current: WalSegmentName, size: WalSegmentSize) {
     let Ok(entries) = std::fs::read_dir(spool) else {
         return;
@@ -138,8 +209,10 @@ fn clean_spool(spool: &Path, current: WalSegmentName, size: WalSegmentSize) {
     for e in entries.filter_map(|e| e.ok()) {
         let fname = e.file_name();
         let Some(s) = fname.to_str() else { continue };
-        let base = s.strip_suffix(".sha256").unwrap_or(s);
-        let stale = match base.parse::<WalSegmentName>() {
+        if s == PID_FILE || s.starts_with('.') {
+            continue;
+        }
+        let stale = match s.parse::<WalSegmentName>() {
             Ok(n) => n.timeline != current.timeline || n.segno(size) <= current.segno(size),
             Err(_) => true,
         };
@@ -153,9 +226,48 @@ fn clean_spool(spool: &Path, current: WalSegmentName, size: WalSegmentSize) {
 pub fn write_atomically(dest: &Path, content: &[u8]) -> std::io::Result<()> {
     let dir = dest.parent().unwrap_or_else(|| Path::new("."));
     let fname = dest.file_name().and_then(|s| s.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{fname}.synapse-tmp"));
+    let tmp = dir.join(format!(".{fname}.{}.synapse-tmp", std::process::id()));
     std::fs::write(&tmp, content)?;
     std::fs::rename(&tmp, dest).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_cleaning_keeps_only_what_comes_next() {
+        let d = tempfile::tempdir().unwrap();
+        let size = WalSegmentSize::DEFAULT;
+        for f in [
+            "000000010000000000000003",
+            "000000010000000000000005",
+            "000000020000000000000006",
+            "junk",
+            PID_FILE,
+        ] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        clean_spool(d.path(), "000000010000000000000004".parse().unwrap(), size);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [PID_FILE, "000000010000000000000005"]);
+        let next: Vec<String> = following("0000000100000000000000FE".parse().unwrap(), size, 3)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            next,
+            [
+                "0000000100000000000000FF",
+                "000000010000000100000000",
+                "000000010000000100000001"
+            ]
+        );
+    }
 }

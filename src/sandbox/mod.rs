@@ -330,10 +330,7 @@ fn kill_processes_using(dir: &Path) {
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains(&needle) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
+            kill_pid(pid);
         }
     }
 }
@@ -566,8 +563,11 @@ impl Instance {
                 if pid1.is_none() {
                     *pid1 = self.child.id().and_then(namespace::first_child);
                 }
-                // SIGKILL to unshare; --kill-child passes it on to pid 1 of the namespace,
-                // and the kernel kills everything else in the namespace with it.
+                // SIGKILL to pid 1 of the namespace (the postmaster): the kernel kills
+                // everything else in the namespace with it. Then unshare, which exits anyway.
+                if let Some(pid) = *pid1 {
+                    kill_pid(pid);
+                }
                 let _ = self.child.start_kill();
                 let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
                 if let Some(pid) = *pid1 {
@@ -592,6 +592,9 @@ impl Drop for Instance {
         match &self.kind {
             InstanceKind::Namespace { pid1 } => {
                 let pid1 = pid1.or_else(|| self.child.id().and_then(namespace::first_child));
+                if let Some(pid) = pid1 {
+                    kill_pid(pid);
+                }
                 let _ = self.child.start_kill();
                 if let Some(pid) = pid1 {
                     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -603,6 +606,14 @@ impl Drop for Instance {
             InstanceKind::Docker { name } => docker::remove_container_blocking(name),
         }
     }
+}
+
+/// SIGKILL one process (ours: the instance's pid 1, or a process of a dead verifier's).
+fn kill_pid(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 async fn wait_gone(pid: u32, limit: Duration) {

@@ -4,7 +4,7 @@
 //! ```text
 //! setpriv --pdeathsig KILL -- unshare [--user --map-root-user] --net --pid --mount --ipc --uts
 //!         --fork --kill-child --mount-proc -- /bin/sh -c <MOUNT_SCRIPT> …
-//!     -- (as root)     setpriv --reuid postgres --regid postgres --init-groups --
+//!     -- (as root)     setpriv --reuid postgres --regid postgres --init-groups --pdeathsig KILL --
 //!        (as a user)   unshare --user --map-user <uid> --map-group <gid> --
 //!        prlimit --core=0 -- <bin>/postgres -D <scratch>/data -c …
 //! ```
@@ -166,6 +166,14 @@ impl Namespace {
         ]
     }
 
+    /// For the server: the uid change clears the parent-death signal that `--kill-child`
+    /// set (prctl(2)), so it is set again after it.
+    fn setpriv_server_args(&self) -> Vec<String> {
+        let mut args = self.setpriv_args();
+        args.extend(["--pdeathsig".into(), "KILL".into()]);
+        args
+    }
+
     pub async fn start(
         &self,
         dirs: &ScratchDirs,
@@ -188,7 +196,9 @@ impl Namespace {
             .args(hide)
             .arg("--");
         if self.run_as.is_root_verifier() {
-            cmd.arg("setpriv").args(self.setpriv_args()).arg("--");
+            cmd.arg("setpriv")
+                .args(self.setpriv_server_args())
+                .arg("--");
         } else {
             cmd.args([
                 "unshare",
