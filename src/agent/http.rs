@@ -27,12 +27,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serve until the agent stops.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let stop = shared.shutdown.clone();
-    axum::serve(listener, router(shared))
+    let served = axum::serve(listener, router(shared))
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
-    Ok(())
+        .await;
+    if let Err(e) = served {
+        tracing::error!("the metrics endpoint stopped: {e}");
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -63,15 +65,21 @@ async fn scrape_postgres(shared: &Shared) {
     for (name, read) in futures::future::join_all(reads).await {
         shared.with_cluster(name, |m| match read {
             Ok((stats, backlog)) => {
+                if m.postgres_up == Some(false) {
+                    tracing::info!(cluster = name, "metrics: PostgreSQL answers again");
+                }
                 m.postgres_up = Some(true);
                 m.archiver = Some(stats);
                 m.backlog = backlog;
             }
             Err(e) => {
-                tracing::warn!(
-                    cluster = name,
-                    "metrics: cannot read the archiver state: {e:#}"
-                );
+                // Once per outage, not at every scrape.
+                if m.postgres_up != Some(false) {
+                    tracing::warn!(
+                        cluster = name,
+                        "metrics: cannot read the archiver state (synapse_backup_postgres_up is 0 until it answers): {e:#}"
+                    );
+                }
                 m.postgres_up = Some(false);
                 m.archiver = None;
                 m.backlog = None;

@@ -214,7 +214,7 @@ impl Clusters {
                             job = trigger.job().name(),
                             schedule = s.expr(),
                             %zone,
-                            next = ?s.next_after(Utc::now(), zone).map(|t| t.with_timezone(&zone).to_rfc3339()),
+                            next = %s.next_after(Utc::now(), zone).map_or("never".into(), |t| t.with_timezone(&zone).to_rfc3339()),
                             "scheduled"
                         );
                         handle.tasks.push(tokio::spawn(scheduler(
@@ -353,8 +353,8 @@ fn check_missed_run(
     if schedule::missed_run(last_start, latest_fire) {
         tracing::info!(
             cluster = %cluster.name,
-            last_backup_start = ?last_start.map(|t| t.to_rfc3339()),
-            missed_fire = ?latest_fire.map(|t| t.with_timezone(&zone).to_rfc3339()),
+            last_backup_start = %last_start.map_or("none".into(), |t| t.to_rfc3339()),
+            missed_fire = %latest_fire.map_or("none".into(), |t| t.with_timezone(&zone).to_rfc3339()),
             "a scheduled backup was missed (no backup since the schedule's latest fire time): backing up now"
         );
         queue.push(&cluster.name, Trigger::Backup, "missed run at start-up");
@@ -389,9 +389,12 @@ async fn worker(
             match trigger {
                 Trigger::Backup => backup_chain(&shared, &cfg, c, reason).await,
                 Trigger::Verify => {
-                    let id = newest_backup(&cfg, c).await;
                     run_job(&shared, &cluster, JobKind::Verify, reason, async {
-                        match id? {
+                        let id = tokio::select! {
+                            id = newest_backup(&cfg, c) => id?,
+                            _ = shared.shutdown.cancelled() => bail!("aborted: the agent is stopping"),
+                        };
+                        match id {
                             Some(id) => verify(&shared, &cluster, &id).await,
                             None => bail!("there is no backup to verify"),
                         }

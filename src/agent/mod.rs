@@ -141,6 +141,10 @@ impl InstanceLock {
 
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    // First of all: a SIGHUP (`systemctl reload`) right after the start must not kill us.
+    let mut sigterm = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("handle SIGHUP")?;
     let path = config_path(options.config.as_deref());
     let config = Arc::new(Config::load(Some(&path))?);
     let mut instance = InstanceLock::acquire(&path)?;
@@ -179,9 +183,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "agent started; metrics on http://{listen}/metrics"
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("handle SIGINT")?;
-    let mut sighup = signal(SignalKind::hangup()).context("handle SIGHUP")?;
     let stop_signal = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
@@ -202,10 +203,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if stopped.is_err() {
         tracing::warn!("some jobs did not stop within 8 s");
     }
-    match tokio::time::timeout(Duration::from_secs(1), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!("metrics endpoint: {e:#}"),
-        Ok(_) => {}
-        Err(_) => tracing::debug!("metrics endpoint did not close in time"),
+    if tokio::time::timeout(Duration::from_secs(1), server)
+        .await
+        .is_err()
+    {
+        tracing::debug!("metrics endpoint did not close in time");
     }
     tracing::info!("agent stopped");
     Ok(())

@@ -99,7 +99,7 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
         return Ok(());
     }
     println!(
-        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}  {}",
+        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}  VERIFIED",
         "ID",
         "START (UTC)",
         "STOP (UTC)",
@@ -110,7 +110,6 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
         "STORED",
         "SECS",
         "BADPG",
-        "VERIFIED"
     );
     for (b, s) in backups.iter().zip(&listing.backups) {
         let verified = match &s.last_verification {

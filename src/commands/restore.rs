@@ -163,6 +163,7 @@ pub async fn run(
         target,
         action: args.target_action,
         timeline: args.timeline,
+        durable: true,
     };
     let started = Instant::now();
     let files = extract(repo, backup, &layout, &state, args.force, owner, &settings).await?;
@@ -1347,6 +1348,9 @@ pub struct RecoverySettings {
     pub action: TargetAction,
     /// `recovery_target_timeline`; `None` is `latest`.
     pub timeline: Option<u32>,
+    /// Sync the restored files before `pg_control` goes into place. `verify` turns this off:
+    /// its copy is thrown away, and a crash only means verifying again.
+    pub durable: bool,
 }
 
 /// `restore_command` for this binary, config file and cluster, as PostgreSQL will run it
@@ -1522,7 +1526,7 @@ fn finish(
     // Durable before it may be started: one syncfs per file system.
     let mut roots: Vec<&Path> = vec![pgdata];
     roots.extend(layout.tablespaces.values().map(PathBuf::as_path));
-    for root in roots {
+    for root in roots.into_iter().filter(|_| settings.durable) {
         let st = std::process::Command::new("sync")
             .arg("-f")
             .arg(root)
@@ -2018,6 +2022,7 @@ mod tests {
             target: RecoveryTarget::Time("2024-01-01T12:02:00Z".parse().unwrap()),
             action: TargetAction::Promote,
             timeline: None,
+            durable: true,
         };
         let text = recovery_conf(&s, &id, now);
         let lines: Vec<&str> = text.lines().collect();

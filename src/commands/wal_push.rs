@@ -187,7 +187,7 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
     let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
     let mut extra = serde_json::Map::new();
     let identity = if name.is_segment_data() {
-        let header = LongPageHeader::parse(&data)
+        let header = LongPageHeader::parse(data)
             .with_context(|| format!("{}: not a valid WAL segment", path.display()))?;
         if let WalFileName::Segment(_) = name {
             if data.len() as u64 != u64::from(header.seg_size) {
@@ -211,7 +211,7 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
                 seg.start_lsn(size)
             );
         }
-        if let Ok(summary) = walscan::scan_segment(&data) {
+        if let Ok(summary) = walscan::scan_segment(data) {
             if let Some(t) = summary.first_commit {
                 extra.insert("first_commit".into(), t.to_rfc3339().into());
             }
@@ -229,7 +229,7 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
         None
     };
     let header = codec::ObjectHeader {
-        sha256: codec::Sha256::of(&data),
+        sha256: codec::Sha256::of(data),
         size: data.len() as u64,
         extra,
     };

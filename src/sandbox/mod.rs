@@ -367,6 +367,8 @@ pub fn server_settings(
         ("logging_collector", "off".into()),
         ("log_destination", "stderr".into()),
         ("log_min_messages", "warning".into()),
+        // The verifier reads the log: untranslated messages.
+        ("lc_messages", "C".into()),
         ("log_line_prefix", "%m [%p] ".into()),
         // A throwaway: no fsync, modest memory, and a name in `ps`.
         ("fsync", "off".into()),
