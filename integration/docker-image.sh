@@ -4,17 +4,19 @@
 #
 #   integration/docker-image.sh [IMAGE]        default IMAGE: synapse-verify-pg15:test
 #
-# Idempotent: an existing image is kept (set REBUILD=1 to replace it). PG_MAJOR picks the
-# installed major version (default 15). The image holds the server and client binaries under
-# /usr/lib/postgresql/<major>/bin (where the official postgres:<major> image has them too),
-# their shared libraries (found with ldd), the share directory, the time zone database, a
-# shell with cp (restore_command) and env, and /etc/passwd + /etc/group entries for the
-# `postgres` user with this machine's uid/gid, so that files restored on the host belong to
-# the same user inside.
+# Idempotent: an existing image of this script's IMAGE_VERSION is kept (REBUILD=1 replaces
+# it). PG_MAJOR picks the installed major version (default 15). The image holds the server and
+# client binaries under /usr/lib/postgresql/<major>/bin (where the official postgres:<major>
+# image has them too), their shared libraries (found with ldd), the share directory, the time
+# zone database and locales, a shell with cp and sleep (restore_command) and env, and
+# /etc/passwd + /etc/group entries for the `postgres` user with this machine's uid/gid, so
+# that files restored on the host belong to the same user inside.
 set -euo pipefail
 
 IMAGE=${1:-synapse-verify-pg15:test}
 MAJOR=${PG_MAJOR:-15}
+# Bump when the image's content changes, so that older test images are rebuilt.
+IMAGE_VERSION=2
 PGLIB=/usr/lib/postgresql/$MAJOR
 PGSHARE=/usr/share/postgresql/$MAJOR
 
@@ -22,8 +24,9 @@ if ! docker info >/dev/null 2>&1; then
     echo "docker-image.sh: no Docker engine reachable (docker info failed)" >&2
     exit 1
 fi
-if [ -z "${REBUILD:-}" ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    echo "$IMAGE already exists (REBUILD=1 to rebuild)"
+have=$(docker image inspect --format '{{ index .Config.Labels "org.synapse-backup.image-version" }}' "$IMAGE" 2>/dev/null || true)
+if [ -z "${REBUILD:-}" ] && [ "$have" = "$IMAGE_VERSION" ]; then
+    echo "$IMAGE (version $IMAGE_VERSION) already exists (REBUILD=1 to rebuild)"
     exit 0
 fi
 for d in "$PGLIB/bin" "$PGSHARE"; do
@@ -53,7 +56,7 @@ put "$PGLIB" "$PGSHARE"
 # The locales clusters are initialised with (C.UTF-8 on Debian; others if generated here).
 [ -d /usr/lib/locale ] && put /usr/lib/locale
 tools=()
-for t in sh cp env cat ls rm mkdir; do
+for t in sh cp env cat ls rm mkdir sleep; do
     p=$(command -v "$t")
     p=$(readlink -f "$p")
     put "$p"
@@ -93,6 +96,7 @@ cat >"$ctx/Dockerfile" <<EOF
 FROM scratch
 COPY rootfs/ /
 ENV PATH=$PGLIB/bin:/usr/bin:/bin LANG=C
+LABEL org.synapse-backup.image-version=$IMAGE_VERSION
 USER postgres
 EOF
 DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" "$ctx" >/dev/null 2>"$ctx/build.log" || {

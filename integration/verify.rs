@@ -372,6 +372,37 @@ async fn verify_a_backup_taken_under_load_with_both_runtimes() {
         assert_scratch_clean(&base);
         assert_eq!(std::fs::read_dir(&stored).unwrap().count(), 3);
     }
+
+    // --all-unverified: only the backup without a report.
+    pg.psql("update status set message = 'second'");
+    let second = backup(&cfg);
+    pg.psql("update status set message = 'after second'");
+    archive_everything(&pg);
+    let (out, reports) = verify(&cfg, &["--all-unverified"], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let reports = reports.unwrap();
+    let reports = reports
+        .as_array()
+        .expect("a JSON array for --all-unverified");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["backup_id"], second.as_str());
+    assert_eq!(reports[0]["ok"], true);
+    let (out, reports) = verify(&cfg, &["--all-unverified"], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(reports.unwrap().as_array().unwrap().len(), 0);
+    assert!(stderr(&out).contains("has a verification report"));
+
+    // The older backup's default target is now its last commit before the second backup's
+    // end; a later commit is archived, so recovery stops at that time.
+    let (out, report) = verify(&cfg, &["--backup", &id], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report = report.unwrap();
+    assert_eq!(report["target"]["kind"], "time", "{report}");
+    let recovery = check(&checks(&report), "recovery").3.clone();
+    assert!(
+        recovery.contains("recovery stopping before commit"),
+        "{recovery}"
+    );
     drop(pg);
 }
 
@@ -630,6 +661,40 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Wait until a scratch instance under `base` is up (its log has lines); its directory.
+fn wait_for_instance(base: &Path, child: &mut std::process::Child, runtime: &str) -> PathBuf {
+    let started = Instant::now();
+    loop {
+        let found = std::fs::read_dir(base).ok().and_then(|d| {
+            d.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                std::fs::read_to_string(p.join("server.log")).is_ok_and(|l| l.contains("LOG:"))
+            })
+        });
+        if let Some(d) = found {
+            return d;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{runtime}: verify ended before its instance was seen"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{runtime}: no instance started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn container_exists(name: &str) -> bool {
+    let ps = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .any(|l| l.trim() == name)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_cleans_up_after_a_killed_run() {
     if harness::skip("verify_cleans_up_after_a_killed_run") {
@@ -640,6 +705,57 @@ async fn verify_cleans_up_after_a_killed_run() {
     if docker_ready("verify_cleans_up_after_a_killed_run") {
         runtimes.push("docker");
     }
+
+    // SIGTERM (how the agent stops a verify child): the verifier stops the instance and
+    // removes its scratch directory itself, and stores no report.
+    for runtime in &runtimes {
+        let mut child = f
+            .cfg
+            .command(&["verify", "--runtime", runtime])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let dir = wait_for_instance(&f.base, &mut child, runtime);
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), 1, "{runtime}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("interrupted by SIGTERM"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            !dir.exists(),
+            "{runtime}: {} left after SIGTERM",
+            dir.display()
+        );
+        assert_eq!(
+            processes_mentioning(&format!("{}/", dir.display())),
+            Vec::<u32>::new(),
+            "{runtime}: instance left running after SIGTERM"
+        );
+        if *runtime == "docker" {
+            assert!(
+                !container_exists(&name),
+                "container {name} left after SIGTERM"
+            );
+        }
+    }
+    assert!(!f
+        .repo
+        .join("core/backups")
+        .join(&f.id)
+        .join("verify")
+        .exists());
+
+    // SIGKILL: nothing runs in the verifier any more. The namespace instance dies with it
+    // (parent-death signals); what is left (the directory, a container) is removed by the
+    // next run.
     for runtime in runtimes {
         let mut child = f
             .cfg
@@ -648,27 +764,8 @@ async fn verify_cleans_up_after_a_killed_run() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Wait until the scratch instance is up (its log has lines), then SIGKILL the verifier.
-        let started = Instant::now();
-        let dir = loop {
-            let found = std::fs::read_dir(&f.base).ok().and_then(|d| {
-                d.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-                    std::fs::read_to_string(p.join("server.log")).is_ok_and(|l| l.contains("LOG:"))
-                })
-            });
-            if let Some(d) = found {
-                break d;
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "{runtime}: verify ended before its instance was seen"
-            );
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "{runtime}: no instance started"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let dir = wait_for_instance(&f.base, &mut child, runtime);
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         Command::new("kill")
             .args(["-KILL", &child.id().to_string()])
             .status()
@@ -676,7 +773,6 @@ async fn verify_cleans_up_after_a_killed_run() {
         let _ = child.wait();
         let needle = format!("{}/", dir.display());
         if runtime == "namespace" {
-            // The instance dies with its verifier.
             let t = Instant::now();
             while !processes_mentioning(&needle).is_empty() && t.elapsed() < Duration::from_secs(10)
             {
@@ -689,7 +785,6 @@ async fn verify_cleans_up_after_a_killed_run() {
             );
         }
         assert!(dir.exists());
-        // The next run removes the leftovers (and the container) and verifies.
         let (out, _) = verify(&f.cfg, &["--runtime", runtime], &[]);
         assert_eq!(code(&out), 0, "{runtime}: {}", stderr(&out));
         assert!(
@@ -703,15 +798,7 @@ async fn verify_cleans_up_after_a_killed_run() {
             dir.display()
         );
         if runtime == "docker" {
-            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-            let ps = Command::new("docker")
-                .args(["ps", "-a", "--format", "{{.Names}}"])
-                .output()
-                .unwrap();
-            assert!(
-                !String::from_utf8_lossy(&ps.stdout).contains(&name),
-                "container {name} left"
-            );
+            assert!(!container_exists(&name), "container {name} left");
         }
         assert_scratch_clean(&f.base);
     }

@@ -297,10 +297,70 @@ async fn checks_in_scratch(
     checks: &mut Checks,
     recovered_to: &mut Option<DateTime<Utc>>,
 ) -> anyhow::Result<()> {
-    // 3. Restore and stage at once.
-    let restore_command = format!("test -f {w}/%f && cp {w}/%f %p", w = dirs.wal.display());
+    // 3. Restore, and stage the WAL at the same time. Staging goes on while the instance
+    // recovers: restore_command waits for a file of the plan until it is staged.
+    let restore_command = staged_restore_command(&dirs.wal);
+    prepare_staging(plan, &dirs.wal)?;
+    let (progress, progress_rx) = tokio::sync::watch::channel(StageProgress::default());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let t0 = Instant::now();
+    let stage = async {
+        let r = tokio::time::timeout_at(deadline, stage_wal(repo, plan, &dirs.wal, &progress, &stop))
+            .await;
+        // Whatever happened, waiting restore_commands give up now.
+        let marked = std::fs::write(dirs.wal.join(STAGED_MARKER), b"");
+        progress.send_modify(|p| p.done = true);
+        let r = flatten_timeout(r, "stage WAL");
+        let r = match marked {
+            Ok(()) => r,
+            Err(e) => Err(format!("write {STAGED_MARKER}: {e}")),
+        };
+        (r, t0.elapsed())
+    };
+    let rest = async {
+        let r = after_restore_starts(
+            config,
+            cluster,
+            repo,
+            backup,
+            plan,
+            runtime,
+            dirs,
+            deadline,
+            checks,
+            recovered_to,
+            &restore_command,
+            progress_rx,
+        )
+        .await;
+        // Recovery is over (or never started): the rest of the WAL is not needed.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    };
+    let ((staged, stage_took), rest) = tokio::join!(stage, rest);
+    // In the report, staging comes right after the restore it ran beside.
+    checks.insert_after("restore", "stage_wal", stage_took, staged);
+    rest
+}
+
+/// Everything after the restore has started: the restore, pg_verifybackup, the instance.
+#[allow(clippy::too_many_arguments)]
+async fn after_restore_starts(
+    config: &Config,
+    cluster: &ClusterConfig,
+    repo: &Repository,
+    backup: &BackupManifest,
+    plan: &Plan,
+    runtime: &Runtime,
+    dirs: &ScratchDirs,
+    deadline: Instant,
+    checks: &mut Checks,
+    recovered_to: &mut Option<DateTime<Utc>>,
+    restore_command: &str,
+    mut progress: tokio::sync::watch::Receiver<StageProgress>,
+) -> anyhow::Result<()> {
     let settings = crate::commands::restore::RecoverySettings {
-        restore_command: restore_command.clone(),
+        restore_command: restore_command.to_string(),
         target: plan.recovery_target(),
         action: TargetAction::Promote,
         timeline: None,
@@ -312,30 +372,15 @@ async fn checks_in_scratch(
         .map(|t| (t.oid, dirs.tablespaces.join(t.oid.to_string())))
         .collect();
     let t0 = Instant::now();
-    let restore = async {
-        let r = tokio::time::timeout_at(
-            deadline,
-            crate::commands::restore::restore_into(
-                repo,
-                backup,
-                &dirs.data,
-                &relocations,
-                &settings,
-            ),
-        )
-        .await;
-        (r, t0.elapsed())
-    };
-    let stage = async {
-        let r = tokio::time::timeout_at(deadline, stage_wal(repo, plan, &dirs.wal)).await;
-        (r, t0.elapsed())
-    };
-    let ((restored, restore_took), (staged, stage_took)) = tokio::join!(restore, stage);
+    let restored = tokio::time::timeout_at(
+        deadline,
+        crate::commands::restore::restore_into(repo, backup, &dirs.data, &relocations, &settings),
+    )
+    .await;
     let restored = flatten_timeout(restored, "restore");
-    let staged = flatten_timeout(staged, "stage WAL");
     let restore_ok = checks.record_took(
         "restore",
-        restore_took,
+        t0.elapsed(),
         restored.map(|files| {
             format!(
                 "{files} files, {} restored and checked against the manifest ({} parts)",
@@ -344,10 +389,13 @@ async fn checks_in_scratch(
             )
         }),
     );
-    let stage_ok = checks.record_took("stage_wal", stage_took, staged);
-    if !restore_ok || !stage_ok {
+    if !restore_ok {
         return Ok(());
     }
+    // pg_verifybackup parses the backup's own WAL: wait until it is staged.
+    let need = plan.backup_files;
+    let _ = tokio::time::timeout_at(deadline, progress.wait_for(|p| p.done || p.staged >= need))
+        .await;
 
     // 4. pg_verifybackup before the start, with the staged WAL for the backup's own range.
     // Every file's SHA-256 was checked against the manifest as it was written, so it does not
@@ -384,7 +432,7 @@ async fn checks_in_scratch(
     let settings = sandbox::server_settings(
         dirs,
         backup.pg_version,
-        &restore_command,
+        restore_command,
         &config.verify.shared_buffers,
     );
     let t = Instant::now();
@@ -773,10 +821,13 @@ pub struct Plan {
     pub timeline: TimelineId,
     pub start_segno: u64,
     pub through_segno: u64,
-    /// Archived segments (and history files) to stage.
+    /// Archived segments (and history files) to stage, in the order PostgreSQL asks for
+    /// them: history files, then by segment number.
     pub segments: Vec<WalFileName>,
     /// Segment numbers in the range the archive does not have.
     pub missing: Vec<u64>,
+    /// How many of `segments` (from the front) cover the backup's own WAL, start to stop.
+    pub backup_files: usize,
 }
 
 impl Plan {
@@ -921,7 +972,15 @@ pub async fn plan(
         })
         .copied()
         .collect();
-    segments.sort_by_key(|n| n.to_string());
+    segments.sort_by_key(|n| match n {
+        WalFileName::History(tli) => (0, 0, tli.0),
+        WalFileName::Segment(s) => (1, s.segno(size), s.timeline.0),
+        _ => (2, 0, 0),
+    });
+    let backup_files = segments
+        .iter()
+        .position(|n| matches!(n, WalFileName::Segment(s) if s.segno(size) > stop))
+        .unwrap_or(segments.len());
     let missing = (start..=through)
         .filter(|s| index.get(*s).is_none())
         .collect();
@@ -933,6 +992,7 @@ pub async fn plan(
         through_segno: through,
         segments,
         missing,
+        backup_files,
     })
 }
 
@@ -992,30 +1052,81 @@ async fn headers(
     results.into_iter().collect()
 }
 
+/// Created in the staging directory when staging has ended (done or failed).
+const STAGED_MARKER: &str = ".staged";
+/// `.expected/<name>` for every file of the plan: restore_command waits only for those.
+const EXPECTED_DIR: &str = ".expected";
+
+/// How far staging is: files staged in plan order, and whether it has ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct StageProgress {
+    staged: usize,
+    done: bool,
+}
+
+/// The instance's restore_command: copy the file from the staging directory; for a file of
+/// the plan that is not staged yet, wait until it is (or staging has ended). Anything else,
+/// or a file staging could not get, exits 1 ("not in the archive") at once.
+fn staged_restore_command(wal: &Path) -> String {
+    let w = wal.display();
+    format!(
+        "while [ ! -f {w}/%f ] && [ -f {w}/{EXPECTED_DIR}/%f ] && [ ! -f {w}/{STAGED_MARKER} ]; do sleep 0.1; done; \
+         [ -f {w}/%f ] && cp {w}/%f %p"
+    )
+}
+
+fn prepare_staging(plan: &Plan, wal: &Path) -> anyhow::Result<()> {
+    let expected = wal.join(EXPECTED_DIR);
+    std::fs::create_dir(&expected).with_context(|| format!("create {}", expected.display()))?;
+    for name in &plan.segments {
+        let p = expected.join(name.to_string());
+        std::fs::write(&p, b"").with_context(|| format!("create {}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// Fetch every file of the plan from the repository (each checked against its SHA-256) into
-/// the staging directory.
-async fn stage_wal(repo: &Repository, plan: &Plan, dir: &Path) -> anyhow::Result<String> {
-    let fetched: Vec<anyhow::Result<Option<u64>>> =
-        futures::stream::iter(plan.segments.iter().map(|name| async move {
-            let Some((content, _)) = repo.get_wal(name).await? else {
-                return Ok(None); // removed since the listing (expire): recovery will say so
-            };
-            let path = dir.join(name.to_string());
-            let len = content.len() as u64;
-            tokio::fs::write(&path, content)
-                .await
-                .with_context(|| format!("write {}", path.display()))?;
-            Ok(Some(len))
-        }))
-        .buffer_unordered(4)
-        .collect()
-        .await;
+/// the staging directory, in plan order, each under a temporary name first so that
+/// restore_command never sees a partial file. Stops early when `stop` is set.
+async fn stage_wal(
+    repo: &Repository,
+    plan: &Plan,
+    dir: &Path,
+    progress: &tokio::sync::watch::Sender<StageProgress>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<String> {
+    let mut fetches = futures::stream::iter(plan.segments.iter().map(|name| async move {
+        let Some((content, _)) = repo.get_wal(name).await? else {
+            return Ok(None); // removed since the listing (expire): recovery will say so
+        };
+        let path = dir.join(name.to_string());
+        let tmp = dir.join(format!(".tmp-{name}"));
+        let len = content.len() as u64;
+        tokio::fs::write(&tmp, content)
+            .await
+            .with_context(|| format!("write {}", tmp.display()))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .with_context(|| format!("rename {}", tmp.display()))?;
+        Ok::<_, anyhow::Error>(Some(len))
+    }))
+    .buffered(4);
     let mut files = 0;
     let mut bytes = 0;
-    for f in fetched {
-        if let Some(len) = f? {
+    let mut seen = 0;
+    while let Some(fetched) = fetches.next().await {
+        if let Some(len) = fetched? {
             files += 1;
             bytes += len;
+        }
+        seen += 1;
+        progress.send_modify(|p| p.staged = seen);
+        if stop.load(std::sync::atomic::Ordering::Relaxed) && seen < plan.segments.len() {
+            return Ok(format!(
+                "{files} of {} WAL files ({}) staged, SHA-256 checked, when recovery ended",
+                plan.segments.len(),
+                crate::commands::list::human_bytes(bytes)
+            ));
         }
     }
     Ok(format!(
@@ -1252,6 +1363,25 @@ struct Checks {
 impl Checks {
     fn record(&mut self, name: &str, started: Instant, result: Result<String, String>) -> bool {
         self.record_took(name, started.elapsed(), result)
+    }
+
+    /// Record a check and put it right after the check `after` (or first).
+    fn insert_after(
+        &mut self,
+        after: &str,
+        name: &str,
+        took: Duration,
+        result: Result<String, String>,
+    ) -> bool {
+        let ok = self.record_took(name, took, result);
+        let check = self.list.pop().expect("just recorded");
+        let at = self
+            .list
+            .iter()
+            .position(|c| c.name == after)
+            .map_or(0, |i| i + 1);
+        self.list.insert(at, check);
+        ok
     }
 
     fn record_took(&mut self, name: &str, took: Duration, result: Result<String, String>) -> bool {

@@ -232,8 +232,17 @@ impl Drop for ScratchDirs {
             eprintln!("verify: keeping {}", self.root.display());
             return;
         }
-        if let Err(e) = remove_tree(&self.root) {
-            eprintln!("warning: could not remove {}: {e:#}", self.root.display());
+        // A restore interrupted by a signal may still be writing for a moment (its blocking
+        // extraction threads cannot be cancelled): retry briefly. What is left is removed by
+        // the next run, as after a kill.
+        for attempt in 1..=5 {
+            match remove_tree(&self.root) {
+                Ok(()) => return,
+                Err(e) if attempt == 5 => {
+                    eprintln!("warning: could not remove {}: {e:#}", self.root.display())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
         }
     }
 }
