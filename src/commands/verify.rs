@@ -4,9 +4,10 @@
 //!    (up to the next backup's end; for the newest backup, the newest commit in the archive),
 //!    from the commit times `wal-push` records in each segment's header.
 //! 2. Check free space for the backup's original size plus the WAL to stage.
-//! 3. At once: restore the backup into a scratch directory (`restore::restore_into`, every part
-//!    and file checked against the manifest), and stage the WAL from the backup's start to the
-//!    target from the repository (each segment checked against its SHA-256).
+//! 3. Restore the backup into a scratch directory (`restore::restore_into`, every part and file
+//!    checked against the manifest). Then stage the WAL from the backup's start to the target
+//!    from the repository (each file checked against its SHA-256), in WAL order, while steps 4
+//!    and 5 run: the instance's restore_command waits for a planned file until it is staged.
 //! 4. `pg_verifybackup` on the restored directory, before it is started: exactly the backup's
 //!    files with their sizes, and its WAL parses. (`--skip-checksums`: step 3 checked every
 //!    file's SHA-256 as it wrote it; hashing the same bytes again from the page cache would
@@ -297,16 +298,22 @@ async fn checks_in_scratch(
     checks: &mut Checks,
     recovered_to: &mut Option<DateTime<Utc>>,
 ) -> anyhow::Result<()> {
-    // 3. Restore, and stage the WAL at the same time. Staging goes on while the instance
-    // recovers: restore_command waits for a file of the plan until it is staged.
+    // 3. Restore; then stage the WAL while the instance starts and recovers, as wal-fetch's
+    // prefetch does: restore_command waits for a file of the plan until it is staged. (Staging
+    // beside the restore would only compete with it for the CPU: both decompress and hash.)
     let restore_command = staged_restore_command(&dirs.wal);
     prepare_staging(plan, &dirs.wal)?;
     let (progress, progress_rx) = tokio::sync::watch::channel(StageProgress::default());
+    let (restored_tx, restored_rx) = tokio::sync::oneshot::channel::<bool>();
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let t0 = Instant::now();
     let stage = async {
-        let r = tokio::time::timeout_at(deadline, stage_wal(repo, plan, &dirs.wal, &progress, &stop))
-            .await;
+        if restored_rx.await != Ok(true) {
+            return None; // nothing to recover
+        }
+        let t0 = Instant::now();
+        let r =
+            tokio::time::timeout_at(deadline, stage_wal(repo, plan, &dirs.wal, &progress, &stop))
+                .await;
         // Whatever happened, waiting restore_commands give up now.
         let marked = std::fs::write(dirs.wal.join(STAGED_MARKER), b"");
         progress.send_modify(|p| p.done = true);
@@ -315,7 +322,7 @@ async fn checks_in_scratch(
             Ok(()) => r,
             Err(e) => Err(format!("write {STAGED_MARKER}: {e}")),
         };
-        (r, t0.elapsed())
+        Some((r, t0.elapsed()))
     };
     let rest = async {
         let r = after_restore_starts(
@@ -331,15 +338,18 @@ async fn checks_in_scratch(
             recovered_to,
             &restore_command,
             progress_rx,
+            restored_tx,
         )
         .await;
         // Recovery is over (or never started): the rest of the WAL is not needed.
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         r
     };
-    let ((staged, stage_took), rest) = tokio::join!(stage, rest);
-    // In the report, staging comes right after the restore it ran beside.
-    checks.insert_after("restore", "stage_wal", stage_took, staged);
+    let (staged, rest) = tokio::join!(stage, rest);
+    if let Some((staged, took)) = staged {
+        // In the report, staging comes right after the restore.
+        checks.insert_after("restore", "stage_wal", took, staged);
+    }
     rest
 }
 
@@ -358,6 +368,7 @@ async fn after_restore_starts(
     recovered_to: &mut Option<DateTime<Utc>>,
     restore_command: &str,
     mut progress: tokio::sync::watch::Receiver<StageProgress>,
+    restore_done: tokio::sync::oneshot::Sender<bool>,
 ) -> anyhow::Result<()> {
     let settings = crate::commands::restore::RecoverySettings {
         restore_command: restore_command.to_string(),
@@ -389,13 +400,14 @@ async fn after_restore_starts(
             )
         }),
     );
+    let _ = restore_done.send(restore_ok);
     if !restore_ok {
         return Ok(());
     }
-    // pg_verifybackup parses the backup's own WAL: wait until it is staged.
+    // pg_verifybackup parses the backup's own WAL (staged first): wait until it is there.
     let need = plan.backup_files;
-    let _ = tokio::time::timeout_at(deadline, progress.wait_for(|p| p.done || p.staged >= need))
-        .await;
+    let _ =
+        tokio::time::timeout_at(deadline, progress.wait_for(|p| p.done || p.staged >= need)).await;
 
     // 4. pg_verifybackup before the start, with the staged WAL for the backup's own range.
     // Every file's SHA-256 was checked against the manifest as it was written, so it does not
@@ -1110,7 +1122,8 @@ async fn stage_wal(
             .with_context(|| format!("rename {}", tmp.display()))?;
         Ok::<_, anyhow::Error>(Some(len))
     }))
-    .buffered(4);
+    // Two at a time: replay uses one core, staging must keep ahead of it, not crowd it.
+    .buffered(2);
     let mut files = 0;
     let mut bytes = 0;
     let mut seen = 0;
@@ -1626,6 +1639,14 @@ mod tests {
         assert_eq!((p.start_segno, p.through_segno), (2, 6));
         assert_eq!(p.segments.len(), 5);
         assert!(p.missing.is_empty());
+        // Staged in WAL order; the backup's own WAL (segment 2) first.
+        assert_eq!(p.segments[0].to_string(), "000000010000000000000002");
+        assert_eq!(p.backup_files, 1);
+        let cmd = staged_restore_command(Path::new("/s/wal"));
+        assert!(
+            cmd.contains("[ -f /s/wal/.expected/%f ]") && cmd.ends_with("cp /s/wal/%f %p"),
+            "{cmd}"
+        );
 
         // The newest backup: the newest commit in the archive, nothing after it: replay to the
         // end of the segment that holds it.
@@ -1700,6 +1721,7 @@ mod tests {
             through_segno: 6,
             segments: vec![],
             missing: vec![],
+            backup_files: 0,
         };
         let ok = judge_recovery(&plan, &st, Some(t("2024-01-01T04:59:59Z"))).unwrap();
         assert!(ok.contains("recovery stopping before commit"), "{ok}");
