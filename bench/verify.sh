@@ -219,7 +219,12 @@ printf '  %-44s %8ss\n' "verify --latest" "$V"
 if [ "$R" != "-" ] && [ "$V" != "-" ]; then
     RATIO=$(ratio "$V" "$R")
     verdict=$(awk -v r="$RATIO" 'BEGIN { print (r <= 1.3) ? "met" : "MISSED" }')
-    printf '  %-44s %8s   (target <= 1.30: %s)\n' "ratio verify / restore" "$RATIO" "$verdict"
+    printf '  %-44s %8s   (target <= 1.30: %s)\n' "ratio verify / restore (medians)" "$RATIO" "$verdict"
+    per_round=()
+    for i in "${!RESTORE_TIMES[@]}"; do
+        per_round+=("$(ratio "${VERIFY_TIMES[$i]}" "${RESTORE_TIMES[$i]}")")
+    done
+    printf '  %-44s %s\n' "per round" "${per_round[*]}"
 fi
 if [ -s "$WORK/verify.json" ]; then
     echo "  last verify, per check:"
