@@ -1561,41 +1561,13 @@ pub async fn last_verification(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::{Lsn, SystemId};
-    use crate::repo::manifest::MANIFEST_FORMAT;
     use crate::storage::Storage;
-
-    const MB16: u64 = 16 << 20;
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
     }
 
-    fn backup(id: &str, start_seg: u64, stop_seg: u64, stop: &str) -> BackupManifest {
-        BackupManifest {
-            format_version: MANIFEST_FORMAT,
-            id: id.parse().unwrap(),
-            cluster: "core".into(),
-            system_identifier: SystemId(7),
-            pg_version: 15,
-            pg_version_num: 150018,
-            wal_segment_size: 16 << 20,
-            timeline: TimelineId(1),
-            start_lsn: Lsn(start_seg * MB16 + 0x28),
-            stop_lsn: Lsn(stop_seg * MB16 + 0x100),
-            start_time: t(stop) - chrono::Duration::minutes(1),
-            stop_time: t(stop),
-            backup_from: "primary".into(),
-            data_checksums: true,
-            backup_label: String::new(),
-            tablespace_map: None,
-            tablespaces: vec![],
-            parts: vec![],
-            files: vec![],
-            directories: vec![],
-            page_problems: vec![],
-        }
-    }
+    use crate::repo::window::tests::backup;
 
     /// A repository with segments `segnos` on timeline 1, each with the given last commit.
     async fn repo_with(segments: &[(u64, Option<&str>)]) -> Repository {

@@ -471,7 +471,7 @@ pub async fn load_window(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pg::SystemId;
     use crate::repo::manifest::MANIFEST_FORMAT;
