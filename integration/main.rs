@@ -5,6 +5,7 @@
 mod agent;
 mod backup;
 mod expire;
+mod failover;
 mod harness;
 mod restore;
 mod storage_suite;

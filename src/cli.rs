@@ -119,6 +119,10 @@ pub enum Command {
         name: String,
         /// Where to write it (%p).
         dest: PathBuf,
+        /// Recovery follows this timeline (written by `restore`): segments that lie off its
+        /// history, such as an old primary's WAL after a failover, are reported as absent.
+        #[arg(long)]
+        timeline: Option<u32>,
     },
     /// Internal: fill a wal-fetch spool with the segments after SEGMENT (started by wal-fetch).
     #[command(hide = true)]

@@ -89,7 +89,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             commands::wal_push::run(&repo, &config.archive, &path).await
         }
-        Command::WalFetch { name, dest } => {
+        Command::WalFetch {
+            name,
+            dest,
+            timeline,
+        } => {
             let name: WalFileName =
                 name.parse()
                     .map_err(|e: synapse_backup::pg::walname::ParseWalNameError| {
@@ -100,7 +104,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config: cli.config.clone(),
                 cluster: cli.cluster.clone(),
             };
-            commands::wal_fetch::run(&repo, &prefetch, &name, &dest).await
+            let timeline = timeline.map(synapse_backup::pg::TimelineId);
+            commands::wal_fetch::run(&repo, &prefetch, &name, &dest, timeline).await
         }
         Command::WalPrefetch {
             after,

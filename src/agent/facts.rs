@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 
 use super::metrics::{NewestBackup, RepoFacts, VerifyResult};
 use crate::pg::client::{ArchiveBacklog, ArchiverStats};
+use crate::pg::history::TimelinePath;
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupId;
+use crate::repo::timelines::Timelines;
 use crate::repo::window::{self, BackupEnd, WalIndex, Window};
 use crate::repo::{layout, Repository};
 
@@ -78,6 +80,7 @@ impl RepoReader {
         let mut newest_report: Option<(&str, &str)> = None;
         let backups_prefix = format!("{}/", layout::BACKUPS_DIR);
         let wal_prefix = format!("{}/", layout::WAL_DIR);
+        let conflicts_prefix = format!("{}/", layout::CONFLICTS_DIR);
         for e in &entries {
             if e.key == layout::REPOSITORY_INFO {
                 facts.created = Some(unix(e.last_modified));
@@ -98,6 +101,8 @@ impl RepoReader {
                     }
                     _ => {}
                 }
+            } else if e.key.starts_with(&conflicts_prefix) {
+                facts.wal_conflicts += 1;
             } else if e.key.starts_with(&wal_prefix) {
                 facts.wal_bytes += e.size;
                 if let Some(name) = layout::wal_name_from_key(&e.key) {
@@ -143,7 +148,14 @@ impl RepoReader {
         if let Some(first) = earliest {
             let size =
                 WalSegmentSize::new(first.wal_segment_size).unwrap_or(WalSegmentSize::DEFAULT);
-            let index = WalIndex::new(wal_names.iter(), size, TimelineId(1), None);
+            let timelines = Timelines::load(repo, &wal_names)
+                .await
+                .context("read the archive's timeline history files")?;
+            facts.timeline = Some(timelines.latest().0);
+            let path = timelines
+                .path(timelines.latest())
+                .unwrap_or_else(|_| TimelinePath::root(TimelineId(1)));
+            let index = WalIndex::new(wal_names.iter(), size, &path);
             let last_commit = match index.newest() {
                 None => None,
                 Some(newest_seg) => match self.last_commit {

@@ -82,6 +82,11 @@ pub struct RepoFacts {
     pub window_end: Option<f64>,
     /// The newest verification report stored in the repository.
     pub last_verify: Option<VerifyResult>,
+    /// WAL files refused because different content was already archived under their names
+    /// (records under `conflicts/`): two servers archiving as one (split brain).
+    pub wal_conflicts: u64,
+    /// The newest timeline in the archive.
+    pub timeline: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -384,6 +389,20 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut enc,
+            "synapse_backup_wal_conflicts",
+            "WAL files refused because different content is archived under the same name (split brain: two servers archive as one); kept under conflicts/ in the repository.",
+            Gauge,
+            per_cluster(&|c| repo(c).map(|r| r.wal_conflicts as f64)),
+        )?;
+        family(
+            &mut enc,
+            "synapse_backup_timeline",
+            "The newest timeline in the WAL archive (rises with every promotion).",
+            Gauge,
+            per_cluster(&|c| repo(c).and_then(|r| r.timeline.map(f64::from))),
+        )?;
+        family(
+            &mut enc,
             "synapse_backup_retention_target_seconds",
             "The configured retention (retention_days): the window every moment of which should stay recoverable.",
             Gauge,
@@ -500,6 +519,8 @@ mod tests {
                     at: 1_700_000_200.0,
                     ok: true,
                 }),
+                wal_conflicts: 1,
+                timeline: Some(2),
             }),
             repo_up: Some(true),
             verify: Some(VerifyResult {
@@ -611,6 +632,12 @@ synapse_backup_recoverable_window_start_timestamp_seconds{cluster="core"} 169900
 # HELP synapse_backup_recoverable_window_end_timestamp_seconds The latest moment a restore can reach: the last archived commit (Unix time).
 # TYPE synapse_backup_recoverable_window_end_timestamp_seconds gauge
 synapse_backup_recoverable_window_end_timestamp_seconds{cluster="core"} 1700000500.0
+# HELP synapse_backup_wal_conflicts WAL files refused because different content is archived under the same name (split brain: two servers archive as one); kept under conflicts/ in the repository.
+# TYPE synapse_backup_wal_conflicts gauge
+synapse_backup_wal_conflicts{cluster="core"} 1.0
+# HELP synapse_backup_timeline The newest timeline in the WAL archive (rises with every promotion).
+# TYPE synapse_backup_timeline gauge
+synapse_backup_timeline{cluster="core"} 2.0
 # HELP synapse_backup_retention_target_seconds The configured retention (retention_days): the window every moment of which should stay recoverable.
 # TYPE synapse_backup_retention_target_seconds gauge
 synapse_backup_retention_target_seconds{cluster="core"} 2592000.0

@@ -33,6 +33,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut out = Outcome { failed: Vec::new() };
     out.report("store", check_store(repo).await);
+    out.report("archive conflicts", check_conflicts(repo).await);
     let session = pg::client::connect(&cluster.connection).await;
     match session {
         Err(e) => out.report("database connection", Err(e)),
@@ -106,6 +107,30 @@ async fn check_identity(
             server.system_id
         )),
     }
+}
+
+/// WAL files another server tried to archive under names that hold different content.
+async fn check_conflicts(repo: &Repository) -> anyhow::Result<String> {
+    let conflicts = repo.list_conflicts().await?;
+    if conflicts.is_empty() {
+        return Ok("no WAL file was ever refused for conflicting content".into());
+    }
+    let shown: Vec<&str> = conflicts
+        .iter()
+        .take(5)
+        .map(|k| k.rsplit('/').next().unwrap_or(k))
+        .collect();
+    anyhow::bail!(
+        "{} WAL file(s) were refused because different content is archived under the same name \
+         ({}{}): two servers archive into this repository as one cluster (split brain after a failover?). \
+         Stop archiving on the server that is no longer the primary; the refused copies are kept under \
+         {}/{}/ — delete them once the incident is understood",
+        conflicts.len(),
+        shown.join(", "),
+        if conflicts.len() > shown.len() { ", ..." } else { "" },
+        repo.cluster(),
+        crate::repo::layout::CONFLICTS_DIR
+    )
 }
 
 /// Ask for a WAL switch and wait until that segment is in the repository.

@@ -3,8 +3,10 @@
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::pg::history::HistoryEntry;
 use crate::pg::{TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupManifest;
+use crate::repo::timelines::Timelines;
 use crate::repo::window;
 use crate::repo::Repository;
 
@@ -30,7 +32,22 @@ pub struct BackupSummary {
 pub struct Listing {
     pub cluster: String,
     pub backups: Vec<BackupSummary>,
+    /// The window along the newest timeline (what `restore` uses by default).
     pub window: WindowSummary,
+    /// Every timeline in the archive, oldest first, with where it branched off and its own
+    /// window.
+    pub timelines: Vec<TimelineSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimelineSummary {
+    pub timeline: u32,
+    /// The timeline it branched from (`null` for the first one).
+    pub parent: Option<u32>,
+    pub switch_lsn: Option<String>,
+    pub reason: Option<String>,
+    /// `null` when the timeline's history file is missing from the archive.
+    pub window: Option<WindowSummary>,
 }
 
 /// The recoverable window: from the earliest backup's end to the last archived commit.
@@ -63,11 +80,25 @@ pub fn summarize(m: &BackupManifest) -> BackupSummary {
     }
 }
 
-pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Result<()> {
-    let backups = repo.list_backups().await?;
-    let win = load_window(repo, &backups).await?;
+fn window_summary(win: &window::Window) -> WindowSummary {
     let rfc =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    WindowSummary {
+        start_time: win.earliest.as_ref().map(|e| rfc(e.time)),
+        start_lsn: win.earliest.as_ref().map(|e| e.lsn.to_string()),
+        end_time: win.last_commit.map(rfc),
+        wal_end_lsn: win.wal_end.map(|l| l.to_string()),
+    }
+}
+
+pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Result<()> {
+    let backups = repo.list_backups().await?;
+    let (latest, timelines) = load_windows(repo, &backups).await?;
+    let win = timelines
+        .iter()
+        .find(|(t, _, _)| *t == latest)
+        .and_then(|(_, _, w)| w.clone())
+        .unwrap_or_else(|| window::Window::new(&backups, None, None));
     let mut summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
     for (s, b) in summaries.iter_mut().zip(&backups) {
         s.last_verification = crate::commands::verify::last_verification(repo, &b.id).await?;
@@ -75,12 +106,17 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
     let listing = Listing {
         cluster: repo.cluster().to_string(),
         backups: summaries,
-        window: WindowSummary {
-            start_time: win.earliest.as_ref().map(|e| rfc(e.time)),
-            start_lsn: win.earliest.as_ref().map(|e| e.lsn.to_string()),
-            end_time: win.last_commit.map(rfc),
-            wal_end_lsn: win.wal_end.map(|l| l.to_string()),
-        },
+        window: window_summary(&win),
+        timelines: timelines
+            .iter()
+            .map(|(tli, branch, w)| TimelineSummary {
+                timeline: tli.0,
+                parent: branch.as_ref().map(|b| b.parent.0),
+                switch_lsn: branch.as_ref().map(|b| b.switchpoint.to_string()),
+                reason: branch.as_ref().map(|b| b.reason.clone()),
+                window: w.as_ref().map(window_summary),
+            })
+            .collect(),
     };
     if json {
         println!(
@@ -94,7 +130,29 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
         listing.cluster,
         listing.backups.len()
     );
-    println!("{}", win.describe(config.timezone()));
+    let zone = config.timezone();
+    if timelines.len() > 1 {
+        println!(
+            "timelines (restore follows timeline {} unless told --timeline N):",
+            latest.0
+        );
+        for (tli, branch, w) in &timelines {
+            let from = match branch {
+                Some(b) => format!(
+                    "branched from {} at LSN {} ({})",
+                    b.parent.0, b.switchpoint, b.reason
+                ),
+                None => "the first timeline".into(),
+            };
+            let w = match w {
+                Some(w) => w.describe(zone),
+                None => format!("its history file {tli}.history is missing from the archive"),
+            };
+            println!("  {:>3}  {from}\n       {w}", tli.0);
+        }
+    } else {
+        println!("{}", win.describe(zone));
+    }
     if listing.backups.is_empty() {
         return Ok(());
     }
@@ -134,11 +192,15 @@ pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// The window over all archived WAL (timeline 1 upward).
-async fn load_window(
+/// One timeline: where it branched off (none for the first), and its window (none when its
+/// history file is missing).
+type TimelineWindow = (TimelineId, Option<HistoryEntry>, Option<window::Window>);
+
+/// The window along every timeline's path, and the newest timeline (restore's default).
+async fn load_windows(
     repo: &Repository,
     backups: &[BackupManifest],
-) -> anyhow::Result<window::Window> {
+) -> anyhow::Result<(TimelineId, Vec<TimelineWindow>)> {
     let wal: Vec<WalFileName> = repo.list_wal().await?.into_iter().map(|(n, _)| n).collect();
     let size = match (backups.first(), repo.info().await?) {
         (Some(b), _) => WalSegmentSize::new(b.wal_segment_size),
@@ -146,8 +208,27 @@ async fn load_window(
         (None, None) => None,
     }
     .unwrap_or(WalSegmentSize::DEFAULT);
-    let index = window::WalIndex::new(&wal, size, TimelineId(1), None);
-    window::load_window(repo, backups, &index).await
+    let timelines = Timelines::load(repo, &wal).await?;
+    let mut out = Vec::new();
+    for tli in timelines.all() {
+        let branch = timelines.history(tli).map(|h| h.branch_point().clone());
+        let win = match timelines.path(tli) {
+            Ok(path) => {
+                let index = window::WalIndex::new(&wal, size, &path);
+                Some(window::load_window(repo, backups, &index).await?)
+            }
+            Err(_) => None,
+        };
+        out.push((tli, branch, win));
+    }
+    if out.is_empty() {
+        out.push((
+            TimelineId(1),
+            None,
+            Some(window::Window::new(backups, None, None)),
+        ));
+    }
+    Ok((timelines.latest(), out))
 }
 
 pub fn human_bytes(n: u64) -> String {

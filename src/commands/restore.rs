@@ -37,6 +37,7 @@ use crate::pg::backup_manifest::{self, ManifestFile, WalRange};
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::layout;
 use crate::repo::manifest::{check_relative_path, BackupId, BackupManifest, FileEntry};
+use crate::repo::timelines::Timelines;
 use crate::repo::window::{self, RecoveryTarget, WalIndex, WalNeed};
 use crate::repo::Repository;
 use crate::timeparse::{self, format_utc};
@@ -71,8 +72,6 @@ pub async fn run(
     let relocations = parse_tablespace_map(&args.tablespace_map)?;
     let state = inspect_dir(&pgdata)?;
     refuse_non_empty(&pgdata, &state, args.force)?;
-    let restore_command = restore_command(cluster, config_path)?;
-
     let backups = repo.list_backups().await.context("list backups")?;
     if backups.is_empty() {
         return Err(Failure::NotFound(format!(
@@ -90,12 +89,39 @@ pub async fn run(
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    let everything = WalIndex::new(&wal, size, TimelineId(1), None);
-    let win = window::load_window(repo, &backups, &everything)
+
+    // The timeline recovery follows: --timeline, else the newest one (PostgreSQL's 'latest'),
+    // decided here and written explicitly, so the server follows the path checked below.
+    let timelines = Timelines::load(repo, &wal)
+        .await
+        .context("read the archive's timeline history files")?;
+    let timeline = args.timeline.map_or_else(|| timelines.latest(), TimelineId);
+    let path = timelines
+        .path(timeline)
+        .map_err(|e| anyhow::Error::from(Failure::NotFound(format!("{e:#}"))))?;
+    let index = WalIndex::new(&wal, size, &path);
+    if path.spans().len() > 1 || args.timeline.is_some() {
+        eprintln!("timeline: {} (history: {path})", timeline.0);
+    }
+    if index.off_path > 0 {
+        eprintln!(
+            "note: {} archived segment(s) lie off timeline {}'s history (another branch, or an old primary \
+             that kept writing after a failover); they are never used by this restore",
+            index.off_path, timeline.0
+        );
+    }
+    let restore_command = restore_command(cluster, config_path, timeline)?;
+
+    let win = window::load_window(repo, &backups, &index)
         .await
         .context("read the archive's commit times")?;
     let refuse = |why: String| -> anyhow::Error {
-        Failure::NotFound(format!("{why}; {}", win.describe(zone))).into()
+        Failure::NotFound(format!(
+            "{why}; {} (timeline {})",
+            win.describe(zone),
+            timeline.0
+        ))
+        .into()
     };
     win.check(&target).map_err(refuse)?;
     let backup = match &args.backup {
@@ -106,26 +132,17 @@ pub async fn run(
             let b = backups.iter().find(|b| b.id == id).ok_or_else(|| {
                 anyhow::Error::from(Failure::NotFound(format!("there is no backup {id}")))
             })?;
+            window::on_path(b, &path).map_err(refuse)?;
             window::backup_serves(b, &target).map_err(refuse)?;
             b
         }
-        None => window::select_backup(&backups, &target)
-            .ok_or_else(|| refuse(format!("no backup ends at or before {target}")))?,
+        None => window::select_backup(&backups, &target, &path).ok_or_else(|| {
+            refuse(format!(
+                "no backup on timeline {}'s history ends at or before {target}",
+                timeline.0
+            ))
+        })?,
     };
-    if let Some(t) = args.timeline.filter(|t| *t < backup.timeline.0) {
-        return Err(usage(format!(
-            "backup {} is on timeline {}; it cannot be recovered along the older timeline {t}",
-            backup.id, backup.timeline.0
-        )));
-    }
-    let index = WalIndex::new(&wal, size, backup.timeline, args.timeline.map(TimelineId));
-    if index.crosses_timelines() {
-        eprintln!(
-            "warning: the archive holds WAL of timelines {:?}; the WAL check treats them as one history \
-             (timeline switches are not validated here, PostgreSQL follows the history files)",
-            index.timelines.iter().map(|t| t.0).collect::<Vec<_>>()
-        );
-    }
     check_wal_continuity(repo, &index, backup, &target).await?;
     eprintln!("{}", win.describe(zone));
     let layout = Layout::new(&pgdata, backup, &relocations)?;
@@ -162,7 +179,7 @@ pub async fn run(
         restore_command,
         target,
         action: args.target_action,
-        timeline: args.timeline,
+        timeline: Some(timeline.0),
         durable: true,
     };
     let started = Instant::now();
@@ -282,7 +299,7 @@ async fn check_wal_continuity(
             let last = window::last_commit_down(repo, index, gap.saturating_sub(1), start)
                 .await
                 .context("read commit times before the gap in the archive")?;
-            window::judge_gap(index, backup, t, gap, last).map_err(not_found)
+            window::judge_gap(index, t, gap, last).map_err(not_found)
         }
     }
 }
@@ -1355,7 +1372,11 @@ pub struct RecoverySettings {
 
 /// `restore_command` for this binary, config file and cluster, as PostgreSQL will run it
 /// (through the shell, as the server's OS user).
-fn restore_command(cluster: &ClusterConfig, config_path: Option<&Path>) -> anyhow::Result<String> {
+fn restore_command(
+    cluster: &ClusterConfig,
+    config_path: Option<&Path>,
+    timeline: TimelineId,
+) -> anyhow::Result<String> {
     let exe = std::env::current_exe()
         .and_then(|p| p.canonicalize())
         .context("find this program's path for restore_command")?;
@@ -1372,10 +1393,11 @@ fn restore_command(cluster: &ClusterConfig, config_path: Option<&Path>) -> anyho
         )
     })?;
     Ok(format!(
-        "{} --config {} --cluster {} wal-fetch %f %p",
+        "{} --config {} --cluster {} wal-fetch --timeline {} %f %p",
         command_word(&exe.to_string_lossy()),
         command_word(&cfg.to_string_lossy()),
-        command_word(&cluster.name)
+        command_word(&cluster.name),
+        timeline.0
     ))
 }
 
@@ -2359,11 +2381,13 @@ mod tests {
         let cfg_path = f.config_file.canonicalize().unwrap();
         assert!(
             conf.contains(&format!(
-                "--config {} --cluster core wal-fetch %f %p'",
+                "--config {} --cluster core wal-fetch --timeline 1 %f %p'",
                 cfg_path.display()
             )),
             "{conf}"
         );
+        // The timeline the checks followed, not 'latest' (which could pick another).
+        assert!(conf.contains("recovery_target_timeline = '1'\n"), "{conf}");
 
         // PostgreSQL's backup_manifest lists every file with its real checksum.
         let text = String::from_utf8(read("backup_manifest")).unwrap();

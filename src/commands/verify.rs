@@ -48,9 +48,11 @@ use tokio::time::Instant;
 use crate::cli::{TargetAction, VerifyArgs};
 use crate::config::{ClusterConfig, Config, VerifyRuntime};
 use crate::error::{usage, Failure};
-use crate::pg::{TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
+use crate::pg::history::TimelinePath;
+use crate::pg::{WalFileName, WalSegmentName, WalSegmentSize};
 use crate::repo::layout;
 use crate::repo::manifest::{BackupId, BackupManifest};
+use crate::repo::timelines::Timelines;
 use crate::repo::window::{self, RecoveryTarget, WalIndex};
 use crate::repo::Repository;
 use crate::sandbox::{self, env_error, Instance, RunAs, Runtime, ScratchDirs, Sql};
@@ -374,7 +376,7 @@ async fn after_restore_starts(
         restore_command: restore_command.to_string(),
         target: plan.recovery_target(),
         action: TargetAction::Promote,
-        timeline: None,
+        timeline: Some(plan.path.target().0),
         durable: false,
     };
     let relocations: BTreeMap<u32, PathBuf> = backup
@@ -830,7 +832,8 @@ pub enum Mode {
 pub struct Plan {
     pub mode: Mode,
     pub size: WalSegmentSize,
-    pub timeline: TimelineId,
+    /// The timelines recovery follows (the newest timeline whose history holds the backup).
+    pub path: TimelinePath,
     pub start_segno: u64,
     pub through_segno: u64,
     /// Archived segments (and history files) to stage, in the order PostgreSQL asks for
@@ -859,7 +862,7 @@ impl Plan {
     }
 
     fn name(&self, segno: u64) -> WalSegmentName {
-        WalSegmentName::new(self.timeline, segno, self.size)
+        self.path.segment(segno, self.size)
     }
 
     fn first_segment(&self) -> WalSegmentName {
@@ -928,7 +931,17 @@ pub async fn plan(
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let index = WalIndex::new(&listing, size, backup.timeline, None);
+    // Recover along the newest timeline that holds the backup, as a restore would.
+    let timelines = Timelines::load(repo, &listing)
+        .await
+        .context("read the archive's timeline history files")?;
+    let path = match timelines.path(timelines.latest()) {
+        Ok(p) if window::on_path(backup, &p).is_ok() => p,
+        _ => timelines
+            .path(backup.timeline)
+            .unwrap_or_else(|_| TimelinePath::root(backup.timeline)),
+    };
+    let index = WalIndex::new(&listing, size, &path);
     let start = backup.start_lsn.segno(size);
     let stop = backup.stop_lsn.end_segno(size).max(start);
     let newest = index.newest().unwrap_or(stop).max(stop);
@@ -975,11 +988,9 @@ pub async fn plan(
         .iter()
         .filter(|n| match n {
             WalFileName::Segment(s) => {
-                s.timeline >= backup.timeline
-                    && s.fits(size)
-                    && (start..=through).contains(&s.segno(size))
+                s.fits(size) && path.uses(s, size) && (start..=through).contains(&s.segno(size))
             }
-            WalFileName::History(tli) => *tli > backup.timeline,
+            WalFileName::History(tli) => *tli > backup.timeline && path.span_of(*tli).is_some(),
             _ => false,
         })
         .copied()
@@ -999,7 +1010,7 @@ pub async fn plan(
     Ok(Plan {
         mode,
         size,
-        timeline: backup.timeline,
+        path,
         start_segno: start,
         through_segno: through,
         segments,
@@ -1561,6 +1572,7 @@ pub async fn last_verification(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::TimelineId;
     use crate::storage::Storage;
 
     fn t(s: &str) -> DateTime<Utc> {
@@ -1688,7 +1700,7 @@ mod tests {
         let plan = Plan {
             mode: Mode::Time(t("2024-01-01T05:00:00Z")),
             size: WalSegmentSize::DEFAULT,
-            timeline: TimelineId(1),
+            path: TimelinePath::root(TimelineId(1)),
             start_segno: 2,
             through_segno: 6,
             segments: vec![],

@@ -16,7 +16,8 @@ use anyhow::Context;
 use futures::StreamExt;
 
 use crate::error::Failure;
-use crate::pg::{WalFileName, WalSegmentName, WalSegmentSize};
+use crate::pg::history::{TimelineHistory, TimelinePath};
+use crate::pg::{TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
 use crate::repo::Repository;
 
 /// How to start the background prefetcher: this binary with the same config and cluster.
@@ -35,12 +36,28 @@ pub async fn run(
     prefetch: &PrefetchSpawn,
     name: &WalFileName,
     dest: &Path,
+    timeline: Option<TimelineId>,
 ) -> anyhow::Result<()> {
     let wal_dir = dest
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let spool = wal_dir.join("synapse_spool").join("fetched");
+    let spool_root = wal_dir.join("synapse_spool");
+    let spool = spool_root.join("fetched");
+
+    if let (WalFileName::Segment(seg), Some(tli)) = (name, timeline) {
+        let (path, size) = timeline_path(repo, &spool_root, tli)
+            .await
+            .with_context(|| format!("read the history of timeline {}", tli.0))?;
+        if !path.uses(seg, size) {
+            tracing::warn!(
+                file = %name,
+                "not served: recovery follows timeline path {path}, and this segment lies off it \
+                 (WAL of another branch, e.g. an old primary that kept writing after a failover)"
+            );
+            return Err(Failure::WalNotFound(name.to_string()).into());
+        }
+    }
 
     let len = match take_from_spool(&spool, name, dest)? {
         Some(len) => {
@@ -76,6 +93,51 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The path to `timeline` and the segment size, cached in the spool directory after the first
+/// call (history files never change once archived: a different one is refused).
+async fn timeline_path(
+    repo: &Repository,
+    spool_root: &Path,
+    timeline: TimelineId,
+) -> anyhow::Result<(TimelinePath, WalSegmentSize)> {
+    let cache = spool_root.join(format!("path-{timeline}.json"));
+    let cached: Option<(u32, String)> = std::fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let (size, history) = match cached {
+        Some(c) => c,
+        None => {
+            let info = repo
+                .info()
+                .await?
+                .context("the repository has no repository.json")?;
+            let history = if timeline == TimelineId(1) {
+                String::new()
+            } else {
+                let name = WalFileName::History(timeline);
+                let (content, _) = repo
+                    .get_wal(&name)
+                    .await?
+                    .with_context(|| format!("{name} is not in the archive"))?;
+                String::from_utf8_lossy(&content).into_owned()
+            };
+            let entry = (info.wal_segment_size, history);
+            if std::fs::create_dir_all(spool_root).is_ok() {
+                let body = serde_json::to_vec(&entry).expect("serializes");
+                let _ = write_atomically(&cache, &body);
+            }
+            entry
+        }
+    };
+    let size = WalSegmentSize::new(size).context("invalid wal_segment_size")?;
+    let path = if history.is_empty() {
+        TimelinePath::root(timeline)
+    } else {
+        TimelinePath::from_history(&TimelineHistory::parse(timeline, &history)?)
+    };
+    Ok((path, size))
 }
 
 /// Move a prefetched file to DEST (a rename: it was verified before it was spooled).

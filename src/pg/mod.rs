@@ -4,6 +4,7 @@ pub mod backup_manifest;
 pub mod client;
 pub mod control;
 pub mod exclude;
+pub mod history;
 pub mod lsn;
 pub mod page;
 pub mod tls;

@@ -34,6 +34,14 @@ pub fn wal_prefix() -> &'static str {
     WAL_DIR
 }
 
+/// Where a refused WAL file is kept (`conflicts/<name>.<sha256>.gz`): the content a second
+/// server tried to archive under a name that already holds different content.
+pub const CONFLICTS_DIR: &str = "conflicts";
+
+pub fn conflict_key(name: &WalFileName, sha256: &crate::codec::Sha256) -> String {
+    format!("{CONFLICTS_DIR}/{name}.{sha256}.gz")
+}
+
 pub fn history_key(tli: TimelineId) -> String {
     wal_key(&WalFileName::History(tli))
 }

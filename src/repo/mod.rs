@@ -3,6 +3,7 @@
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod timelines;
 pub mod window;
 
 use anyhow::Context;
@@ -121,7 +122,7 @@ impl Repository {
         header: &ObjectHeader,
     ) -> anyhow::Result<Archived> {
         let key = layout::wal_key(name);
-        match self.storage.put_if_absent(&key, object).await? {
+        match self.storage.put_if_absent(&key, object.clone()).await? {
             Put::Stored => Ok(Archived::Stored),
             Put::AlreadyExists => {
                 let existing = self
@@ -134,9 +135,17 @@ impl Repository {
                 if stored.sha256 == header.sha256 && stored.size == header.size {
                     Ok(Archived::AlreadyArchived)
                 } else {
+                    // Keep the refused content as evidence (and for whoever must recover the
+                    // losing side's writes); `check` and the agent's metrics report it.
+                    let evidence = layout::conflict_key(name, &header.sha256);
+                    let kept = match self.storage.put_if_absent(&evidence, object).await {
+                        Ok(_) => format!("the refused copy is kept as {}/{evidence}", self.cluster),
+                        Err(e) => format!("keeping the refused copy failed too: {e:#}"),
+                    };
                     Err(Failure::Conflict(format!(
                         "{name} is already archived with different content (stored SHA-256 {}, this file {}); \
-                         refusing to overwrite. Two servers may be archiving into one repository (split brain?) — check which is the primary",
+                         refusing to overwrite; {kept}. Two servers may be archiving into one repository (split brain?) — \
+                         check which is the primary and stop the other",
                         stored.sha256, header.sha256
                     ))
                     .into())
@@ -217,6 +226,18 @@ impl Repository {
             }
         }
         Ok(out)
+    }
+
+    /// WAL files refused because different content was archived under their names: the
+    /// keys under `conflicts/`, oldest name first.
+    pub async fn list_conflicts(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .storage
+            .list(layout::CONFLICTS_DIR)
+            .await?
+            .into_iter()
+            .map(|e| e.key)
+            .collect())
     }
 
     /// The checksum header of an archived WAL file, read from its first bytes only.

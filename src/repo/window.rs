@@ -1,14 +1,17 @@
 //! The recoverable window, the backup that serves a target, and whether the archived WAL
 //! gets a restore of that backup to the target.
 //!
-//! Everything here is decided from the backup manifests and the archive's *listing*, plus
-//! the commit times that `wal-push` records in each segment's gzip header (read with a 1 KiB
-//! range request), so a hopeless restore is refused before a byte of backup data moves.
+//! Everything here is decided from the backup manifests, the archive's *listing* and its
+//! timeline history files, plus the commit times that `wal-push` records in each segment's
+//! gzip header (read with a 1 KiB range request), so a hopeless restore is refused before a
+//! byte of backup data moves.
+//!
+//! Every decision is made along one timeline path (see [`TimelinePath`]): the backups on it,
+//! the segments recovery reads on it, the last commit on it. Segments of other branches (an
+//! old primary that kept writing after a failover) never count.
 //!
 //! The decisions are plain functions over lists; the async wrappers at the bottom only read
-//! headers. Timeline switches are not followed here (that needs the history files): segments
-//! of any timeline at or above the backup's count as present, which never refuses a restore
-//! that PostgreSQL could do on the latest timeline, and a warning says the check was loose.
+//! headers.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,7 +22,8 @@ use futures::StreamExt;
 
 use super::manifest::{BackupId, BackupManifest};
 use super::Repository;
-use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
+use crate::pg::history::TimelinePath;
+use crate::pg::{Lsn, WalFileName, WalSegmentName, WalSegmentSize};
 use crate::timeparse::{format_in_zone, format_utc};
 
 /// Where recovery should stop.
@@ -63,14 +67,14 @@ pub struct Window {
 }
 
 impl Window {
-    /// `earliest`: from the backups (oldest first, as `list_backups` returns them).
-    pub fn new(
-        backups: &[BackupManifest],
+    /// `earliest`: from the backups (the caller passes those on the path it describes).
+    pub fn new<'a>(
+        backups: impl IntoIterator<Item = &'a BackupManifest>,
         last_commit: Option<DateTime<Utc>>,
         wal_end: Option<Lsn>,
     ) -> Self {
         let earliest = backups
-            .iter()
+            .into_iter()
             .min_by_key(|b| (b.stop_time, b.stop_lsn))
             .map(|b| BackupEnd {
                 id: b.id.clone(),
@@ -169,14 +173,29 @@ impl Window {
     }
 }
 
-/// The newest backup that can serve the target (pgBackRest `select.c.inc`): its end is at or
-/// before the target. `backups` in any order.
+/// Whether recovery along `path` can start from `backup`: the backup's WAL lies on the path
+/// (a backup of an old primary taken after the failover does not). The reason when not.
+pub fn on_path(backup: &BackupManifest, path: &TimelinePath) -> Result<(), String> {
+    path.reaches(backup.timeline, backup.start_lsn, backup.stop_lsn)
+        .map_err(|why| {
+            format!(
+                "backup {} cannot reach timeline {}: {why}",
+                backup.id,
+                path.target().0
+            )
+        })
+}
+
+/// The newest backup on `path` that can serve the target (pgBackRest `select.c.inc`): its end
+/// is at or before the target. `backups` in any order.
 pub fn select_backup<'a>(
     backups: &'a [BackupManifest],
     target: &RecoveryTarget,
+    path: &TimelinePath,
 ) -> Option<&'a BackupManifest> {
     backups
         .iter()
+        .filter(|b| on_path(b, path).is_ok())
         .filter(|b| match *target {
             RecoveryTarget::Latest => true,
             RecoveryTarget::Time(t) => b.stop_time <= t,
@@ -203,47 +222,46 @@ pub fn backup_serves(backup: &BackupManifest, target: &RecoveryTarget) -> Result
     }
 }
 
-/// The archived segments a restore can use, by segment number.
+/// The archived segments a restore along one timeline path can use, by segment number.
 #[derive(Debug, Clone)]
 pub struct WalIndex {
     size: WalSegmentSize,
-    /// For each segment number, the segment on the highest usable timeline.
+    path: TimelinePath,
+    /// For each segment number, the archived segment the path reads there.
     segments: BTreeMap<u64, WalSegmentName>,
-    /// Timelines seen above the lowest usable one (switches are not validated).
-    pub timelines: Vec<TimelineId>,
+    /// Archived segments that are not on the path (other branches, an old primary that kept
+    /// writing after a failover): never used, only counted for messages.
+    pub off_path: usize,
 }
 
 impl WalIndex {
-    /// Index the segments on timelines `from..=until` (all from `from` when `until` is `None`).
+    /// Index the archived segments that recovery along `path` reads: for each segment number
+    /// the one on the timeline that owned it (see [`TimelinePath::segment`]).
     pub fn new<'a>(
         names: impl IntoIterator<Item = &'a WalFileName>,
         size: WalSegmentSize,
-        from: TimelineId,
-        until: Option<TimelineId>,
+        path: &TimelinePath,
     ) -> Self {
         let mut segments: BTreeMap<u64, WalSegmentName> = BTreeMap::new();
-        let mut timelines = Vec::new();
+        let mut off_path = 0;
         for name in names {
             let WalFileName::Segment(seg) = name else {
                 continue;
             };
-            if seg.timeline < from || until.is_some_and(|u| seg.timeline > u) || !seg.fits(size) {
+            if !seg.fits(size) {
                 continue;
             }
-            if !timelines.contains(&seg.timeline) {
-                timelines.push(seg.timeline);
-            }
-            let segno = seg.segno(size);
-            let slot = segments.entry(segno).or_insert(*seg);
-            if seg.timeline > slot.timeline {
-                *slot = *seg;
+            if path.uses(seg, size) {
+                segments.insert(seg.segno(size), *seg);
+            } else {
+                off_path += 1;
             }
         }
-        timelines.sort();
         WalIndex {
             size,
+            path: path.clone(),
             segments,
-            timelines,
+            off_path,
         }
     }
 
@@ -251,13 +269,12 @@ impl WalIndex {
         self.size
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+    pub fn path(&self) -> &TimelinePath {
+        &self.path
     }
 
-    /// More than one timeline is involved (their history is not checked here).
-    pub fn crosses_timelines(&self) -> bool {
-        self.timelines.len() > 1
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
     }
 
     pub fn newest(&self) -> Option<u64> {
@@ -267,6 +284,11 @@ impl WalIndex {
     /// The segment stored for `segno`, if any.
     pub fn get(&self, segno: u64) -> Option<WalSegmentName> {
         self.segments.get(&segno).copied()
+    }
+
+    /// The segment name the path needs for `segno` (archived or not).
+    pub fn expected(&self, segno: u64) -> WalSegmentName {
+        self.path.segment(segno, self.size)
     }
 
     /// The end of the newest archived segment.
@@ -329,7 +351,7 @@ pub fn check_wal(
     let size = index.size;
     let start = backup.start_lsn.segno(size);
     let stop = backup.stop_lsn.end_segno(size).max(start);
-    let name = |segno: u64| WalSegmentName::new(backup.timeline, segno, size);
+    let name = |segno: u64| index.expected(segno);
     let missing = |segno: u64, why: String| {
         Err(MissingWal {
             segment: index.get(segno).unwrap_or_else(|| name(segno)),
@@ -394,7 +416,6 @@ pub fn check_wal(
 /// the archived segments before the gap (from the backup's start).
 pub fn judge_gap(
     index: &WalIndex,
-    backup: &BackupManifest,
     target: DateTime<Utc>,
     gap: u64,
     last_commit: Option<DateTime<Utc>>,
@@ -402,7 +423,7 @@ pub fn judge_gap(
     if last_commit.is_some_and(|c| c > target) {
         return Ok(());
     }
-    let name = WalSegmentName::new(backup.timeline, gap, index.size);
+    let name = index.expected(gap);
     let before = match last_commit {
         Some(c) => format!("the last commit archived before it is at {}", format_utc(c)),
         None => "no commit is archived before it".into(),
@@ -457,7 +478,8 @@ pub async fn last_commit_down(
     Ok(None)
 }
 
-/// The window of the whole repository: backups, plus the archive's newest commit.
+/// The window along the index's timeline path: the backups on it, plus the newest commit
+/// archived on it.
 pub async fn load_window(
     repo: &Repository,
     backups: &[BackupManifest],
@@ -467,13 +489,15 @@ pub async fn load_window(
         Some(newest) => last_commit_down(repo, index, newest, 0).await?,
         None => None,
     };
-    Ok(Window::new(backups, last_commit, index.end_lsn()))
+    let on = backups.iter().filter(|b| on_path(b, index.path()).is_ok());
+    Ok(Window::new(on, last_commit, index.end_lsn()))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::pg::SystemId;
+    use crate::pg::TimelineId;
     use crate::repo::manifest::MANIFEST_FORMAT;
 
     const MB16: u64 = 16 << 20;
@@ -523,7 +547,19 @@ pub(crate) mod tests {
     }
 
     fn index(list: &[WalFileName]) -> WalIndex {
-        WalIndex::new(list, WalSegmentSize::DEFAULT, TimelineId(1), None)
+        WalIndex::new(
+            list,
+            WalSegmentSize::DEFAULT,
+            &TimelinePath::root(TimelineId(1)),
+        )
+    }
+
+    /// Timeline 2 branched from timeline 1 in segment 4.
+    fn path_to_2() -> TimelinePath {
+        TimelinePath::from_history(
+            &crate::pg::history::TimelineHistory::parse(TimelineId(2), "1\t0/4000100\tx\n")
+                .unwrap(),
+        )
     }
 
     #[test]
@@ -533,7 +569,8 @@ pub(crate) mod tests {
             backup("20240102T020000Z", 9, 9, "2024-01-02T02:01:00Z"),
             backup("20240103T020000Z", 20, 21, "2024-01-03T02:01:00Z"),
         ];
-        let pick = |target| select_backup(&backups, &target).map(|b| b.id.to_string());
+        let root = TimelinePath::root(TimelineId(1));
+        let pick = |target| select_backup(&backups, &target, &root).map(|b| b.id.to_string());
         assert_eq!(
             pick(RecoveryTarget::Time(t("2024-01-02T12:00:00Z"))).as_deref(),
             Some("20240102T020000Z")
@@ -557,7 +594,7 @@ pub(crate) mod tests {
             pick(RecoveryTarget::Latest).as_deref(),
             Some("20240103T020000Z")
         );
-        assert_eq!(select_backup(&[], &RecoveryTarget::Latest), None);
+        assert_eq!(select_backup(&[], &RecoveryTarget::Latest, &root), None);
 
         let b = &backups[1];
         assert!(backup_serves(b, &RecoveryTarget::Time(t("2024-01-02T03:00:00Z"))).is_ok());
@@ -627,13 +664,13 @@ pub(crate) mod tests {
             .check(&RecoveryTarget::Time(t("2024-01-02T00:00:00Z")))
             .unwrap_err()
             .contains("no commit times"));
-        let empty = Window::new(&[], None, None);
+        let empty = Window::new(&[] as &[BackupManifest], None, None);
         assert!(empty.check(&RecoveryTarget::Latest).is_err());
         assert!(empty.describe(chrono_tz::UTC).contains("no backups"));
     }
 
     #[test]
-    fn index_finds_gaps_and_prefers_the_highest_timeline() {
+    fn index_finds_gaps() {
         let mut list = names(1, &[2, 3, 4, 6, 7]);
         list.push("00000002.history".parse().unwrap());
         list.push("000000010000000000000004.00000028.backup".parse().unwrap());
@@ -644,7 +681,7 @@ pub(crate) mod tests {
         assert_eq!(idx.first_missing(1, 3), Some(1));
         assert_eq!(idx.newest(), Some(7));
         assert_eq!(idx.end_lsn(), Some(Lsn(8 * MB16)));
-        assert!(!idx.crosses_timelines());
+        assert_eq!(idx.off_path, 0);
         assert_eq!(
             idx.present_down(7, 3)
                 .iter()
@@ -652,25 +689,51 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>(),
             vec![7, 6, 4, 3]
         );
+    }
 
-        let mut two = names(1, &[2, 3, 4]);
-        two.extend(names(2, &[4, 5]));
-        let idx = index(&two);
-        assert!(idx.crosses_timelines());
-        assert_eq!(idx.first_missing(2, 5), None);
-        assert_eq!(idx.get(4).unwrap().timeline, TimelineId(2));
-        // Limited to timeline 1, the segment 5 of timeline 2 does not count.
-        let tl1 = WalIndex::new(
-            &two,
-            WalSegmentSize::DEFAULT,
-            TimelineId(1),
-            Some(TimelineId(1)),
-        );
-        assert_eq!(tl1.first_missing(2, 5), Some(5));
+    #[test]
+    fn index_follows_the_timeline_path_and_ignores_the_old_primary() {
+        // Timeline 1 up to segment 4, where timeline 2 branched; the old primary kept writing
+        // segments 4..=6 on timeline 1 (split brain).
+        let mut list = names(1, &[2, 3, 4, 5, 6]);
+        list.extend(names(2, &[4, 5]));
+        let size = WalSegmentSize::DEFAULT;
+        let on_2 = WalIndex::new(&list, size, &path_to_2());
+        assert_eq!(on_2.get(3).unwrap().timeline, TimelineId(1));
+        assert_eq!(on_2.get(4).unwrap().timeline, TimelineId(2));
+        assert_eq!(on_2.get(5).unwrap().timeline, TimelineId(2));
         assert_eq!(
-            WalIndex::new(&two, WalSegmentSize::DEFAULT, TimelineId(3), None).newest(),
-            None
+            on_2.newest(),
+            Some(5),
+            "timeline 1's segment 6 is not on the path"
         );
+        assert_eq!(on_2.off_path, 3);
+        assert_eq!(on_2.first_missing(2, 6), Some(6));
+        assert_eq!(on_2.expected(6).to_string(), "000000020000000000000006");
+        // Along timeline 1 alone, its own segments are read.
+        let on_1 = index(&list);
+        assert_eq!(on_1.newest(), Some(6));
+        assert_eq!(on_1.get(5).unwrap().timeline, TimelineId(1));
+
+        // A backup of the old primary after the branch cannot reach timeline 2.
+        let before = backup("20240101T020000Z", 2, 3, "2024-01-01T02:01:00Z");
+        let mut after = backup("20240101T030000Z", 5, 5, "2024-01-01T03:01:00Z");
+        after.timeline = TimelineId(1);
+        assert!(on_path(&before, &path_to_2()).is_ok());
+        let why = on_path(&after, &path_to_2()).unwrap_err();
+        assert!(
+            why.contains("20240101T030000Z") && why.contains("0/4000100"),
+            "{why}"
+        );
+        let backups = vec![before, after];
+        let picked = select_backup(&backups, &RecoveryTarget::Latest, &path_to_2()).unwrap();
+        assert_eq!(picked.id.as_str(), "20240101T020000Z");
+        let w = Window::new(
+            backups.iter().filter(|b| on_path(b, &path_to_2()).is_ok()),
+            None,
+            on_2.end_lsn(),
+        );
+        assert_eq!(w.earliest.unwrap().id.as_str(), "20240101T020000Z");
     }
 
     #[test]
@@ -725,17 +788,17 @@ pub(crate) mod tests {
         let need = check_wal(&gap5, &b, &RecoveryTarget::Time(target)).unwrap();
         assert_eq!(need, WalNeed::CommitBeforeGap { gap: 5 });
         assert_eq!(
-            judge_gap(&gap5, &b, target, 5, Some(t("2024-01-01T03:00:01Z"))),
+            judge_gap(&gap5, target, 5, Some(t("2024-01-01T03:00:01Z"))),
             Ok(())
         );
-        let err = judge_gap(&gap5, &b, target, 5, Some(target)).unwrap_err();
+        let err = judge_gap(&gap5, target, 5, Some(target)).unwrap_err();
         assert_eq!(err.segment.to_string(), "000000010000000000000005");
         assert!(
             err.message.contains("not after the target"),
             "{}",
             err.message
         );
-        assert!(judge_gap(&gap5, &b, target, 5, None).is_err());
+        assert!(judge_gap(&gap5, target, 5, None).is_err());
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! Failover: a real primary and a streaming standby (both archiving into one repository, the
+//! standby with `archive_mode = always`), the standby promoted while the old primary keeps
+//! writing (split brain). The archive must hold timeline 1, `00000002.history` and timeline 2;
+//! restores follow the history to the right branch and never use the old primary's WAL after
+//! the branch point; a second server promoted onto the same timeline number is refused and
+//! reported.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    self, archiving_cluster, as_postgres, code, run_ok, stderr, PgCluster, RepoTarget, Scratch,
+    TestConfig, BIN, PG_BIN,
+};
+
+/// An `archive_command` that archives only from the two nodes' data directories: restored
+/// copies (which keep the primary's postgresql.conf) must not archive a timeline of their own
+/// into the repository the test keeps reading (pg-reference §0 item 8).
+fn nodes_only_archive_command(cfg: &TestConfig, nodes: &[&Path]) -> String {
+    let dirs: Vec<String> = nodes
+        .iter()
+        .map(|p| {
+            let parent = std::fs::canonicalize(p.parent().unwrap()).unwrap();
+            parent.join(p.file_name().unwrap()).display().to_string()
+        })
+        .collect();
+    format!(
+        "archive_command = 'case \"$(pwd -P)\" in {}) exec {BIN} --config {} wal-push %p;; *) exit 0;; esac'\n",
+        dirs.join("|"),
+        cfg.path.display()
+    )
+}
+
+/// A streaming standby of `primary` in `dir/pgdata` (pg_basebackup -R), archiving into the
+/// same repository with `archive_mode = always` through `archive_command`.
+fn start_standby(dir: &Path, primary: &PgCluster, archive_command: &str) -> PgCluster {
+    let pgdata = dir.join("pgdata");
+    run_ok(
+        as_postgres(format!("{PG_BIN}/pg_basebackup"))
+            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
+            .arg(&primary.socket_dir)
+            .args(["-p", &primary.port.to_string(), "-D"])
+            .arg(&pgdata),
+    );
+    harness::append_conf(
+        &pgdata,
+        &format!("archive_mode = always\n{archive_command}hot_standby = on\n"),
+    );
+    let mut standby = PgCluster::existing(dir, &pgdata);
+    standby.start();
+    standby
+}
+
+/// Wait until `standby` has replayed everything `primary` has written so far.
+fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
+    let target = primary.psql("select pg_current_wal_insert_lsn()");
+    let start = Instant::now();
+    loop {
+        let behind = standby.psql(&format!(
+            "select pg_last_wal_replay_lsn() < '{target}'::pg_lsn"
+        ));
+        if behind == "f" {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "standby did not replay up to {target}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn promote(pg: &PgCluster) {
+    run_ok(
+        as_postgres(format!("{PG_BIN}/pg_ctl"))
+            .args(["-w", "-t", "60", "-D"])
+            .arg(&pg.pgdata)
+            .arg("promote"),
+    );
+    let start = Instant::now();
+    while pg.psql("select pg_is_in_recovery()") != "f" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "promotion did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn archive_everything(pg: &PgCluster) {
+    let seg = pg.switch_wal();
+    pg.wait_archived(&seg, Duration::from_secs(120));
+}
+
+fn add_marker(pg: &PgCluster, marker: &str) {
+    pg.psql(&format!("insert into status values ('{marker}')"));
+}
+
+/// `now()` as RFC 3339 in UTC, after a pause, then another pause: a target time with commits
+/// clearly on either side.
+fn target_time(pg: &PgCluster) -> String {
+    std::thread::sleep(Duration::from_millis(50));
+    let t = pg.psql(r#"select to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
+    std::thread::sleep(Duration::from_millis(50));
+    t
+}
+
+fn backup(cfg: &TestConfig) -> String {
+    let out = cfg.run_as_postgres(&["backup"], cfg.path.parent().unwrap());
+    assert_eq!(code(&out), 0, "backup failed: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Restore into `dir/name` with `--start` (paused at the target, so the copy never archives a
+/// timeline of its own into the repository), read the markers through the original primary's
+/// socket (the copy keeps its postgresql.conf), stop it. Returns (markers, restore's stderr).
+fn restore_markers(
+    cfg: &TestConfig,
+    dir: &Path,
+    name: &str,
+    socket_of: &PgCluster,
+    args: &[&str],
+) -> (Vec<String>, String) {
+    let pgdata = dir.join(name);
+    let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--target-action", "pause", "--start"]);
+    let out = cfg.run(&all);
+    let err = stderr(&out);
+    eprintln!("--- restore {args:?}:\n{err}");
+    let stop = || {
+        let _ = as_postgres(format!("{PG_BIN}/pg_ctl"))
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(&pgdata)
+            .arg("stop")
+            .output();
+    };
+    if code(&out) != 0 {
+        stop();
+        panic!("restore {args:?} failed: {err}");
+    }
+    let markers = socket_of.psql("select string_agg(marker, ',' order by marker) from status");
+    stop();
+    (markers.split(',').map(str::to_string).collect(), err)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_timelines_split_brain_and_conflicts() {
+    if harness::skip("failover_timelines_split_brain_and_conflicts") {
+        return;
+    }
+    let scratch = Scratch::new("failover");
+    let repo_dir = scratch.subdir("repo");
+    let b_dir = scratch.subdir("b");
+    let (mut a, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo_dir), "");
+    let archive_command = nodes_only_archive_command(&cfg, &[&a.pgdata, &b_dir.join("pgdata")]);
+    harness::append_conf(&a.pgdata, &archive_command);
+    a.psql("select pg_reload_conf()");
+    a.psql("create table status(marker text)");
+    add_marker(&a, "tl1-base");
+    a.pgbench(&["-i", "-s", "1", "-q"]);
+    let early = backup(&cfg);
+
+    let mut b = start_standby(&b_dir, &a, &archive_command);
+    add_marker(&a, "tl1-a");
+    let t1 = target_time(&a);
+    add_marker(&a, "tl1-b");
+    a.pgbench(&["-c", "1", "-t", "300", "-n"]);
+    archive_everything(&a);
+    // Promote in the middle of a segment: the switch segment then exists on both timelines
+    // (the old primary's full copy on 1, the new primary's on 2), and only 2's may be used.
+    add_marker(&a, "tl1-c");
+    wait_replayed(&a, &b);
+
+    // Failover: the standby becomes the primary of timeline 2.
+    promote(&b);
+    assert_eq!(
+        b.psql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"),
+        "00000002"
+    );
+
+    // Split brain: the old primary does not know and keeps writing on timeline 1, and its
+    // agent even takes a backup there.
+    add_marker(&a, "split-brain");
+    a.pgbench(&["-c", "1", "-t", "300", "-n"]);
+    let stray = backup(&cfg);
+    archive_everything(&a);
+
+    // The new primary writes on timeline 2.
+    add_marker(&b, "tl2-a");
+    let t2 = target_time(&b);
+    add_marker(&b, "tl2-b");
+    b.pgbench(&["-c", "1", "-t", "300", "-n"]);
+    add_marker(&b, "tl2-latest");
+    archive_everything(&b);
+
+    // The archive: timeline 1, the history file, timeline 2; both nodes archived timeline 1's
+    // segments (archive_mode = always) without a single conflict.
+    let repo = harness::repository(&cfg);
+    let listed: Vec<String> = repo
+        .list_wal()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    assert!(listed.iter().any(|n| n == "00000002.history"), "{listed:?}");
+    assert!(listed
+        .iter()
+        .any(|n| n.starts_with("00000001") && n.len() == 24));
+    assert!(listed
+        .iter()
+        .any(|n| n.starts_with("00000002") && n.len() == 24));
+    assert!(repo.list_conflicts().await.unwrap().is_empty());
+
+    // `list` shows both timelines and where timeline 2 branched off.
+    let out = cfg.run(&["list", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tls = listing["timelines"].as_array().unwrap();
+    assert_eq!(tls.len(), 2, "{listing}");
+    assert_eq!(tls[1]["timeline"], 2);
+    assert_eq!(tls[1]["parent"], 1);
+    assert!(tls[1]["switch_lsn"].is_string());
+    assert!(tls[0]["window"]["end_time"].is_string() && tls[1]["window"]["end_time"].is_string());
+    let human = cfg.run(&["list"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("branched from 1 at LSN"), "{text}");
+
+    // Restores read the copies through the old primary's socket: stop both nodes.
+    a.stop();
+    b.stop();
+
+    // A target before the promotion: timeline 1's data.
+    let (m, _) = restore_markers(&cfg, scratch.path(), "r1", &a, &["--to", &t1]);
+    assert_eq!(m, ["tl1-a", "tl1-base"]);
+    // After it: timeline 2's data, never the old primary's writes after the branch point.
+    let (m, err) = restore_markers(&cfg, scratch.path(), "r2", &a, &["--to", &t2]);
+    assert_eq!(m, ["tl1-a", "tl1-b", "tl1-base", "tl1-c", "tl2-a"]);
+    assert!(err.contains("timeline: 2"), "{err}");
+    assert!(err.contains("lie off timeline 2's history"), "{err}");
+    let (m, _) = restore_markers(&cfg, scratch.path(), "r3", &a, &["--latest"]);
+    assert_eq!(
+        m,
+        [
+            "tl1-a",
+            "tl1-b",
+            "tl1-base",
+            "tl1-c",
+            "tl2-a",
+            "tl2-b",
+            "tl2-latest"
+        ]
+    );
+    // Along timeline 1 on request: the old primary's branch.
+    let (m, _) = restore_markers(
+        &cfg,
+        scratch.path(),
+        "r4",
+        &a,
+        &["--latest", "--timeline", "1", "--backup", &early],
+    );
+    assert!(m.contains(&"split-brain".to_string()), "{m:?}");
+    assert!(!m.iter().any(|x| x.starts_with("tl2")), "{m:?}");
+
+    // The old primary's backup after the branch point cannot reach timeline 2: refused before
+    // any download, with the reason.
+    let refused_dir = scratch.path().join("r5");
+    let out = cfg.run(&[
+        "restore",
+        "--pgdata",
+        refused_dir.to_str().unwrap(),
+        "--latest",
+        "--backup",
+        &stray,
+    ]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 3, "{err}");
+    assert!(err.contains("cannot reach timeline 2"), "{err}");
+    assert!(err.contains("was left for timeline 2 at LSN"), "{err}");
+    assert!(
+        !refused_dir.exists(),
+        "nothing may be written for a refused restore"
+    );
+    // And the default choice skips it.
+    let (m, _) = restore_markers(&cfg, scratch.path(), "r6", &a, &["--latest"]);
+    assert!(!m.contains(&"split-brain".to_string()), "{m:?}");
+
+    // A second split brain: the old primary is promoted onto "timeline 2" too (it never saw the
+    // archive's history file). Its 00000002.history differs: refused, kept, reported.
+    std::fs::write(a.pgdata.join("standby.signal"), "").unwrap();
+    harness::give_to_postgres(&a.pgdata.join("standby.signal"));
+    a.start();
+    promote(&a);
+    let start = Instant::now();
+    while repo.list_conflicts().await.unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the conflicting 00000002.history was not reported; archiver: {}",
+            a.psql("select * from pg_stat_archiver")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let conflicts = repo.list_conflicts().await.unwrap();
+    assert!(
+        conflicts.iter().any(|k| k.contains("00000002.history")),
+        "{conflicts:?}"
+    );
+    // PostgreSQL sees the refusal as a failed archive_command (and keeps the file).
+    let start = Instant::now();
+    while a.psql("select failed_count from pg_stat_archiver") == "0" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the refusal never failed archiving"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = cfg
+        .command(&["check"])
+        .env("SYNAPSE_CHECK_TIMEOUT_SECONDS", "2")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(code(&out), 0, "{text}");
+    assert!(text.contains("FAIL  archive conflicts"), "{text}");
+    assert!(text.contains("00000002.history"), "{text}");
+    a.stop();
+    // The archive's history file is still the new primary's.
+    let (m, _) = restore_markers(&cfg, scratch.path(), "r7", &a, &["--latest"]);
+    assert!(m.contains(&"tl2-latest".to_string()), "{m:?}");
+}
