@@ -133,6 +133,9 @@ pub enum Command {
         count: usize,
         #[arg(long)]
         segment_size: u32,
+        /// Follow this timeline's history (as the wal-fetch that started it).
+        #[arg(long)]
+        timeline: Option<u32>,
     },
     /// Take an online base backup of the cluster now.
     Backup,

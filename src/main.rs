@@ -112,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             spool,
             count,
             segment_size,
+            timeline,
         } => {
             let after: synapse_backup::pg::WalSegmentName =
                 after
@@ -121,7 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })?;
             let size = synapse_backup::pg::WalSegmentSize::new(segment_size)
                 .ok_or_else(|| error::usage(format!("invalid segment size {segment_size}")))?;
-            commands::wal_fetch::prefetch(&repo, &after, &spool, count, size).await
+            let timeline = timeline.map(synapse_backup::pg::TimelineId);
+            commands::wal_fetch::prefetch(&repo, &after, &spool, count, size, timeline).await
         }
         Command::Backup => commands::backup::run(&config, cluster, &repo).await,
         Command::List { json } => commands::list::run(&config, &repo, json).await,

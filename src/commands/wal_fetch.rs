@@ -45,11 +45,17 @@ pub async fn run(
     let spool_root = wal_dir.join("synapse_spool");
     let spool = spool_root.join("fetched");
 
-    if let (WalFileName::Segment(seg), Some(tli)) = (name, timeline) {
-        let (path, size) = timeline_path(repo, &spool_root, tli)
-            .await
-            .with_context(|| format!("read the history of timeline {}", tli.0))?;
-        if !path.uses(seg, size) {
+    // The path recovery follows, when restore told us (`--timeline`).
+    let path = match (name, timeline) {
+        (WalFileName::Segment(_), Some(tli)) => Some(
+            timeline_path(repo, &spool_root, tli)
+                .await
+                .with_context(|| format!("read the history of timeline {}", tli.0))?,
+        ),
+        _ => None,
+    };
+    if let (WalFileName::Segment(seg), Some((path, size))) = (name, &path) {
+        if !path.uses(seg, *size) {
             tracing::warn!(
                 file = %name,
                 "not served: recovery follows timeline path {path}, and this segment lies off it \
@@ -87,8 +93,9 @@ pub async fn run(
     if let (WalFileName::Segment(seg), Some(size)) =
         (name, u32::try_from(len).ok().and_then(WalSegmentSize::new))
     {
-        clean_spool(&spool, *seg, size);
-        if let Err(e) = ensure_prefetcher(&spool, *seg, size, prefetch) {
+        let path = path.as_ref().map(|(p, _)| p);
+        clean_spool(&spool, *seg, size, path);
+        if let Err(e) = ensure_prefetcher(&spool, *seg, size, path, prefetch) {
             tracing::debug!("could not start the prefetcher: {e:#}");
         }
     }
@@ -154,12 +161,21 @@ fn take_from_spool(spool: &Path, name: &WalFileName, dest: &Path) -> anyhow::Res
     }
 }
 
-/// The next `count` segments after `seg`.
-fn following(seg: WalSegmentName, size: WalSegmentSize, count: usize) -> Vec<WalSegmentName> {
+/// The next `count` segments after `seg`: along `path` when known (crossing into a newer
+/// timeline at its switch segment), else on `seg`'s timeline.
+fn following(
+    seg: WalSegmentName,
+    size: WalSegmentSize,
+    count: usize,
+    path: Option<&TimelinePath>,
+) -> Vec<WalSegmentName> {
     let mut next = seg;
     (0..count)
         .map(|_| {
             next = next.next(size);
+            if let Some(p) = path {
+                next = p.segment(next.segno(size), size);
+            }
             next
         })
         .collect()
@@ -170,12 +186,13 @@ fn ensure_prefetcher(
     spool: &Path,
     seg: WalSegmentName,
     size: WalSegmentSize,
+    path: Option<&TimelinePath>,
     p: &PrefetchSpawn,
 ) -> anyhow::Result<()> {
     if p.count == 0 {
         return Ok(());
     }
-    let wanted = following(seg, size, p.count);
+    let wanted = following(seg, size, p.count, path);
     if wanted.iter().all(|s| spool.join(s.to_string()).exists()) {
         return Ok(());
     }
@@ -197,8 +214,11 @@ fn ensure_prefetcher(
         .arg("--count")
         .arg(p.count.to_string())
         .arg("--segment-size")
-        .arg(size.bytes().to_string())
-        .stdin(std::process::Stdio::null())
+        .arg(size.bytes().to_string());
+    if let Some(path) = path {
+        cmd.arg("--timeline").arg(path.target().0.to_string());
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     // Not waited for: it outlives this call and exits when the spool is full.
@@ -221,6 +241,7 @@ pub async fn prefetch(
     spool: &Path,
     count: usize,
     size: WalSegmentSize,
+    timeline: Option<TimelineId>,
 ) -> anyhow::Result<()> {
     let pid_file = spool.join(PID_FILE);
     let mine = std::process::id().to_string();
@@ -237,7 +258,11 @@ pub async fn prefetch(
     } else {
         write_atomically(&pid_file, mine.as_bytes())?;
     }
-    let wanted: Vec<WalSegmentName> = following(*after, size, count)
+    let path = match (timeline, spool.parent()) {
+        (Some(tli), Some(root)) => Some(timeline_path(repo, root, tli).await?.0),
+        _ => None,
+    };
+    let wanted: Vec<WalSegmentName> = following(*after, size, count, path.as_ref())
         .into_iter()
         .filter(|s| !spool.join(s.to_string()).exists())
         .collect();
@@ -263,8 +288,14 @@ pub async fn prefetch(
     Ok(())
 }
 
-/// Remove spooled segments at or before `current` on its timeline, and stray files.
-fn clean_spool(spool: &Path, current: WalSegmentName, size: WalSegmentSize) {
+/// Remove spooled segments at or before `current`, segments off the timeline path (or, with no
+/// path, on another timeline than `current`'s), and stray files.
+fn clean_spool(
+    spool: &Path,
+    current: WalSegmentName,
+    size: WalSegmentSize,
+    path: Option<&TimelinePath>,
+) {
     let Ok(entries) = std::fs::read_dir(spool) else {
         return;
     };
@@ -275,7 +306,13 @@ fn clean_spool(spool: &Path, current: WalSegmentName, size: WalSegmentSize) {
             continue;
         }
         let stale = match s.parse::<WalSegmentName>() {
-            Ok(n) => n.timeline != current.timeline || n.segno(size) <= current.segno(size),
+            Ok(n) => {
+                let off = match path {
+                    Some(p) => !p.uses(&n, size),
+                    None => n.timeline != current.timeline,
+                };
+                off || n.segno(size) <= current.segno(size)
+            }
             Err(_) => true,
         };
         if stale {
@@ -312,17 +349,23 @@ mod tests {
         ] {
             std::fs::write(d.path().join(f), b"x").unwrap();
         }
-        clean_spool(d.path(), "000000010000000000000004".parse().unwrap(), size);
+        clean_spool(
+            d.path(),
+            "000000010000000000000004".parse().unwrap(),
+            size,
+            None,
+        );
         let mut left: Vec<String> = std::fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
         assert_eq!(left, [PID_FILE, "000000010000000000000005"]);
-        let next: Vec<String> = following("0000000100000000000000FE".parse().unwrap(), size, 3)
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let next: Vec<String> =
+            following("0000000100000000000000FE".parse().unwrap(), size, 3, None)
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         assert_eq!(
             next,
             [
@@ -331,5 +374,49 @@ mod tests {
                 "000000010000000100000001"
             ]
         );
+    }
+
+    #[test]
+    fn prefetch_and_cleaning_follow_the_timeline_path() {
+        let size = WalSegmentSize::DEFAULT;
+        let history =
+            TimelineHistory::parse(TimelineId(2), "1\t0/5000090\tno recovery target\n").unwrap();
+        let path = TimelinePath::from_history(&history);
+        let next: Vec<String> = following(
+            "000000010000000000000003".parse().unwrap(),
+            size,
+            3,
+            Some(&path),
+        )
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            next,
+            [
+                "000000010000000000000004",
+                "000000020000000000000005",
+                "000000020000000000000006"
+            ]
+        );
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "000000020000000000000005",
+            // The old primary's copy past the branch point.
+            "000000010000000000000006",
+        ] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        clean_spool(
+            d.path(),
+            "000000010000000000000004".parse().unwrap(),
+            size,
+            Some(&path),
+        );
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["000000020000000000000005"]);
     }
 }
