@@ -7,6 +7,7 @@ mod backup;
 mod expire;
 mod failover;
 mod harness;
+mod replica;
 mod restore;
 mod storage_suite;
 mod tls;
