@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    self, archiving_cluster, as_postgres, code, run_ok, stderr, PgCluster, RepoTarget, Scratch,
-    TestConfig, BIN, PG_BIN,
+    self, archiving_cluster, as_postgres, code, stderr, PgCluster, RepoTarget, Scratch, TestConfig,
+    BIN, PG_BIN,
 };
+use crate::replica::{promote, start_standby, wait_replayed};
 
 /// An `archive_command` that archives only from the two nodes' data directories: restored
 /// copies (which keep the primary's postgresql.conf) must not archive a timeline of their own
@@ -29,62 +30,6 @@ fn nodes_only_archive_command(cfg: &TestConfig, nodes: &[&Path]) -> String {
         dirs.join("|"),
         cfg.path.display()
     )
-}
-
-/// A streaming standby of `primary` in `dir/pgdata` (pg_basebackup -R), archiving into the
-/// same repository with `archive_mode = always` through `archive_command`.
-fn start_standby(dir: &Path, primary: &PgCluster, archive_command: &str) -> PgCluster {
-    let pgdata = dir.join("pgdata");
-    run_ok(
-        as_postgres(format!("{PG_BIN}/pg_basebackup"))
-            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
-            .arg(&primary.socket_dir)
-            .args(["-p", &primary.port.to_string(), "-D"])
-            .arg(&pgdata),
-    );
-    harness::append_conf(
-        &pgdata,
-        &format!("archive_mode = always\n{archive_command}hot_standby = on\n"),
-    );
-    let mut standby = PgCluster::existing(dir, &pgdata);
-    standby.start();
-    standby
-}
-
-/// Wait until `standby` has replayed everything `primary` has written so far.
-fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
-    let target = primary.psql("select pg_current_wal_insert_lsn()");
-    let start = Instant::now();
-    loop {
-        let behind = standby.psql(&format!(
-            "select pg_last_wal_replay_lsn() < '{target}'::pg_lsn"
-        ));
-        if behind == "f" {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "standby did not replay up to {target}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn promote(pg: &PgCluster) {
-    run_ok(
-        as_postgres(format!("{PG_BIN}/pg_ctl"))
-            .args(["-w", "-t", "60", "-D"])
-            .arg(&pg.pgdata)
-            .arg("promote"),
-    );
-    let start = Instant::now();
-    while pg.psql("select pg_is_in_recovery()") != "f" {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "promotion did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn archive_everything(pg: &PgCluster) {
@@ -161,7 +106,11 @@ async fn failover_timelines_split_brain_and_conflicts() {
     a.pgbench(&["-i", "-s", "1", "-q"]);
     let early = backup(&cfg);
 
-    let mut b = start_standby(&b_dir, &a, &archive_command);
+    let mut b = start_standby(
+        &b_dir,
+        &a,
+        &format!("archive_mode = always\n{archive_command}"),
+    );
     add_marker(&a, "tl1-a");
     let t1 = target_time(&a);
     add_marker(&a, "tl1-b");

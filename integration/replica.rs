@@ -49,9 +49,11 @@ pub fn wait_streaming(standby: &PgCluster) {
     );
 }
 
-/// Wait until `standby` has replayed everything `primary` has written so far.
+/// Wait until `standby` has replayed everything `primary` has inserted so far. The insert
+/// position, not the write position: with `synchronous_commit = off` (the harness's setting) a
+/// commit can still be unwritten when the caller moves on.
 pub fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
-    let lsn = primary.psql("select pg_current_wal_lsn()");
+    let lsn = primary.psql("select pg_current_wal_insert_lsn()");
     wait_for(
         standby,
         &format!("the standby to replay up to {lsn}"),
