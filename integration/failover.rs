@@ -201,6 +201,37 @@ async fn failover_timelines_split_brain_and_conflicts() {
             "tl2-latest"
         ]
     );
+    // Recovery on timeline 2 never read a timeline-1 segment at or past the branch point (the
+    // restores above all log into the same file, beside their data directories).
+    let switch: u64 = {
+        let lsn = tls[1]["switch_lsn"].as_str().unwrap();
+        let (hi, lo) = lsn.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()) >> 24
+    };
+    let log = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("restore-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    let restored: Vec<&str> = log
+        .split("restored log file \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|name| name.len() == 24)
+        .collect();
+    assert!(
+        restored.iter().any(|n| n.starts_with("00000002")),
+        "{restored:?}"
+    );
+    for name in &restored {
+        let segno = u64::from_str_radix(&name[16..], 16).unwrap();
+        assert!(
+            !(name.starts_with("00000001") && segno >= switch),
+            "timeline 2's recovery read the old primary's {name}"
+        );
+    }
+
     // Along timeline 1 on request: the old primary's branch.
     let (m, _) = restore_markers(
         &cfg,
