@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::metrics::{NewestBackup, RepoFacts, VerifyResult};
 use crate::pg::client::{ArchiveBacklog, ArchiverStats};
 use crate::pg::history::TimelinePath;
-use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentSize};
+use crate::pg::{Lsn, TimelineId, WalSegmentSize};
 use crate::repo::manifest::BackupId;
 use crate::repo::timelines::Timelines;
 use crate::repo::window::{self, BackupEnd, WalIndex, Window};
@@ -162,7 +162,8 @@ impl RepoReader {
                     Some((seg, found)) if seg == newest_seg && found.is_some() => found,
                     _ => {
                         let down_to = first.start_lsn.segno(size);
-                        let found = last_commit_down(repo, &index, newest_seg, down_to).await?;
+                        let found =
+                            window::last_commit_down(repo, &index, newest_seg, down_to).await?;
                         self.last_commit = Some((newest_seg, found));
                         found
                     }
@@ -207,35 +208,6 @@ async fn read_report(repo: &Repository, key: &str) -> anyhow::Result<Option<Veri
             Ok(None)
         }
     }
-}
-
-/// The newest commit time recorded in the archive, walking back from segment `from` to
-/// `down_to`, a few 1 KiB header reads at a time. (As `repo::window::last_commit_down`, whose
-/// future cannot be spawned: rustc cannot prove its closure general enough to be `Send`.)
-async fn last_commit_down(
-    repo: &Repository,
-    index: &WalIndex,
-    from: u64,
-    down_to: u64,
-) -> anyhow::Result<Option<DateTime<Utc>>> {
-    const BATCH: usize = 8;
-    let names: Vec<WalFileName> = index
-        .present_down(from, down_to)
-        .into_iter()
-        .map(|(_, seg)| WalFileName::Segment(seg))
-        .collect();
-    for batch in names.chunks(BATCH) {
-        let mut reads = Vec::with_capacity(batch.len());
-        for name in batch {
-            reads.push(repo.wal_header(name));
-        }
-        for header in futures::future::join_all(reads).await {
-            if let Some(t) = header?.as_ref().and_then(window::header_last_commit) {
-                return Ok(Some(t));
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// The id of the newest complete backup (one listing of `backups/`).

@@ -18,7 +18,6 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use futures::StreamExt;
 
 use super::manifest::{BackupId, BackupManifest};
 use super::Repository;
@@ -458,18 +457,16 @@ pub async fn last_commit_down(
     down_to: u64,
 ) -> anyhow::Result<Option<DateTime<Utc>>> {
     const BATCH: usize = 8;
-    let candidates = index.present_down(from, down_to);
-    for batch in candidates.chunks(BATCH) {
-        let headers: Vec<anyhow::Result<Option<crate::codec::ObjectHeader>>> =
-            futures::stream::iter(
-                batch.iter().map(|(_, seg)| async move {
-                    repo.wal_header(&WalFileName::Segment(*seg)).await
-                }),
-            )
-            .buffered(BATCH)
-            .collect()
-            .await;
-        for header in headers {
+    let names: Vec<WalFileName> = index
+        .present_down(from, down_to)
+        .into_iter()
+        .map(|(_, seg)| WalFileName::Segment(seg))
+        .collect();
+    // Plain futures joined per batch (not a stream with a closure): the agent spawns this,
+    // and rustc proves this shape `Send`.
+    for batch in names.chunks(BATCH) {
+        let reads: Vec<_> = batch.iter().map(|name| repo.wal_header(name)).collect();
+        for header in futures::future::join_all(reads).await {
             if let Some(t) = header?.as_ref().and_then(header_last_commit) {
                 return Ok(Some(t));
             }
