@@ -6,6 +6,7 @@ mod agent;
 mod backup;
 mod expire;
 mod harness;
+mod replica;
 mod restore;
 mod storage_suite;
 mod tls;
