@@ -8,6 +8,7 @@ mod expire;
 mod harness;
 mod replica;
 mod restore;
+mod standby;
 mod storage_suite;
 mod tls;
 mod verify;
