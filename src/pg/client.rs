@@ -127,7 +127,8 @@ async fn open(conninfo: &str, role: Option<ServerRole>) -> anyhow::Result<Sessio
         config.target_session_attrs(role.session_attrs());
     }
     let target = describe(&config);
-    let endpoints = endpoints(&config).map_err(|e| crate::error::usage(format!("bad connection string: {e}")))?;
+    let endpoints = endpoints(&config)
+        .map_err(|e| crate::error::usage(format!("bad connection string: {e}")))?;
     let tls = TlsChoice::prepare(&split.tls, &endpoints)
         .with_context(|| format!("connect to PostgreSQL at {target}"))?;
     let mut failures = Vec::new();
@@ -137,7 +138,12 @@ async fn open(conninfo: &str, role: Option<ServerRole>) -> anyhow::Result<Sessio
             Err(e) => failures.push((endpoint.label, e)),
         }
     }
-    Err(no_server(failures, &target, role, config.get_target_session_attrs()))
+    Err(no_server(
+        failures,
+        &target,
+        role,
+        config.get_target_session_attrs(),
+    ))
 }
 
 /// The error when no host gave a session: a single host's error as it is, else each host
@@ -324,9 +330,7 @@ async fn open_endpoint(
             // allow/prefer: like libpq, a failed handshake is retried without TLS.
             tracing::debug!("{:#}; retrying without TLS", f.err);
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            connect_with(&config, tls, label)
-                .await
-                .map_err(|f| f.err)?
+            connect_with(&config, tls, label).await.map_err(|f| f.err)?
         }
         Err(f) => return Err(f.err),
     };
@@ -392,10 +396,7 @@ async fn connect_with(
             None => (anyhow::Error::new(e), false),
         },
     };
-    Err(ConnectFailure {
-        err,
-        tls_handshake,
-    })
+    Err(ConnectFailure { err, tls_handshake })
 }
 
 /// tokio-postgres refuses a server that does not fit `target_session_attrs` with a
@@ -424,7 +425,11 @@ fn describe(config: &tokio_postgres::Config) -> String {
         })
         .collect();
     if hosts.is_empty() {
-        hosts = config.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+        hosts = config
+            .get_hostaddrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
     }
     let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
     format!(
@@ -788,7 +793,10 @@ mod tests {
         let list = endpoints(&parse("host=/a,db2 port=1,2 password=p")).unwrap();
         let labels: Vec<&str> = list.iter().map(|e| e.label.as_str()).collect();
         assert_eq!(labels, ["/a port 1", "db2 port 2"]);
-        assert_eq!(list.iter().map(|e| e.tcp).collect::<Vec<_>>(), [false, true]);
+        assert_eq!(
+            list.iter().map(|e| e.tcp).collect::<Vec<_>>(),
+            [false, true]
+        );
         let by_addr = endpoints(&parse("hostaddr=10.0.0.1 password=p")).unwrap();
         assert_eq!(by_addr[0].label, "10.0.0.1 port 5432");
         assert!(by_addr[0].tcp);
@@ -801,7 +809,10 @@ mod tests {
     #[test]
     fn no_server_names_every_host_and_no_password() {
         let failures = vec![
-            ("/a port 1".to_string(), anyhow::anyhow!("connection refused")),
+            (
+                "/a port 1".to_string(),
+                anyhow::anyhow!("connection refused"),
+            ),
             (
                 "/b port 2".to_string(),
                 anyhow::anyhow!("read-write (a primary), not a standby"),
@@ -822,7 +833,10 @@ mod tests {
              (/a port 1: connection refused; /b port 2: read-write (a primary), not a standby)"
         );
         let one = vec![("/a port 1".to_string(), anyhow::anyhow!("refused"))];
-        let msg = format!("{:#}", no_server(one, "/a port 1", None, TargetSessionAttrs::Any));
+        let msg = format!(
+            "{:#}",
+            no_server(one, "/a port 1", None, TargetSessionAttrs::Any)
+        );
         assert_eq!(msg, "connect to PostgreSQL at /a port 1: refused");
     }
 }

@@ -137,8 +137,10 @@ fn in_recovery(pgdata: &Path) -> bool {
 }
 
 fn utc(secs: i64) -> String {
-    DateTime::<Utc>::from_timestamp(secs, 0)
-        .map_or_else(|| secs.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+    DateTime::<Utc>::from_timestamp(secs, 0).map_or_else(
+        || secs.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -146,7 +148,8 @@ mod tests {
     use super::*;
     use crate::pg::{SystemId, TimelineId};
 
-    const PID: &str = "9551\n/tmp/pgm/d\n1796161902\n29999\n/tmp/pgm\n\n 10010648         4\nready   \n";
+    const PID: &str =
+        "9551\n/tmp/pgm/d\n1796161902\n29999\n/tmp/pgm\n\n 10010648         4\nready   \n";
 
     fn server(in_recovery: bool, started: f64, data_directory: &str) -> ServerInfo {
         ServerInfo {

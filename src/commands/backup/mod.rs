@@ -80,13 +80,15 @@ pub async fn take_backup(
 async fn open_session(cluster: &ClusterConfig) -> anyhow::Result<Session> {
     let conninfo = &cluster.connection;
     let on = |role: ServerRole| async move {
-        pg::client::connect_to(conninfo, role).await.with_context(|| {
-            format!(
-                "backup_from = \"{}\" needs {}",
-                cluster.backup_from.as_str(),
-                role.describe()
-            )
-        })
+        pg::client::connect_to(conninfo, role)
+            .await
+            .with_context(|| {
+                format!(
+                    "backup_from = \"{}\" needs {}",
+                    cluster.backup_from.as_str(),
+                    role.describe()
+                )
+            })
     };
     match cluster.backup_from {
         BackupFrom::Primary => on(ServerRole::Primary).await,
@@ -516,7 +518,11 @@ impl WalSwitcher<'_> {
         let at = primary.endpoint();
         let info = primary.server_info().await?;
         if info.system_id != self.system_id {
-            bail!("it is database system {}, not {}", info.system_id, self.system_id);
+            bail!(
+                "it is database system {}, not {}",
+                info.system_id,
+                self.system_id
+            );
         }
         let insert = primary.current_wal_insert_lsn().await?;
         if insert.segno(size) != segment.segno(size) {
