@@ -462,22 +462,23 @@ fn password_for(config: &tokio_postgres::Config) -> Option<Vec<u8>> {
         return None;
     }
     let text = std::fs::read_to_string(&path).ok()?;
-    // libpq: the host name as written (a socket directory counts as "localhost"), else the
-    // numeric hostaddr.
+    let (host, port) = pgpass_host_port(config);
+    let db = config.get_dbname().unwrap_or("postgres");
+    let user = config.get_user().unwrap_or("postgres");
+    pgpass_lookup(&text, &host, &port, db, user).map(String::into_bytes)
+}
+
+/// The host and port a password file line must match for the (first) host of `config`, as
+/// libpq has them: the host name as written (a socket directory counts as `localhost`), else
+/// the numeric `hostaddr`.
+fn pgpass_host_port(config: &tokio_postgres::Config) -> (String, String) {
     let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
         (Some(Host::Tcp(h)), _) => h.clone(),
         (None, Some(a)) => a.to_string(),
         _ => "localhost".into(),
     };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432)
-        .to_string();
-    let db = config.get_dbname().unwrap_or("postgres");
-    let user = config.get_user().unwrap_or("postgres");
-    pgpass_lookup(&text, &host, &port, db, user).map(String::into_bytes)
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    (host, port.to_string())
 }
 
 /// One line of a .pgpass file: `host:port:database:user:password`, `*` matches anything,
@@ -786,6 +787,20 @@ mod tests {
         // One port serves every host.
         let one_port = parse("host=a,b port=7 password=p");
         assert_eq!(single_host(&one_port, 1), parse("host=b port=7 password=p"));
+    }
+
+    #[test]
+    fn each_host_has_its_own_password_file_line() {
+        let multi = parse("host=/run/pg,db2,db3 hostaddr=127.0.0.1,127.0.0.2,127.0.0.3 port=1,2,3");
+        let keys: Vec<(String, String)> = (0..3)
+            .map(|i| pgpass_host_port(&single_host(&multi, i)))
+            .collect();
+        let want = [("localhost", "1"), ("db2", "2"), ("db3", "3")];
+        assert_eq!(keys, want.map(|(h, p)| (h.to_string(), p.to_string())));
+        assert_eq!(
+            pgpass_host_port(&parse("hostaddr=10.0.0.9")),
+            ("10.0.0.9".to_string(), "5432".to_string())
+        );
     }
 
     #[test]

@@ -79,27 +79,24 @@ pub async fn take_backup(
 /// The backup session, on the server that `backup_from` asks for.
 async fn open_session(cluster: &ClusterConfig) -> anyhow::Result<Session> {
     let conninfo = &cluster.connection;
-    let on = |role: ServerRole| async move {
-        pg::client::connect_to(conninfo, role)
-            .await
-            .with_context(|| {
-                format!(
-                    "backup_from = \"{}\" needs {}",
-                    cluster.backup_from.as_str(),
-                    role.describe()
-                )
-            })
-    };
+    let from = cluster.backup_from.as_str();
+    let on = |role: ServerRole| pg::client::connect_to(conninfo, role);
     match cluster.backup_from {
-        BackupFrom::Primary => on(ServerRole::Primary).await,
-        BackupFrom::Standby => on(ServerRole::Standby).await,
+        BackupFrom::Primary => on(ServerRole::Primary)
+            .await
+            .with_context(|| format!("backup_from = \"{from}\" needs a primary (read-write)")),
+        BackupFrom::Standby => on(ServerRole::Standby)
+            .await
+            .with_context(|| format!("backup_from = \"{from}\" needs a standby (in recovery)")),
         BackupFrom::PreferStandby => match on(ServerRole::Standby).await {
             Ok(session) => Ok(session),
-            Err(e) => {
-                tracing::info!("no standby to back up ({e:#}); backing up the primary");
-                on(ServerRole::Primary)
-                    .await
-                    .with_context(|| format!("and no standby either ({e:#})"))
+            Err(no_standby) => {
+                tracing::info!("no standby to back up ({no_standby:#}); backing up the primary");
+                on(ServerRole::Primary).await.map_err(|no_primary| {
+                    anyhow::anyhow!(
+                        "backup_from = \"{from}\" found neither a standby ({no_standby:#}) nor a primary ({no_primary:#})"
+                    )
+                })
             }
         },
     }
@@ -531,8 +528,12 @@ impl WalSwitcher<'_> {
             ));
         }
         primary.switch_wal().await?;
+        let archiver = primary
+            .archiver_status()
+            .await
+            .unwrap_or_else(|e| format!("unavailable: {e:#}"));
         Ok(format!(
-            "asked the primary at {at} to switch WAL (pg_switch_wal at {insert})"
+            "asked the primary at {at} to switch WAL (pg_switch_wal at {insert}); its pg_stat_archiver: {archiver}"
         ))
     }
 }
@@ -601,6 +602,43 @@ async fn report_progress(done: Arc<AtomicU64>, total: u64) {
             total as f64 / 1e6,
             rate / 1e6,
             eta
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_names_the_start_timeline() {
+        let label = "START WAL LOCATION: 0/9000028 (file 000000030000000000000009)\n\
+                     CHECKPOINT LOCATION: 0/9000060\nBACKUP METHOD: streamed\nBACKUP FROM: standby\n\
+                     START TIME: 2026-11-24 21:37:14 UTC\nLABEL: x\nSTART TIMELINE: 3\n";
+        assert_eq!(label_start_timeline(label), Some(TimelineId(3)));
+        assert_eq!(
+            label_start_timeline("START WAL LOCATION: 0/9000028\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_stop_segment_holds_the_byte_before_the_stop_lsn() {
+        let size = WalSegmentSize::new(16 << 20).unwrap();
+        let needed = |stop: u64| NeededWal {
+            timeline: TimelineId(2),
+            start: Lsn(0x900_0028),
+            stop: Lsn(stop),
+            size,
+        };
+        assert_eq!(
+            needed(0x900_3678).stop_segment().to_string(),
+            "000000020000000000000009"
+        );
+        // A stop at a segment boundary ends in the segment before it.
+        assert_eq!(
+            needed(0xA00_0000).stop_segment().to_string(),
+            "000000020000000000000009"
         );
     }
 }
