@@ -140,6 +140,10 @@ async fn standby_backup_restores_and_recovers() {
     wait_replayed(primary, &nodes.standby);
     let seg = primary.switch_wal();
     primary.wait_archived(&seg, Duration::from_secs(120));
+    // `verify` proves it in an isolated scratch instance: restore, recovery, pg_verifybackup,
+    // pg_amcheck.
+    let out = cfg.run(&["verify", "--backup", &id]);
+    assert_eq!(code(&out), 0, "verify: {}", stderr(&out));
     nodes.standby.stop();
     nodes.primary.stop();
 
