@@ -292,6 +292,7 @@ async fn standby_backup_without_a_primary_fails_and_says_so() {
     );
     let out = backup(&cfg);
     let err = stderr(&out);
+    eprintln!("--- backup on a standby without a primary:\n{err}");
     assert_eq!(code(&out), 1, "{err}");
     assert!(
         err.contains("cannot switch WAL") && err.contains("no primary was reachable"),

@@ -426,20 +426,26 @@ async fn wait_for_wal(
         }
         let now = Instant::now();
         if now >= deadline {
-            let status = session
-                .archiver_status()
-                .await
-                .unwrap_or_else(|e| format!("unavailable: {e:#}"));
-            let standby_note = switcher.as_ref().map_or_else(String::new, |s| {
-                format!(
-                    " The backup was taken on a standby, which cannot switch WAL: {}.",
+            let why = match &switcher {
+                // The standby's own archiver says nothing about the primary's archiving.
+                Some(s) => format!(
+                    "the backup was taken on a standby, which cannot switch WAL: {}. Check the primary's \
+                     archive_command and `select * from pg_stat_archiver` there",
                     s.last.as_deref().unwrap_or("its primary was not asked to")
-                )
-            });
+                ),
+                None => {
+                    let status = session
+                        .archiver_status()
+                        .await
+                        .unwrap_or_else(|e| format!("unavailable: {e:#}"));
+                    format!(
+                        "WAL archiving looks broken. Check archive_command and `select * from pg_stat_archiver` ({status})"
+                    )
+                }
+            };
             bail!(
                 "WAL segment {stop_name}, which this backup needs, did not reach the archive within {wait_seconds} s: \
-                 WAL archiving looks broken. Check archive_command and `select * from pg_stat_archiver` ({status}).{standby_note} \
-                 The backup was NOT stored."
+                 {why}. The backup was NOT stored."
             );
         }
         if let Some(s) = switcher.as_mut().filter(|_| now >= next_switch) {
