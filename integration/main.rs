@@ -9,6 +9,7 @@ mod failover;
 mod harness;
 mod replica;
 mod restore;
+mod standby;
 mod storage_suite;
 mod tls;
 mod verify;

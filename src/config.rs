@@ -157,9 +157,14 @@ impl Default for ArchiveConfig {
 pub struct ClusterConfig {
     pub name: String,
     pub pgdata: PathBuf,
-    /// libpq-style connection string (`host=… port=… user=… dbname=…`).
+    /// libpq-style connection string (`host=… port=… user=… dbname=…`). May list several
+    /// hosts (`host=db1,db2 port=5432,5432`); see `backup_from` for which one a backup uses.
     #[serde(default = "default_connection")]
     pub connection: String,
+    /// Which server of `connection` the base backup is taken from. `pgdata` must be that
+    /// server's data directory.
+    #[serde(default)]
+    pub backup_from: BackupFrom,
     /// Directory of the PostgreSQL binaries (pg_ctl, …). Default: /usr/lib/postgresql/<major>/bin.
     pub pg_bin_dir: Option<PathBuf>,
     /// `verify`: SQL run in the recovered scratch instance, each with the text it must return.
@@ -206,6 +211,29 @@ impl ClusterConfig {
             .filter(|kv| !kv.to_ascii_lowercase().starts_with("password"))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// `backup_from`: which server of a cluster's `connection` a base backup is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupFrom {
+    /// The primary: a read-write session (default).
+    #[default]
+    Primary,
+    /// A streaming standby (in recovery), to keep the load off the primary.
+    Standby,
+    /// A standby if one of the listed hosts is one, else the primary.
+    PreferStandby,
+}
+
+impl BackupFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupFrom::Primary => "primary",
+            BackupFrom::Standby => "standby",
+            BackupFrom::PreferStandby => "prefer-standby",
+        }
     }
 }
 
@@ -650,6 +678,25 @@ pgdata = "/var/lib/postgresql/15/main"
     }
 
     #[test]
+    fn backup_from_defaults_to_the_primary() {
+        let cfg = Config::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.clusters[0].backup_from, BackupFrom::Primary);
+        for (text, want) in [
+            ("primary", BackupFrom::Primary),
+            ("standby", BackupFrom::Standby),
+            ("prefer-standby", BackupFrom::PreferStandby),
+        ] {
+            let cfg = Config::parse(&format!("{MINIMAL}backup_from = \"{text}\"\n")).unwrap();
+            assert_eq!(cfg.clusters[0].backup_from, want);
+            assert_eq!(want.as_str(), text);
+        }
+        let example = Config::parse(include_str!("../config/synapse-backup.example.toml")).unwrap();
+        let analytics = example.cluster(Some("analytics")).unwrap();
+        assert_eq!(analytics.backup_from, BackupFrom::PreferStandby);
+        assert!(analytics.connection.contains("host=db1,db2"));
+    }
+
+    #[test]
     fn one_cluster_needs_no_name() {
         let cfg = Config::parse(MINIMAL).unwrap();
         assert_eq!(cfg.cluster(None).unwrap().name, "core");
@@ -683,6 +730,10 @@ pgdata = "/var/lib/postgresql/15/main"
             (
                 "[repository]\nurl = \"file:///x\"\n".to_string(),
                 "no [[cluster]]",
+            ),
+            (
+                format!("{MINIMAL}backup_from = \"replica\"\n"),
+                "unknown variant `replica`, expected one of `primary`, `standby`, `prefer-standby`",
             ),
         ];
         for (text, want) in cases {

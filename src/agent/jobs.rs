@@ -22,7 +22,7 @@ use super::facts::{self, RepoReader};
 use super::metrics::{JobKind, NewestBackup, VerifyResult};
 use super::schedule::{self, Schedule};
 use super::Shared;
-use crate::config::{ClusterConfig, Config};
+use crate::config::{BackupFrom, ClusterConfig, Config};
 use crate::repo::manifest::{BackupId, BackupManifest};
 use crate::repo::Repository;
 use crate::storage::Storage;
@@ -419,6 +419,38 @@ async fn newest_backup(cfg: &Config, cluster: &ClusterConfig) -> anyhow::Result<
         .context("list backups: no answer in time")?
 }
 
+/// Why this host's agent leaves a scheduled backup to another node, if it does. With several
+/// nodes listed in `connection`, an agent runs on every node of the pair and only the node of
+/// the role `backup_from` asks for backs up (the backup reads the local data directory); the
+/// others would only fail their identity check every night. A single-node connection is
+/// never skipped: a wrong `backup_from` there must fail loudly.
+fn not_this_host(cluster: &ClusterConfig) -> Option<String> {
+    let hosts = crate::pg::tls::split_conninfo(&cluster.connection)
+        .ok()?
+        .rest
+        .parse::<tokio_postgres::Config>()
+        .ok()?
+        .get_hosts()
+        .len();
+    let local_is_standby = cluster.pgdata.join("standby.signal").exists();
+    skip_decision(hosts, cluster.backup_from, local_is_standby)
+}
+
+fn skip_decision(hosts: usize, from: BackupFrom, local_is_standby: bool) -> Option<String> {
+    if hosts < 2 {
+        return None;
+    }
+    match (from, local_is_standby) {
+        (BackupFrom::Primary, true) => Some(
+            "the local server is a standby and backup_from = \"primary\": the primary's host takes it".into(),
+        ),
+        (BackupFrom::Standby, false) => Some(
+            "the local server is not a standby and backup_from = \"standby\": the standby's host takes it".into(),
+        ),
+        _ => None,
+    }
+}
+
 /// Backup; after a successful backup, expire and (if configured) verify.
 async fn backup_chain(
     shared: &Arc<Shared>,
@@ -427,6 +459,10 @@ async fn backup_chain(
     reason: &str,
 ) {
     let name = &cluster.name;
+    if let Some(why) = not_this_host(cluster) {
+        tracing::info!(cluster = %name, "backup skipped on this host: {why}");
+        return;
+    }
     let Some(manifest) = run_job(
         shared,
         name,
@@ -659,6 +695,20 @@ async fn stop_child(child: &mut tokio::process::Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_node_of_the_wanted_role_backs_up() {
+        // One node: never skipped, whatever the role (a wrong setting must fail loudly).
+        assert!(skip_decision(1, BackupFrom::Primary, true).is_none());
+        assert!(skip_decision(1, BackupFrom::Standby, false).is_none());
+        // A pair: the standby host leaves a primary backup to the primary's host, and back.
+        assert!(skip_decision(2, BackupFrom::Primary, true).is_some());
+        assert!(skip_decision(2, BackupFrom::Primary, false).is_none());
+        assert!(skip_decision(2, BackupFrom::Standby, false).is_some());
+        assert!(skip_decision(2, BackupFrom::Standby, true).is_none());
+        assert!(skip_decision(2, BackupFrom::PreferStandby, true).is_none());
+        assert!(skip_decision(2, BackupFrom::PreferStandby, false).is_none());
+    }
 
     #[test]
     fn a_queued_or_running_job_is_not_queued_twice() {

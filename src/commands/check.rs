@@ -34,14 +34,29 @@ pub async fn run(
     let mut out = Outcome { failed: Vec::new() };
     out.report("store", check_store(repo).await);
     out.report("archive conflicts", check_conflicts(repo).await);
-    let session = pg::client::connect(&cluster.connection).await;
-    match session {
+    // The server a backup would read (per backup_from), and the primary that archives: the
+    // same one unless backups come from a standby.
+    match crate::commands::backup::open_session(cluster).await {
         Err(e) => out.report("database connection", Err(e)),
         Ok(session) => {
-            out.report("database connection", Ok(cluster.connection_description()));
+            out.report(
+                "database connection",
+                Ok(format!(
+                    "{} (backup_from = \"{}\": {})",
+                    cluster.connection_description(),
+                    cluster.backup_from.as_str(),
+                    session.endpoint()
+                )),
+            );
             out.report("identity", check_identity(cluster, repo, &session).await);
-            out.report("archiving", check_archiving(repo, &session).await);
             session.close().await;
+        }
+    }
+    match pg::client::connect_to(&cluster.connection, pg::client::ServerRole::Primary).await {
+        Err(e) => out.report("archiving", Err(e.context("connect to the primary"))),
+        Ok(primary) => {
+            out.report("archiving", check_archiving(repo, &primary).await);
+            primary.close().await;
         }
     }
     if out.failed.is_empty() {
@@ -84,14 +99,7 @@ async fn check_identity(
     session: &pg::client::Session,
 ) -> anyhow::Result<String> {
     let server = session.server_info().await?;
-    let on_disk = pg::control::read_system_id(&cluster.pgdata)?;
-    if on_disk != server.system_id {
-        anyhow::bail!(
-            "pgdata {} is database system {on_disk}, but the server is {}",
-            cluster.pgdata.display(),
-            server.system_id
-        );
-    }
+    crate::commands::backup::check_pgdata(cluster, session, &server)?;
     match repo.info().await? {
         Some(info) if info.system_identifier != server.system_id => anyhow::bail!(
             "the repository belongs to database system {}, the server is {}",

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio_postgres::config::Host;
+use chrono::{DateTime, Utc};
+use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::Client;
 
 use super::{Lsn, SystemId, TimelineId};
@@ -20,6 +21,8 @@ pub struct ServerInfo {
     pub in_recovery: bool,
     pub timeline: TimelineId,
     pub data_directory: String,
+    /// `pg_postmaster_start_time()`.
+    pub postmaster_started: DateTime<Utc>,
 }
 
 impl ServerInfo {
@@ -62,11 +65,50 @@ pub struct Session {
     client: Client,
     task: tokio::task::JoinHandle<()>,
     major: u32,
+    endpoint: String,
+}
+
+/// The kind of server a session must reach among the hosts of a connection string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRole {
+    /// A read-write session (`target_session_attrs=read-write`): the primary.
+    Primary,
+    /// A read-only session on a server in recovery: a standby.
+    Standby,
+}
+
+impl ServerRole {
+    fn session_attrs(self) -> TargetSessionAttrs {
+        match self {
+            ServerRole::Primary => TargetSessionAttrs::ReadWrite,
+            ServerRole::Standby => TargetSessionAttrs::ReadOnly,
+        }
+    }
+
+    /// For messages: "a primary (read-write)".
+    pub fn describe(self) -> &'static str {
+        match self {
+            ServerRole::Primary => "a primary (read-write)",
+            ServerRole::Standby => "a standby (in recovery)",
+        }
+    }
 }
 
 /// Connect with a libpq-style connection string; never prints the password. TLS follows
-/// libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` (see [`super::tls`]).
+/// libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` (see [`super::tls`]). Several hosts
+/// (`host=a,b port=5432,5433`) are tried in order, each with its own `.pgpass` line, and the
+/// string's `target_session_attrs` (`any`, `read-write`, `read-only`) picks among them.
 pub async fn connect(conninfo: &str) -> anyhow::Result<Session> {
+    open(conninfo, None).await
+}
+
+/// Like [`connect`], but the session must be on a server of `role`, whatever the string's
+/// `target_session_attrs` says.
+pub async fn connect_to(conninfo: &str, role: ServerRole) -> anyhow::Result<Session> {
+    open(conninfo, Some(role)).await
+}
+
+async fn open(conninfo: &str, role: Option<ServerRole>) -> anyhow::Result<Session> {
     let split = super::tls::split_conninfo(conninfo)?;
     let mut config: tokio_postgres::Config = split
         .rest
@@ -78,36 +120,217 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<Session> {
     if config.get_user().is_none() {
         config.user(std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
     }
-    if config.get_password().is_none() {
-        if let Some(pw) = password_for(&config) {
-            config.password(pw);
-        }
-    }
-    if config.get_hosts().is_empty() {
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         config.host_path("/var/run/postgresql");
     }
+    if let Some(role) = role {
+        config.target_session_attrs(role.session_attrs());
+    }
     let target = describe(&config);
-    // PostgreSQL does not do TLS over unix sockets.
-    let tls_applies = !config.get_hostaddrs().is_empty()
-        || config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let tls = super::tls::TlsSetup::prepare(
-        &split.tls.with_env(|v| std::env::var(v).ok()),
-        home.as_deref(),
-        tls_applies,
+    let endpoints = endpoints(&config)
+        .map_err(|e| crate::error::usage(format!("bad connection string: {e}")))?;
+    let tls = TlsChoice::prepare(&split.tls, &endpoints)
+        .with_context(|| format!("connect to PostgreSQL at {target}"))?;
+    let mut failures = Vec::new();
+    for endpoint in endpoints {
+        match open_endpoint(&endpoint, &tls, role).await {
+            Ok(session) => return Ok(session),
+            Err(e) => failures.push((endpoint.label, e)),
+        }
+    }
+    Err(no_server(
+        failures,
+        &target,
+        role,
+        config.get_target_session_attrs(),
+    ))
+}
+
+/// The error when no host gave a session: a single host's error as it is, else each host
+/// with why it was passed over.
+fn no_server(
+    mut failures: Vec<(String, anyhow::Error)>,
+    target: &str,
+    role: Option<ServerRole>,
+    attrs: TargetSessionAttrs,
+) -> anyhow::Error {
+    if failures.len() == 1 {
+        if let Some((_, e)) = failures.pop() {
+            return e.context(format!("connect to PostgreSQL at {target}"));
+        }
+    }
+    let wanted = match (role, attrs) {
+        (Some(r), _) => format!(" that is {}", r.describe()),
+        (None, TargetSessionAttrs::ReadWrite) => " that allows writes".to_string(),
+        (None, TargetSessionAttrs::ReadOnly) => " that is read-only".to_string(),
+        (None, _) => String::new(),
+    };
+    let tried: Vec<String> = failures
+        .iter()
+        .map(|(label, e)| format!("{label}: {e:#}"))
+        .collect();
+    anyhow::anyhow!(
+        "connect to PostgreSQL: no server{wanted} among the {} hosts tried ({})",
+        failures.len(),
+        tried.join("; ")
     )
-    .with_context(|| format!("connect to PostgreSQL at {target}"))?;
+}
+
+/// One host of the connection string, with the settings that apply to it alone.
+struct Endpoint {
+    config: tokio_postgres::Config,
+    label: String,
+    tcp: bool,
+}
+
+/// The hosts of `config`, each as a single-host configuration (libpq: one port for all, or
+/// one per host), in the order to try them (`load_balance_hosts=random` rotates the list).
+fn endpoints(config: &tokio_postgres::Config) -> Result<Vec<Endpoint>, String> {
+    let hosts = config.get_hosts();
+    let addrs = config.get_hostaddrs();
+    let n = hosts.len().max(addrs.len());
+    if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
+        return Err(format!(
+            "{} hosts but {} hostaddrs",
+            hosts.len(),
+            addrs.len()
+        ));
+    }
+    let ports = config.get_ports();
+    if ports.len() > 1 && ports.len() != n {
+        return Err(format!("{n} hosts but {} ports", ports.len()));
+    }
+    let mut list: Vec<Endpoint> = (0..n)
+        .map(|i| {
+            let single = single_host(config, i);
+            Endpoint {
+                label: describe(&single),
+                tcp: !single.get_hostaddrs().is_empty()
+                    || single.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_))),
+                config: single,
+            }
+        })
+        .collect();
+    if config.get_load_balance_hosts() == LoadBalanceHosts::Random && n > 1 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
+        list.rotate_left(nanos % n);
+    }
+    Ok(list)
+}
+
+/// Host number `i` of `config` with every other setting kept (tokio-postgres has no way to
+/// remove hosts, so the configuration is rebuilt). The password comes from the string,
+/// `PGPASSWORD` or the password file line of this host.
+fn single_host(config: &tokio_postgres::Config, i: usize) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    if let Some(v) = config.get_user() {
+        c.user(v);
+    }
+    if let Some(v) = config.get_dbname() {
+        c.dbname(v);
+    }
+    if let Some(v) = config.get_options() {
+        c.options(v);
+    }
+    if let Some(v) = config.get_application_name() {
+        c.application_name(v);
+    }
+    if let Some(v) = config.get_connect_timeout() {
+        c.connect_timeout(*v);
+    }
+    if let Some(v) = config.get_tcp_user_timeout() {
+        c.tcp_user_timeout(*v);
+    }
+    if let Some(v) = config.get_keepalives_interval() {
+        c.keepalives_interval(v);
+    }
+    if let Some(v) = config.get_keepalives_retries() {
+        c.keepalives_retries(v);
+    }
+    c.ssl_mode(config.get_ssl_mode())
+        .ssl_negotiation(config.get_ssl_negotiation())
+        .keepalives(config.get_keepalives())
+        .keepalives_idle(config.get_keepalives_idle())
+        .target_session_attrs(config.get_target_session_attrs())
+        .channel_binding(config.get_channel_binding())
+        .load_balance_hosts(config.get_load_balance_hosts());
+    match config.get_hosts().get(i) {
+        Some(Host::Tcp(h)) => {
+            c.host(h);
+        }
+        Some(Host::Unix(p)) => {
+            c.host_path(p);
+        }
+        None => {}
+    }
+    if let Some(a) = config.get_hostaddrs().get(i) {
+        c.hostaddr(*a);
+    }
+    let ports = config.get_ports();
+    if let Some(p) = ports.get(i).or(ports.first()) {
+        c.port(*p);
+    }
+    match config.get_password() {
+        Some(pw) => {
+            c.password(pw);
+        }
+        None => {
+            if let Some(pw) = password_for(&c) {
+                c.password(pw);
+            }
+        }
+    }
+    c
+}
+
+/// TLS for the TCP hosts, none for unix sockets (PostgreSQL does not do TLS there, and
+/// libpq ignores `sslmode` for them).
+struct TlsChoice {
+    tcp: Option<super::tls::TlsSetup>,
+    socket: super::tls::TlsSetup,
+}
+
+impl TlsChoice {
+    fn prepare(opts: &super::tls::TlsOptions, endpoints: &[Endpoint]) -> anyhow::Result<Self> {
+        let opts = opts.clone().with_env(|v| std::env::var(v).ok());
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let tcp = if endpoints.iter().any(|e| e.tcp) {
+            Some(super::tls::TlsSetup::prepare(&opts, home.as_deref(), true)?)
+        } else {
+            None
+        };
+        let socket = super::tls::TlsSetup::prepare(&opts, home.as_deref(), false)?;
+        Ok(TlsChoice { tcp, socket })
+    }
+
+    fn for_endpoint(&self, endpoint: &Endpoint) -> &super::tls::TlsSetup {
+        match &self.tcp {
+            Some(tls) if endpoint.tcp => tls,
+            _ => &self.socket,
+        }
+    }
+}
+
+/// A session on one host, if it answers and is of the `role` asked for.
+async fn open_endpoint(
+    endpoint: &Endpoint,
+    tls: &TlsChoice,
+    role: Option<ServerRole>,
+) -> anyhow::Result<Session> {
+    let tls = tls.for_endpoint(endpoint);
+    let mut config = endpoint.config.clone();
     config.ssl_mode(tls.tokio_postgres_mode());
-    tracing::debug!("connecting to PostgreSQL at {target} ({})", tls.summary());
-    let (client, connection) = match connect_with(&config, &tls, &target).await {
+    let label = &endpoint.label;
+    tracing::debug!("connecting to PostgreSQL at {label} ({})", tls.summary());
+    let (client, connection) = match connect_with(&config, tls, label).await {
         Ok(c) => c,
         Err(f) if f.tls_handshake && tls.falls_back_to_plain() => {
             // allow/prefer: like libpq, a failed handshake is retried without TLS.
             tracing::debug!("{:#}; retrying without TLS", f.err);
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            connect_with(&config, &tls, &target)
-                .await
-                .map_err(|f| f.err)?
+            connect_with(&config, tls, label).await.map_err(|f| f.err)?
         }
         Err(f) => return Err(f.err),
     };
@@ -116,17 +339,26 @@ pub async fn connect(conninfo: &str) -> anyhow::Result<Session> {
             tracing::debug!("database connection closed: {e}");
         }
     });
-    let major: u32 = client
-        .query_one("select current_setting('server_version_num')::int", &[])
+    let row = client
+        .query_one(
+            "select current_setting('server_version_num')::int, pg_is_in_recovery()",
+            &[],
+        )
         .await
-        .context("read server_version_num")?
-        .get::<_, i32>(0) as u32
-        / 10_000;
-    Ok(Session {
+        .context("read server_version_num")?;
+    let session = Session {
         client,
         task,
-        major,
-    })
+        major: row.get::<_, i32>(0) as u32 / 10_000,
+        endpoint: label.clone(),
+    };
+    let in_recovery: bool = row.get(1);
+    if role == Some(ServerRole::Standby) && !in_recovery {
+        // Read-only but not in recovery: a primary with default_transaction_read_only = on.
+        session.close().await;
+        bail!("read-only, but not a standby (not in recovery)");
+    }
+    Ok(session)
 }
 
 type PgConnection = tokio_postgres::Connection<
@@ -142,8 +374,9 @@ struct ConnectFailure {
     tls_handshake: bool,
 }
 
-/// One connection attempt. A failed TLS handshake gets a message that says what was wrong
-/// (e.g. with the server's certificate) in place of the library's; never the password.
+/// One connection attempt to one host. A failed TLS handshake gets a message that says what
+/// was wrong (e.g. with the server's certificate) in place of the library's; a server of the
+/// wrong kind for `target_session_attrs` says which kind it is; never the password.
 async fn connect_with(
     config: &tokio_postgres::Config,
     tls: &super::tls::TlsSetup,
@@ -158,16 +391,32 @@ async fn connect_with(
             tracing::debug!("TLS handshake with PostgreSQL at {target} failed: {e}");
             (anyhow::anyhow!(msg), true)
         }
-        None => (anyhow::Error::new(e), false),
+        None => match wrong_kind(&e, config.get_target_session_attrs()) {
+            Some(msg) => (anyhow::anyhow!(msg), false),
+            None => (anyhow::Error::new(e), false),
+        },
     };
-    Err(ConnectFailure {
-        err: err.context(format!("connect to PostgreSQL at {target}")),
-        tls_handshake,
-    })
+    Err(ConnectFailure { err, tls_handshake })
+}
+
+/// tokio-postgres refuses a server that does not fit `target_session_attrs` with a
+/// permission-denied I/O error; say what the server is instead.
+fn wrong_kind(e: &tokio_postgres::Error, attrs: TargetSessionAttrs) -> Option<&'static str> {
+    let io = std::error::Error::source(e)?.downcast_ref::<std::io::Error>()?;
+    if io.kind() != std::io::ErrorKind::PermissionDenied {
+        return None;
+    }
+    match attrs {
+        TargetSessionAttrs::ReadWrite => {
+            Some("read-only (a standby, or default_transaction_read_only = on), not a primary")
+        }
+        TargetSessionAttrs::ReadOnly => Some("read-write (a primary), not a standby"),
+        _ => None,
+    }
 }
 
 fn describe(config: &tokio_postgres::Config) -> String {
-    let hosts: Vec<String> = config
+    let mut hosts: Vec<String> = config
         .get_hosts()
         .iter()
         .map(|h| match h {
@@ -175,6 +424,13 @@ fn describe(config: &tokio_postgres::Config) -> String {
             Host::Unix(p) => p.display().to_string(),
         })
         .collect();
+    if hosts.is_empty() {
+        hosts = config
+            .get_hostaddrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    }
     let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
     format!(
         "{} port {}",
@@ -206,19 +462,23 @@ fn password_for(config: &tokio_postgres::Config) -> Option<Vec<u8>> {
         return None;
     }
     let text = std::fs::read_to_string(&path).ok()?;
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        _ => "localhost".into(),
-    };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432)
-        .to_string();
+    let (host, port) = pgpass_host_port(config);
     let db = config.get_dbname().unwrap_or("postgres");
     let user = config.get_user().unwrap_or("postgres");
     pgpass_lookup(&text, &host, &port, db, user).map(String::into_bytes)
+}
+
+/// The host and port a password file line must match for the (first) host of `config`, as
+/// libpq has them: the host name as written (a socket directory counts as `localhost`), else
+/// the numeric `hostaddr`.
+fn pgpass_host_port(config: &tokio_postgres::Config) -> (String, String) {
+    let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+        (Some(Host::Tcp(h)), _) => h.clone(),
+        (None, Some(a)) => a.to_string(),
+        _ => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    (host, port.to_string())
 }
 
 /// One line of a .pgpass file: `host:port:database:user:password`, `*` matches anything,
@@ -265,12 +525,14 @@ impl Session {
                         current_setting('data_checksums') = 'on',
                         pg_is_in_recovery(),
                         (select timeline_id from pg_control_checkpoint()),
-                        current_setting('data_directory')",
+                        current_setting('data_directory'),
+                        (extract(epoch from pg_postmaster_start_time()) * 1000000)::int8",
                 &[],
             )
             .await
             .context("read server identity")?;
         let sysid: String = row.get(0);
+        let started: i64 = row.get(7);
         Ok(ServerInfo {
             system_id: SystemId(sysid.parse().context("system identifier")?),
             version_num: row.get::<_, i32>(1) as u32,
@@ -279,7 +541,42 @@ impl Session {
             in_recovery: row.get(4),
             timeline: TimelineId(row.get::<_, i32>(5) as u32),
             data_directory: row.get(6),
+            postmaster_started: DateTime::from_timestamp_micros(started)
+                .context("pg_postmaster_start_time() out of range")?,
         })
+    }
+
+    /// The host this session is on, as `HOST port PORT`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// `pg_current_wal_insert_lsn()` (primaries only).
+    pub async fn current_wal_insert_lsn(&self) -> anyhow::Result<Lsn> {
+        let lsn: String = self
+            .client
+            .query_one("select pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .context("read the WAL insert position (pg_current_wal_insert_lsn)")?
+            .get(0);
+        lsn.parse().context("WAL insert LSN")
+    }
+
+    /// On a standby: `pg_control`'s minimum recovery point and its timeline.
+    pub async fn min_recovery_point(&self) -> anyhow::Result<(Lsn, TimelineId)> {
+        let row = self
+            .client
+            .query_one(
+                "select min_recovery_end_lsn::text, min_recovery_end_timeline from pg_control_recovery()",
+                &[],
+            )
+            .await
+            .context("read the minimum recovery point (pg_control_recovery)")?;
+        let lsn: String = row.get(0);
+        Ok((
+            lsn.parse().context("minimum recovery point")?,
+            TimelineId(row.get::<_, i32>(1) as u32),
+        ))
     }
 
     /// Tablespaces other than pg_default/pg_global: (oid, location).
@@ -464,5 +761,97 @@ mod tests {
             Some("fallback")
         );
         assert_eq!(pgpass_lookup("a:b:c:d\n", "a", "b", "c", "d"), None);
+    }
+
+    fn parse(s: &str) -> tokio_postgres::Config {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn each_host_keeps_every_other_setting() {
+        let common = "user=u password=p dbname=d options=-cx application_name=app sslmode=require \
+                      connect_timeout=3 tcp_user_timeout=4 keepalives=0 keepalives_idle=5 \
+                      keepalives_interval=6 keepalives_retries=7 target_session_attrs=read-write \
+                      channel_binding=require";
+        let multi = parse(&format!(
+            "host=a,/sock port=1,2 hostaddr=127.0.0.1,127.0.0.2 {common}"
+        ));
+        assert_eq!(
+            single_host(&multi, 0),
+            parse(&format!("host=a port=1 hostaddr=127.0.0.1 {common}"))
+        );
+        assert_eq!(
+            single_host(&multi, 1),
+            parse(&format!("host=/sock port=2 hostaddr=127.0.0.2 {common}"))
+        );
+        // One port serves every host.
+        let one_port = parse("host=a,b port=7 password=p");
+        assert_eq!(single_host(&one_port, 1), parse("host=b port=7 password=p"));
+    }
+
+    #[test]
+    fn each_host_has_its_own_password_file_line() {
+        let multi = parse("host=/run/pg,db2,db3 hostaddr=127.0.0.1,127.0.0.2,127.0.0.3 port=1,2,3");
+        let keys: Vec<(String, String)> = (0..3)
+            .map(|i| pgpass_host_port(&single_host(&multi, i)))
+            .collect();
+        let want = [("localhost", "1"), ("db2", "2"), ("db3", "3")];
+        assert_eq!(keys, want.map(|(h, p)| (h.to_string(), p.to_string())));
+        assert_eq!(
+            pgpass_host_port(&parse("hostaddr=10.0.0.9")),
+            ("10.0.0.9".to_string(), "5432".to_string())
+        );
+    }
+
+    #[test]
+    fn endpoints_are_named_and_counted() {
+        let list = endpoints(&parse("host=/a,db2 port=1,2 password=p")).unwrap();
+        let labels: Vec<&str> = list.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(labels, ["/a port 1", "db2 port 2"]);
+        assert_eq!(
+            list.iter().map(|e| e.tcp).collect::<Vec<_>>(),
+            [false, true]
+        );
+        let by_addr = endpoints(&parse("hostaddr=10.0.0.1 password=p")).unwrap();
+        assert_eq!(by_addr[0].label, "10.0.0.1 port 5432");
+        assert!(by_addr[0].tcp);
+        let err = endpoints(&parse("host=a,b,c port=1,2 password=p"))
+            .err()
+            .unwrap();
+        assert_eq!(err, "3 hosts but 2 ports");
+    }
+
+    #[test]
+    fn no_server_names_every_host_and_no_password() {
+        let failures = vec![
+            (
+                "/a port 1".to_string(),
+                anyhow::anyhow!("connection refused"),
+            ),
+            (
+                "/b port 2".to_string(),
+                anyhow::anyhow!("read-write (a primary), not a standby"),
+            ),
+        ];
+        let msg = format!(
+            "{:#}",
+            no_server(
+                failures,
+                "/a,/b port 1,2",
+                Some(ServerRole::Standby),
+                TargetSessionAttrs::ReadOnly
+            )
+        );
+        assert_eq!(
+            msg,
+            "connect to PostgreSQL: no server that is a standby (in recovery) among the 2 hosts tried \
+             (/a port 1: connection refused; /b port 2: read-write (a primary), not a standby)"
+        );
+        let one = vec![("/a port 1".to_string(), anyhow::anyhow!("refused"))];
+        let msg = format!(
+            "{:#}",
+            no_server(one, "/a port 1", None, TargetSessionAttrs::Any)
+        );
+        assert_eq!(msg, "connect to PostgreSQL at /a port 1: refused");
     }
 }

@@ -21,9 +21,10 @@
 //! `sslcompression` is accepted and ignored; `sslpassword` (encrypted keys) is refused.
 //! Unset keys come from libpq's `PGSSL*` environment variables.
 //!
-//! PostgreSQL does not do TLS over unix sockets: when every host is a socket directory the TLS
-//! keys are not used at all (no files are read), as with libpq. With a mix of socket and TCP
-//! hosts and a TLS-requiring mode, the socket hosts fail.
+//! PostgreSQL does not do TLS over unix sockets and libpq ignores `sslmode` for them: a socket
+//! host connects without TLS, and when every host is a socket directory the TLS keys are not
+//! used at all (no files are read). With a mix of socket and TCP hosts, each TCP host gets the
+//! TLS the keys ask for (see `pg::client`).
 //!
 //! Nothing here puts a password, or any other value but file names and modes, in an error.
 

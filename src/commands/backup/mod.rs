@@ -3,6 +3,7 @@
 //! manifest is stored only after the WAL from its start to its stop is in the archive.
 
 mod copy;
+mod identity;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +14,10 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use chrono::Utc;
 
-use crate::config::{ClusterConfig, Config};
+use crate::config::{BackupFrom, ClusterConfig, Config};
 use crate::error::Failure;
-use crate::pg::{self, Lsn, TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
+use crate::pg::client::{ServerRole, Session};
+use crate::pg::{self, Lsn, SystemId, TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
 use crate::repo::layout::{self, FORMAT_VERSION};
 use crate::repo::lock::RepoLock;
 use crate::repo::manifest::{
@@ -39,21 +41,18 @@ pub async fn take_backup(
     cluster: &ClusterConfig,
     repo: &Repository,
 ) -> anyhow::Result<BackupManifest> {
-    let session = pg::client::connect(&cluster.connection).await?;
+    let session = open_session(cluster).await?;
     let server = session.server_info().await?;
-    if server.in_recovery {
-        bail!("the server at {:?} is a standby; backups from a standby are not supported yet — connect to the primary", cluster.name);
+    if let Err(e) = check_pgdata(cluster, &session, &server) {
+        session.close().await;
+        return Err(e);
     }
-    let on_disk = pg::control::read_system_id(&cluster.pgdata)?;
-    if on_disk != server.system_id {
-        return Err(Failure::Conflict(format!(
-            "pgdata {} belongs to database system {on_disk}, but the server at the configured connection is system {}; \
-             refusing to copy a data directory that is not the connected server's (check [[cluster]] pgdata and connection)",
-            cluster.pgdata.display(),
-            server.system_id
-        ))
-        .into());
-    }
+    tracing::info!(
+        cluster = %cluster.name,
+        "backing up {} at {}",
+        if server.in_recovery { "the standby" } else { "the primary" },
+        session.endpoint()
+    );
     let seg_size = WalSegmentSize::new(server.wal_segment_size)
         .context("server reports an invalid wal_segment_size")?;
     repo.ensure_identity(&RepositoryInfo {
@@ -75,6 +74,60 @@ pub async fn take_backup(
     let manifest = result?;
     released?;
     Ok(manifest)
+}
+
+/// The backup session, on the server that `backup_from` asks for.
+pub async fn open_session(cluster: &ClusterConfig) -> anyhow::Result<Session> {
+    let conninfo = &cluster.connection;
+    let from = cluster.backup_from.as_str();
+    let on = |role: ServerRole| pg::client::connect_to(conninfo, role);
+    match cluster.backup_from {
+        BackupFrom::Primary => on(ServerRole::Primary)
+            .await
+            .with_context(|| format!("backup_from = \"{from}\" needs a primary (read-write)")),
+        BackupFrom::Standby => on(ServerRole::Standby)
+            .await
+            .with_context(|| format!("backup_from = \"{from}\" needs a standby (in recovery)")),
+        BackupFrom::PreferStandby => match on(ServerRole::Standby).await {
+            Ok(session) => Ok(session),
+            Err(no_standby) => {
+                tracing::info!("no standby to back up ({no_standby:#}); backing up the primary");
+                on(ServerRole::Primary).await.map_err(|no_primary| {
+                    anyhow::anyhow!(
+                        "backup_from = \"{from}\" found neither a standby ({no_standby:#}) nor a primary ({no_primary:#})"
+                    )
+                })
+            }
+        },
+    }
+}
+
+/// Refuse (exit 4) before anything is copied unless `pgdata` is the data directory of the
+/// connected server: the same database system, and the very server running there (a primary
+/// and its standbys share the system identifier).
+pub fn check_pgdata(
+    cluster: &ClusterConfig,
+    session: &Session,
+    server: &pg::client::ServerInfo,
+) -> anyhow::Result<()> {
+    let on_disk = pg::control::read_system_id(&cluster.pgdata)?;
+    if on_disk != server.system_id {
+        return Err(Failure::Conflict(format!(
+            "pgdata {} belongs to database system {on_disk}, but the server at {} is system {}; \
+             refusing to copy a data directory that is not the connected server's (check [[cluster]] pgdata and connection)",
+            cluster.pgdata.display(),
+            session.endpoint(),
+            server.system_id
+        ))
+        .into());
+    }
+    identity::check_runs_on(
+        &cluster.pgdata,
+        &identity::Connected {
+            endpoint: session.endpoint(),
+            server,
+        },
+    )
 }
 
 async fn backup_locked(
@@ -99,8 +152,9 @@ async fn backup_locked(
             config.backup.fast_checkpoint,
         )
         .await?;
-    // The timeline of the start checkpoint (read after the start call).
-    let timeline = session.server_info().await?.timeline;
+    // The timeline of the start checkpoint (a restartpoint on a standby), read after the
+    // start call; the label's START TIMELINE, once there is one, has the last word.
+    let start_timeline = session.server_info().await?.timeline;
     tracing::info!(backup_id = %id, start_lsn = %start_lsn, "backup started");
 
     let copied = copy_data(
@@ -122,6 +176,13 @@ async fn backup_locked(
     };
     let stop = session.backup_stop().await?;
     let stop_time = Utc::now();
+    let timeline = label_start_timeline(&stop.label).unwrap_or(start_timeline);
+    if server.in_recovery {
+        if let Err(e) = check_standby_stop(session, timeline).await {
+            cleanup_parts(repo, &backup_dir).await;
+            return Err(e);
+        }
+    }
     tracing::info!(backup_id = %id, stop_lsn = %stop.lsn, "backup stopped; waiting for its WAL to be archived");
 
     // The last part: backup_label, tablespace_map and pg_control (copied last).
@@ -135,13 +196,23 @@ async fn backup_locked(
             }
         };
 
+    // A standby cannot switch WAL: its primary is asked to, if the segment is slow to come.
+    let switcher = server.in_recovery.then(|| WalSwitcher {
+        conninfo: &cluster.connection,
+        system_id: server.system_id,
+        last: None,
+    });
+    let needed = NeededWal {
+        timeline,
+        start: start_lsn,
+        stop: stop.lsn,
+        size: seg_size,
+    };
     if let Err(e) = wait_for_wal(
         repo,
         session,
-        timeline,
-        start_lsn,
-        stop.lsn,
-        seg_size,
+        switcher,
+        &needed,
         config.backup.archive_wait_seconds,
     )
     .await
@@ -169,7 +240,12 @@ async fn backup_locked(
         stop_lsn: stop.lsn,
         start_time,
         stop_time,
-        backup_from: "primary".into(),
+        backup_from: if server.in_recovery {
+            "standby"
+        } else {
+            "primary"
+        }
+        .into(),
         data_checksums: server.data_checksums,
         backup_label: stop.label.clone(),
         tablespace_map: stop.tablespace_map.clone(),
@@ -314,20 +390,32 @@ async fn write_control_part(
     Ok((part, control_entry, entries))
 }
 
-/// Wait (bounded) until every segment from the start to the stop segment is archived.
-async fn wait_for_wal(
-    repo: &Repository,
-    session: &pg::client::Session,
+/// The WAL a backup needs: every segment from its start to its stop, on one timeline.
+struct NeededWal {
     timeline: TimelineId,
     start: Lsn,
     stop: Lsn,
     size: WalSegmentSize,
+}
+
+impl NeededWal {
+    fn stop_segment(&self) -> WalSegmentName {
+        WalSegmentName::new(self.timeline, self.stop.end_segno(self.size), self.size)
+    }
+}
+
+/// Wait (bounded) until every segment from the start to the stop segment is archived.
+async fn wait_for_wal(
+    repo: &Repository,
+    session: &Session,
+    mut switcher: Option<WalSwitcher<'_>>,
+    needed: &NeededWal,
     wait_seconds: u64,
 ) -> anyhow::Result<()> {
-    let first = start.segno(size);
-    let last = stop.end_segno(size);
-    let stop_name = WalSegmentName::new(timeline, last, size);
-    let deadline = Instant::now() + Duration::from_secs(wait_seconds);
+    let stop_name = needed.stop_segment();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(wait_seconds);
+    let mut next_switch = started + SWITCH_AFTER;
     loop {
         if repo
             .wal_header(&WalFileName::Segment(stop_name))
@@ -336,31 +424,54 @@ async fn wait_for_wal(
         {
             break;
         }
-        if Instant::now() >= deadline {
-            let status = session
-                .archiver_status()
-                .await
-                .unwrap_or_else(|e| format!("unavailable: {e:#}"));
+        let now = Instant::now();
+        if now >= deadline {
+            let why = match &switcher {
+                // The standby's own archiver says nothing about the primary's archiving.
+                Some(s) => format!(
+                    "the backup was taken on a standby, which cannot switch WAL: {}. Check the primary's \
+                     archive_command and `select * from pg_stat_archiver` there",
+                    s.last.as_deref().unwrap_or("its primary was not asked to")
+                ),
+                None => {
+                    let status = session
+                        .archiver_status()
+                        .await
+                        .unwrap_or_else(|e| format!("unavailable: {e:#}"));
+                    format!(
+                        "WAL archiving looks broken. Check archive_command and `select * from pg_stat_archiver` ({status})"
+                    )
+                }
+            };
             bail!(
                 "WAL segment {stop_name}, which this backup needs, did not reach the archive within {wait_seconds} s: \
-                 WAL archiving looks broken. Check archive_command and `select * from pg_stat_archiver` ({status}). \
-                 The backup was NOT stored."
+                 {why}. The backup was NOT stored."
             );
+        }
+        if let Some(s) = switcher.as_mut().filter(|_| now >= next_switch) {
+            s.complete(&stop_name, needed.size).await;
+            next_switch = Instant::now() + SWITCH_EVERY;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    check_archived_range(repo, needed).await
+}
+
+/// Every segment of `needed` is in the archive (listed), else an error naming the missing.
+async fn check_archived_range(repo: &Repository, needed: &NeededWal) -> anyhow::Result<()> {
+    let size = needed.size;
     let archived: std::collections::HashSet<u64> = repo
         .list_wal()
         .await?
         .into_iter()
         .filter_map(|(n, _)| match n {
-            WalFileName::Segment(s) if s.timeline == timeline => Some(s.segno(size)),
+            WalFileName::Segment(s) if s.timeline == needed.timeline => Some(s.segno(size)),
             _ => None,
         })
         .collect();
-    let missing: Vec<String> = (first..=last)
+    let missing: Vec<String> = (needed.start.segno(size)..=needed.stop.end_segno(size))
         .filter(|s| !archived.contains(s))
-        .map(|s| WalSegmentName::new(timeline, s, size).to_string())
+        .map(|s| WalSegmentName::new(needed.timeline, s, size).to_string())
         .collect();
     if !missing.is_empty() {
         bail!(
@@ -369,6 +480,91 @@ async fn wait_for_wal(
         );
     }
     Ok(())
+}
+
+/// A standby's backup ends in a segment that only its primary can complete: when it is slow
+/// to reach the archive, ask the primary (same connection string, read-write session) to
+/// switch WAL — first after this long, then every [`SWITCH_EVERY`].
+const SWITCH_AFTER: Duration = Duration::from_secs(3);
+const SWITCH_EVERY: Duration = Duration::from_secs(10);
+
+/// Asks the primary to complete a standby backup's last segment.
+struct WalSwitcher<'a> {
+    conninfo: &'a str,
+    system_id: SystemId,
+    /// What the last attempt did, for the error if the segment never comes.
+    last: Option<String>,
+}
+
+impl WalSwitcher<'_> {
+    /// Switch WAL on the primary if its insert position is still in `segment`.
+    async fn complete(&mut self, segment: &WalSegmentName, size: WalSegmentSize) {
+        let outcome = match pg::client::connect_to(self.conninfo, ServerRole::Primary).await {
+            Ok(primary) => {
+                let at = primary.endpoint().to_string();
+                let r = self.switch_if_needed(&primary, segment, size).await;
+                primary.close().await;
+                r.unwrap_or_else(|e| format!("the primary at {at} could not switch WAL: {e:#}"))
+            }
+            Err(e) => format!("no primary was reachable to switch WAL ({e:#})"),
+        };
+        tracing::info!("waiting for {segment}: {outcome}");
+        self.last = Some(outcome);
+    }
+
+    async fn switch_if_needed(
+        &self,
+        primary: &Session,
+        segment: &WalSegmentName,
+        size: WalSegmentSize,
+    ) -> anyhow::Result<String> {
+        let at = primary.endpoint();
+        let info = primary.server_info().await?;
+        if info.system_id != self.system_id {
+            bail!(
+                "it is database system {}, not {}",
+                info.system_id,
+                self.system_id
+            );
+        }
+        let insert = primary.current_wal_insert_lsn().await?;
+        if insert.segno(size) != segment.segno(size) {
+            return Ok(format!(
+                "the primary at {at} writes at {insert}, past {segment}: waiting for its archiver"
+            ));
+        }
+        primary.switch_wal().await?;
+        let archiver = primary
+            .archiver_status()
+            .await
+            .unwrap_or_else(|e| format!("unavailable: {e:#}"));
+        Ok(format!(
+            "asked the primary at {at} to switch WAL (pg_switch_wal at {insert}); its pg_stat_archiver: {archiver}"
+        ))
+    }
+}
+
+/// After the stop call on a standby: the backup ends at `pg_control`'s minimum recovery
+/// point, which must be on the backup's start timeline (a standby that followed a promotion
+/// during the backup has WAL of two timelines in it).
+async fn check_standby_stop(session: &Session, timeline: TimelineId) -> anyhow::Result<()> {
+    let (_, stop_timeline) = session.min_recovery_point().await?;
+    if stop_timeline != timeline {
+        bail!(
+            "the standby moved from timeline {timeline} to {stop_timeline} during the backup (its primary changed); \
+             the backup was NOT stored: take it again"
+        );
+    }
+    Ok(())
+}
+
+/// `START TIMELINE: N` of a `backup_label`.
+fn label_start_timeline(label: &str) -> Option<TimelineId> {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE:"))
+        .and_then(|v| v.trim().parse().ok())
+        .map(TimelineId)
 }
 
 /// Remove the parts of a backup that will not get a manifest (best effort; `expire` also
@@ -412,6 +608,43 @@ async fn report_progress(done: Arc<AtomicU64>, total: u64) {
             total as f64 / 1e6,
             rate / 1e6,
             eta
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_names_the_start_timeline() {
+        let label = "START WAL LOCATION: 0/9000028 (file 000000030000000000000009)\n\
+                     CHECKPOINT LOCATION: 0/9000060\nBACKUP METHOD: streamed\nBACKUP FROM: standby\n\
+                     START TIME: 2026-11-24 21:37:14 UTC\nLABEL: x\nSTART TIMELINE: 3\n";
+        assert_eq!(label_start_timeline(label), Some(TimelineId(3)));
+        assert_eq!(
+            label_start_timeline("START WAL LOCATION: 0/9000028\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_stop_segment_holds_the_byte_before_the_stop_lsn() {
+        let size = WalSegmentSize::new(16 << 20).unwrap();
+        let needed = |stop: u64| NeededWal {
+            timeline: TimelineId(2),
+            start: Lsn(0x900_0028),
+            stop: Lsn(stop),
+            size,
+        };
+        assert_eq!(
+            needed(0x900_3678).stop_segment().to_string(),
+            "000000020000000000000009"
+        );
+        // A stop at a segment boundary ends in the segment before it.
+        assert_eq!(
+            needed(0xA00_0000).stop_segment().to_string(),
+            "000000020000000000000009"
         );
     }
 }
