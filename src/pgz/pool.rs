@@ -1,22 +1,34 @@
-//! A fixed set of threads that compress blocks into gzip members, shared by every stream of
-//! one job so that the cores go wherever there is work.
+//! A fixed set of threads that deflate blocks, shared by every stream of one job so that the
+//! cores go wherever there is work.
 
-use std::io::{self, Write};
+use std::io;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
+use flate2::{Compress, Compression};
 
-/// A compressed block, with its input buffer handed back for reuse.
-pub(super) struct Done {
+use super::deflate::deflate_block;
+
+/// What a stream asks the pool to compress.
+pub(super) struct Block {
     pub input: Vec<u8>,
-    pub member: io::Result<Vec<u8>>,
+    /// The input just before this block (at most 32 KiB).
+    pub dictionary: Vec<u8>,
+    /// Where the deflate data goes (a buffer to reuse; cleared first).
+    pub output: Vec<u8>,
+    pub level: Compression,
+    pub last: bool,
+}
+
+/// A compressed block (in `block.output`), with all its buffers handed back for reuse.
+pub(super) struct Done {
+    pub block: Block,
+    pub deflated: io::Result<()>,
+    pub crc: crc32fast::Hasher,
 }
 
 struct Job {
-    input: Vec<u8>,
-    level: Compression,
+    block: Block,
     reply: SyncSender<Done>,
 }
 
@@ -47,16 +59,12 @@ impl Pool {
         self.threads
     }
 
-    /// Queue `input` for compression; the member (or the error) arrives on the returned
-    /// receiver. The caller bounds how many blocks it has in flight.
-    pub(super) fn submit(&self, input: Vec<u8>, level: Compression) -> io::Result<Receiver<Done>> {
+    /// Queue a block; its result (or error) arrives on the returned receiver. The caller
+    /// bounds how many blocks it has in flight.
+    pub(super) fn submit(&self, block: Block) -> io::Result<Receiver<Done>> {
         let (reply, done) = mpsc::sync_channel(1);
         self.queue
-            .send(Job {
-                input,
-                level,
-                reply,
-            })
+            .send(Job { block, reply })
             .map_err(|_| stopped())?;
         Ok(done)
     }
@@ -67,26 +75,36 @@ pub(super) fn stopped() -> io::Error {
 }
 
 fn work(jobs: &Mutex<Receiver<Job>>) {
+    // One compressor per thread, reset for each block: its state (a few hundred KiB) is not
+    // allocated again for every block.
+    let mut compressor: Option<(Compression, Compress)> = None;
     loop {
         // Only the wait for the next job holds the lock, never the compression.
         let next = match jobs.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(job) = next else { return };
-        let member = compress_member(&job.input, job.level);
+        let Ok(Job { mut block, reply }) = next else {
+            return;
+        };
+        let deflate = match &mut compressor {
+            Some((level, deflate)) if *level == block.level => deflate,
+            slot => &mut slot.insert((block.level, Compress::new(block.level, false))).1,
+        };
+        let deflated = deflate_block(
+            deflate,
+            &block.input,
+            &block.dictionary,
+            block.last,
+            &mut block.output,
+        );
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&block.input);
         // The writer may have given up (an error elsewhere): nobody needs the result then.
-        let _ = job.reply.send(Done {
-            input: job.input,
-            member,
+        let _ = reply.send(Done {
+            block,
+            deflated,
+            crc,
         });
     }
-}
-
-/// One complete gzip member (header, deflate data, CRC-32 and length trailer).
-fn compress_member(input: &[u8], level: Compression) -> io::Result<Vec<u8>> {
-    // Relation files and WAL compress 5-20x; start small and let the Vec grow if needed.
-    let mut gz = GzEncoder::new(Vec::with_capacity(input.len() / 4 + 64), level);
-    gz.write_all(input)?;
-    gz.finish()
 }
