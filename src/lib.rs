@@ -1,6 +1,7 @@
 //! synapse-backup: PostgreSQL backup and point-in-time recovery.
 
 pub mod agent;
+pub mod chunk_pipe;
 pub mod cli;
 pub mod codec;
 pub mod commands;

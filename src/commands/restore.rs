@@ -30,6 +30,7 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::Digest;
 
 use crate::cli::{RestoreArgs, TargetAction};
+use crate::chunk_pipe;
 use crate::codec::{HashingWriter, Sha256};
 use crate::config::{ClusterConfig, Config};
 use crate::error::{usage, Failure};
@@ -1114,13 +1115,6 @@ impl<R: Read> HashingReader<R> {
     }
 }
 
-/// Read up to `len` bytes (fewer only at the end of the stream).
-fn read_chunk(reader: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
-    let mut chunk = Vec::with_capacity(len);
-    reader.by_ref().take(len as u64).read_to_end(&mut chunk)?;
-    Ok(chunk)
-}
-
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(out)?;
@@ -1154,15 +1148,16 @@ impl Extraction {
         key: &str,
         stored: impl Read + Send,
     ) -> anyhow::Result<Vec<Extracted>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(INFLATED_QUEUE);
+        let (tx, mut rx) = chunk_pipe::pipe(INFLATED_CHUNK, INFLATED_QUEUE);
         let (result, stored) = std::thread::scope(|scope| {
             let inflater = std::thread::Builder::new()
                 .name(format!("inflate-{index}"))
                 .spawn_scoped(scope, || self.inflate(key, stored, tx))
                 .with_context(|| format!("{key}: start a thread to decompress the part"))?;
-            // The reader (and with it the receiving end) is dropped as soon as the entries are
-            // done or failed: the inflater then stops decompressing and only hashes the rest.
-            let result = self.extract_entries(index, key, &mut ChannelReader::new(rx));
+            let result = self.extract_entries(index, key, &mut rx);
+            // Dropping the reader as soon as the entries are done or failed tells the inflater
+            // to stop decompressing and only hash the rest.
+            drop(rx);
             let stored = inflater
                 .join()
                 .map_err(|_| anyhow!("{key}: the decompressing thread panicked"))?;
@@ -1193,13 +1188,15 @@ impl Extraction {
         &self,
         key: &str,
         stored: impl Read,
-        tx: tokio::sync::mpsc::Sender<anyhow::Result<Bytes>>,
+        mut tx: chunk_pipe::ChunkSender,
     ) -> StoredBytes {
         let mut reader = HashingReader::new(stored);
         let mut gz = flate2::read::MultiGzDecoder::new(&mut reader);
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
-                let _ = tx.blocking_send(Err(anyhow!("{key}: stopped because another part failed")));
+                tx.send_error(io::Error::other(format!(
+                    "{key}: stopped because another part failed"
+                )));
                 drop(gz);
                 let (sha256, size) = reader.digest();
                 return StoredBytes {
@@ -1208,15 +1205,17 @@ impl Extraction {
                     read: Ok(()),
                 };
             }
-            let chunk = match read_chunk(&mut gz, INFLATED_CHUNK) {
-                Ok(chunk) if chunk.is_empty() => break,
-                Ok(chunk) => Ok(Bytes::from(chunk)),
-                Err(e) => Err(anyhow!(e).context(format!("{key}: corrupt part: gzip data"))),
-            };
-            let failed = chunk.is_err();
-            // A closed channel: the extractor is done or failed; only the digest is left to do.
-            if tx.blocking_send(chunk).is_err() || failed {
-                break;
+            match tx.pump(&mut gz) {
+                Ok(chunk_pipe::Pumped::Sent) => {}
+                // The end, or the extractor is done or failed: only the digest is left to do.
+                Ok(chunk_pipe::Pumped::End | chunk_pipe::Pumped::ReaderGone) => break,
+                Err(e) => {
+                    tx.send_error(io::Error::new(
+                        e.kind(),
+                        format!("{key}: corrupt part: gzip data: {e}"),
+                    ));
+                    break;
+                }
             }
         }
         drop(gz);
