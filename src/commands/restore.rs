@@ -29,8 +29,8 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use sha2::Digest;
 
-use crate::cli::{RestoreArgs, TargetAction};
 use crate::chunk_pipe;
+use crate::cli::{RestoreArgs, TargetAction};
 use crate::codec::{HashingWriter, Sha256};
 use crate::config::{ClusterConfig, Config};
 use crate::error::{usage, Failure};

@@ -89,7 +89,11 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
         };
         let deflate = match &mut compressor {
             Some((level, deflate)) if *level == block.level => deflate,
-            slot => &mut slot.insert((block.level, Compress::new(block.level, false))).1,
+            slot => {
+                &mut slot
+                    .insert((block.level, Compress::new(block.level, false)))
+                    .1
+            }
         };
         let deflated = deflate_block(
             deflate,

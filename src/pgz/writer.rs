@@ -38,13 +38,7 @@ pub struct ParallelGzWriter<W: Write> {
 impl<W: Write> ParallelGzWriter<W> {
     /// `block_size` uncompressed bytes per block (at least 1); `max_in_flight` blocks at most
     /// handed to the pool at once (at least 1; more than the pool's threads keeps them busy).
-    pub fn new(
-        inner: W,
-        pool: Pool,
-        level: u32,
-        block_size: usize,
-        max_in_flight: usize,
-    ) -> Self {
+    pub fn new(inner: W, pool: Pool, level: u32, block_size: usize, max_in_flight: usize) -> Self {
         let block_size = block_size.max(1);
         ParallelGzWriter {
             inner,
@@ -191,7 +185,7 @@ mod tests {
         (0..len)
             .map(|i| {
                 let i = i as u64;
-                (i / 97 ^ (i / 4099).wrapping_mul(31) ^ i % 7) as u8
+                ((i / 97) ^ (i / 4099).wrapping_mul(31) ^ (i % 7)) as u8
             })
             .collect()
     }
@@ -253,7 +247,11 @@ mod tests {
             .arg(&path)
             .output()
             .expect("run gzip -dc");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, data);
     }
 

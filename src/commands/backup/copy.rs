@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use crate::codec::{HashingWriter, Sha256};
 use crate::pg::exclude::PlannedFile;
 use crate::pg::page::{self, BLCKSZ};
-use crate::pgz;
 use crate::pg::Lsn;
+use crate::pgz;
 use crate::repo::manifest::{FileEntry, PageProblem, PartEntry};
 use crate::storage::Storage;
 
