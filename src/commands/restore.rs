@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use sha2::Digest;
 
+use crate::chunk_pipe;
 use crate::cli::{RestoreArgs, TargetAction};
 use crate::codec::{HashingWriter, Sha256};
 use crate::config::{ClusterConfig, Config};
@@ -41,6 +42,7 @@ use crate::repo::timelines::Timelines;
 use crate::repo::window::{self, RecoveryTarget, WalIndex, WalNeed};
 use crate::repo::Repository;
 use crate::timeparse::{self, format_utc};
+use crate::writeback;
 
 /// Left in the data directory while a restore runs, and after one fails.
 pub const INCOMPLETE_MARKER: &str = "SYNAPSE_RESTORE_INCOMPLETE";
@@ -243,7 +245,7 @@ async fn extract(
     for (oid, dir) in &layout.tablespaces {
         prepare_tablespace(&layout.pgdata, *oid, dir, force, owner)?;
     }
-    let extracted = restore_parts(repo, backup, layout, owner).await?;
+    let extracted = restore_parts(repo, backup, layout, owner, settings.durable).await?;
     finish(layout, backup, &extracted, settings, owner)?;
     Ok(extracted.len())
 }
@@ -878,6 +880,9 @@ struct Extraction {
     written: AtomicU64,
     /// Set when a part failed: the others stop at their next entry.
     cancelled: std::sync::atomic::AtomicBool,
+    /// Writes large files back to disk during the extraction (durable restores only), so the
+    /// final sync has little left to do.
+    flusher: Option<writeback::Flusher>,
 }
 
 /// A file restored from a part (or deliberately not written, like WAL left in `pg_wal`).
@@ -890,12 +895,19 @@ struct Extracted {
 
 /// Download and extract every part (data parts in parallel, the control part last) and check
 /// that every file of the manifest arrived exactly once. Returns the manifest paths restored.
+/// `durable`: the restore ends with a sync, so start writing large files back early.
 async fn restore_parts(
     repo: &Repository,
     backup: &BackupManifest,
     layout: &Layout,
     owner: Option<Owner>,
+    durable: bool,
 ) -> anyhow::Result<Vec<Extracted>> {
+    let flusher = if durable {
+        Some(writeback::Flusher::start().context("start the write-back thread")?)
+    } else {
+        None
+    };
     let shared = Arc::new(Extraction {
         layout: layout.clone(),
         owner,
@@ -913,6 +925,7 @@ async fn restore_parts(
         tablespace_map: backup.tablespace_map.clone(),
         written: AtomicU64::new(0),
         cancelled: std::sync::atomic::AtomicBool::new(false),
+        flusher,
     });
 
     // Directories first (parents before children), including empty ones such as pg_wal.
@@ -980,7 +993,14 @@ async fn restore_parts(
     }
     .await;
     reporter.abort();
+    let flushed = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || shared.flusher.as_ref().map_or(Ok(()), |f| f.finish()))
+            .await
+            .context("write-back task")?
+    };
     let extracted = result?;
+    flushed.context("write the restored files back to disk")?;
 
     // Every manifest file exactly once.
     let mut seen = HashSet::new();
@@ -1121,42 +1141,115 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Decompressed bytes handed from a part's inflating thread to its extracting thread at a time.
+const INFLATED_CHUNK: usize = 1 << 20;
+/// Chunks queued between the two: bounds the memory of a part.
+const INFLATED_QUEUE: usize = 8;
+
+/// What the inflating thread saw of a part's stored bytes.
+struct StoredBytes {
+    sha256: Sha256,
+    size: u64,
+    /// Reading the store failed before the end (a gzip error is the extractor's to report).
+    read: io::Result<()>,
+}
+
 impl Extraction {
+    /// Extract one part on two threads, so that one large part uses two cores: a helper
+    /// thread hashes the stored bytes and inflates them; this thread parses the tar stream,
+    /// hashes each file and writes it.
     fn extract_part(
         &self,
         index: usize,
         part: &crate::repo::manifest::PartEntry,
         key: &str,
-        stored: impl Read,
+        stored: impl Read + Send,
     ) -> anyhow::Result<Vec<Extracted>> {
-        let mut reader = HashingReader::new(stored);
-        let result = self.extract_entries(index, key, &mut reader);
+        let (tx, mut rx) = chunk_pipe::pipe(INFLATED_CHUNK, INFLATED_QUEUE);
+        let (result, stored) = std::thread::scope(|scope| {
+            let inflater = std::thread::Builder::new()
+                .name(format!("inflate-{index}"))
+                .spawn_scoped(scope, || self.inflate(key, stored, tx))
+                .with_context(|| format!("{key}: start a thread to decompress the part"))?;
+            let result = self.extract_entries(index, key, &mut rx);
+            // Dropping the reader as soon as the entries are done or failed tells the inflater
+            // to stop decompressing and only hash the rest.
+            drop(rx);
+            let stored = inflater
+                .join()
+                .map_err(|_| anyhow!("{key}: the decompressing thread panicked"))?;
+            Ok::<_, anyhow::Error>((result, stored))
+        })?;
         if self.cancelled.load(Ordering::Relaxed) {
             return result;
         }
-        // Whatever happened, read the rest: if the stored bytes are not what the manifest
-        // says, that is the error to report (it explains any decoding failure).
-        let drained = reader.drain();
-        let (sha, len) = reader.digest();
-        if drained.is_ok() && (sha != part.sha256 || len != part.size) {
+        // If the stored bytes are not what the manifest says, that is the error to report (it
+        // explains any decoding failure).
+        if stored.read.is_ok() && (stored.sha256 != part.sha256 || stored.size != part.size) {
             bail!(
-                "{key}: corrupt part: SHA-256 {sha} ({len} bytes) does not match the manifest ({}, {} bytes)",
+                "{key}: corrupt part: SHA-256 {} ({} bytes) does not match the manifest ({}, {} bytes)",
+                stored.sha256,
+                stored.size,
                 part.sha256,
                 part.size
             );
         }
-        drained.with_context(|| format!("download {key}"))?;
+        stored.read.with_context(|| format!("download {key}"))?;
         result
     }
 
+    /// The inflating thread: decompress `stored` into chunks for the extractor, then read the
+    /// rest of the stored bytes (whatever happened), so that the digest covers the whole object.
+    /// Stops early only when another part failed.
+    fn inflate(
+        &self,
+        key: &str,
+        stored: impl Read,
+        mut tx: chunk_pipe::ChunkSender,
+    ) -> StoredBytes {
+        let mut reader = HashingReader::new(stored);
+        let mut gz = flate2::read::MultiGzDecoder::new(&mut reader);
+        loop {
+            if self.cancelled.load(Ordering::Relaxed) {
+                tx.send_error(io::Error::other(format!(
+                    "{key}: stopped because another part failed"
+                )));
+                drop(gz);
+                let (sha256, size) = reader.digest();
+                return StoredBytes {
+                    sha256,
+                    size,
+                    read: Ok(()),
+                };
+            }
+            match tx.pump(&mut gz) {
+                Ok(chunk_pipe::Pumped::Sent) => {}
+                // The end, or the extractor is done or failed: only the digest is left to do.
+                Ok(chunk_pipe::Pumped::End | chunk_pipe::Pumped::ReaderGone) => break,
+                Err(e) => {
+                    tx.send_error(io::Error::new(
+                        e.kind(),
+                        format!("{key}: corrupt part: gzip data: {e}"),
+                    ));
+                    break;
+                }
+            }
+        }
+        drop(gz);
+        drop(tx);
+        let read = reader.drain();
+        let (sha256, size) = reader.digest();
+        StoredBytes { sha256, size, read }
+    }
+
+    /// Parse the decompressed tar stream of a part and restore its entries.
     fn extract_entries(
         &self,
         index: usize,
         key: &str,
-        reader: &mut impl Read,
+        tar_stream: &mut impl Read,
     ) -> anyhow::Result<Vec<Extracted>> {
-        let gz = flate2::read::MultiGzDecoder::new(reader);
-        let mut archive = tar::Archive::new(gz);
+        let mut archive = tar::Archive::new(tar_stream);
         let mut done = Vec::new();
         let entries = archive
             .entries()
@@ -1198,8 +1291,8 @@ impl Extraction {
             }
         }
         // Read the rest of the decompressed stream: the gzip trailer's CRC is checked at its end.
-        let mut gz = archive.into_inner();
-        io::copy(&mut gz, &mut io::sink())
+        let mut rest = archive.into_inner();
+        io::copy(&mut rest, &mut io::sink())
             .with_context(|| format!("{key}: corrupt part: gzip stream"))?;
         Ok(done)
     }
@@ -1275,12 +1368,15 @@ impl Extraction {
                 .mode(0o600)
                 .open(&dest)
                 .with_context(|| format!("create {}", dest.display()))?;
-            let mut out = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
+            let mut out = HashingWriter::new(writeback::FileWriter::new(
+                file,
+                dest.clone(),
+                self.flusher.as_ref(),
+            ));
             io::copy(content, &mut out).with_context(|| format!("write {}", dest.display()))?;
-            let (buffered, sha, len) = out.finish();
-            let file = buffered
-                .into_inner()
-                .map_err(|e| e.into_error())
+            let (writer, sha, len) = out.finish();
+            let file = writer
+                .into_file()
                 .with_context(|| format!("write {}", dest.display()))?;
             file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
                 .with_context(|| format!("chmod {}", dest.display()))?;

@@ -1,5 +1,8 @@
 //! Copy the data directory into a few gzip'd tar parts, compressed on all cores and streamed
 //! to the store. Memory is bounded by the number of parts, not by the database size.
+//!
+//! Each part's tar stream is compressed block by block on one pool of `parallelism` threads
+//! (see [`crate::pgz`]), so a part dominated by one large relation file still uses every core.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -9,8 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use sha2::{Digest, Sha256 as Hasher};
 use tokio::sync::mpsc;
 
@@ -18,6 +19,7 @@ use crate::codec::{HashingWriter, Sha256};
 use crate::pg::exclude::PlannedFile;
 use crate::pg::page::{self, BLCKSZ};
 use crate::pg::Lsn;
+use crate::pgz;
 use crate::repo::manifest::{FileEntry, PageProblem, PartEntry};
 use crate::storage::Storage;
 
@@ -44,11 +46,12 @@ pub struct CopyResult {
 }
 
 /// Run the copy: `parallelism` workers take files (largest first) from one queue, each
-/// writing its own part.
+/// writing its own part; `parallelism` threads compress the blocks of all parts.
 pub async fn copy(job: CopyJob) -> anyhow::Result<CopyResult> {
     let mut files = job.files;
     files.sort_by(|a, b| b.size.cmp(&a.size).then(a.rel.cmp(&b.rel)));
     let parts = job.parallelism.clamp(1, files.len().max(1));
+    let pool = pgz::Pool::new(job.parallelism).context("start the compression threads")?;
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let mut workers = Vec::new();
     for index in 0..parts {
@@ -72,8 +75,16 @@ pub async fn copy(job: CopyJob) -> anyhow::Result<CopyResult> {
             data_checksums: job.data_checksums,
             part: index,
         };
-        let level = job.level;
-        let compress = tokio::task::spawn_blocking(move || ctx.run(ChannelWriter::new(tx), level));
+        let gz = pgz::ParallelGzWriter::new(
+            HashingWriter::new(ChannelWriter::new(tx)),
+            pool.clone(),
+            job.level,
+            pgz::DEFAULT_BLOCK_SIZE,
+            // One block more than there are threads: when the other parts are done, this one
+            // alone keeps every thread busy while its oldest block is being written out.
+            pool.threads() + 1,
+        );
+        let compress = tokio::task::spawn_blocking(move || ctx.run(gz));
         workers.push((name, compress, uploader));
     }
     let mut result = CopyResult {
@@ -109,6 +120,9 @@ pub async fn copy(job: CopyJob) -> anyhow::Result<CopyResult> {
     Ok(result)
 }
 
+/// A part as it is written: tar → block-parallel gzip → SHA-256 of the stored bytes → uploader.
+type PartWriter = pgz::ParallelGzWriter<HashingWriter<ChannelWriter>>;
+
 struct WorkerCtx {
     queue: Arc<Mutex<VecDeque<PlannedFile>>>,
     progress: Arc<AtomicU64>,
@@ -126,8 +140,7 @@ struct WorkerOutput {
 }
 
 impl WorkerCtx {
-    fn run(self, sink: ChannelWriter, level: u32) -> anyhow::Result<WorkerOutput> {
-        let gz = GzEncoder::new(HashingWriter::new(sink), Compression::new(level));
+    fn run(self, gz: PartWriter) -> anyhow::Result<WorkerOutput> {
         let mut tar = tar::Builder::new(gz);
         tar.mode(tar::HeaderMode::Complete);
         let mut files = Vec::new();
