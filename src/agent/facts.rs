@@ -54,6 +54,8 @@ pub struct RepoReader {
     last_commit: Option<(u64, Option<DateTime<Utc>>)>,
     /// The newest verification report read: its key and what it says.
     last_report: Option<(String, VerifyResult)>,
+    /// The archive's timeline histories read so far (they never change).
+    timelines: Timelines,
 }
 
 /// A repository read: the facts for the metrics and the newest backup.
@@ -148,13 +150,14 @@ impl RepoReader {
         if let Some(first) = earliest {
             let size =
                 WalSegmentSize::new(first.wal_segment_size).unwrap_or(WalSegmentSize::DEFAULT);
-            let timelines = Timelines::load(repo, &wal_names)
+            let timelines = Timelines::reload(repo, &wal_names, &self.timelines)
                 .await
                 .context("read the archive's timeline history files")?;
             facts.timeline = Some(timelines.latest().0);
             let path = timelines
                 .path(timelines.latest())
                 .unwrap_or_else(|_| TimelinePath::root(TimelineId(1)));
+            self.timelines = timelines;
             let index = WalIndex::new(wal_names.iter(), size, &path);
             let last_commit = match index.newest() {
                 None => None,

@@ -35,7 +35,9 @@ pub async fn run(
     out.report("store", check_store(repo).await);
     out.report("archive conflicts", check_conflicts(repo).await);
     // The server a backup would read (per backup_from), and the primary that archives: the
-    // same one unless backups come from a standby.
+    // same session unless backups come from a standby.
+    let from_primary = cluster.backup_from == crate::config::BackupFrom::Primary;
+    let mut primary = None;
     match crate::commands::backup::open_session(cluster).await {
         Err(e) => out.report("database connection", Err(e)),
         Ok(session) => {
@@ -49,12 +51,23 @@ pub async fn run(
                 )),
             );
             out.report("identity", check_identity(cluster, repo, &session).await);
-            session.close().await;
+            if from_primary {
+                primary = Some(Ok(session));
+            } else {
+                session.close().await;
+            }
         }
     }
-    match pg::client::connect_to(&cluster.connection, pg::client::ServerRole::Primary).await {
-        Err(e) => out.report("archiving", Err(e.context("connect to the primary"))),
-        Ok(primary) => {
+    if !from_primary {
+        primary = Some(
+            pg::client::connect_to(&cluster.connection, pg::client::ServerRole::Primary).await,
+        );
+    }
+    match primary {
+        // backup_from = "primary" and no connection: already reported above.
+        None => {}
+        Some(Err(e)) => out.report("archiving", Err(e.context("connect to the primary"))),
+        Some(Ok(primary)) => {
             out.report("archiving", check_archiving(repo, &primary).await);
             primary.close().await;
         }

@@ -166,13 +166,14 @@ impl TimelinePath {
     /// Whether WAL from `start` to `stop` written on `timeline` lies on this path: a backup
     /// taken there can be recovered along it. The reason when not.
     pub fn reaches(&self, timeline: TimelineId, start: Lsn, stop: Lsn) -> Result<(), String> {
-        let Some(span) = self.span_of(timeline) else {
+        let Some(i) = self.spans.iter().position(|s| s.timeline == timeline) else {
             return Err(format!(
                 "timeline {} is not in the history of timeline {}",
                 timeline.0,
                 self.target().0
             ));
         };
+        let span = &self.spans[i];
         if start < span.begin {
             return Err(format!(
                 "timeline {} begins at LSN {} on the way to timeline {}, after LSN {start}",
@@ -181,19 +182,13 @@ impl TimelinePath {
                 self.target().0
             ));
         }
-        match span.end {
-            Some(end) if stop > end => Err(format!(
+        match (span.end, self.spans.get(i + 1)) {
+            (Some(end), Some(next)) if stop > end => Err(format!(
                 "timeline {} was left for timeline {} at LSN {end}, before LSN {stop}",
-                timeline.0,
-                self.next_after(timeline).map_or(0, |t| t.0),
+                timeline.0, next.timeline.0,
             )),
             _ => Ok(()),
         }
-    }
-
-    fn next_after(&self, timeline: TimelineId) -> Option<TimelineId> {
-        let i = self.spans.iter().position(|s| s.timeline == timeline)?;
-        self.spans.get(i + 1).map(|s| s.timeline)
     }
 }
 

@@ -22,9 +22,23 @@ pub struct Timelines {
 impl Timelines {
     /// From the archive's listing: reads (and verifies) each `.history` file it names.
     pub async fn load(repo: &Repository, listing: &[WalFileName]) -> anyhow::Result<Self> {
+        Self::reload(repo, listing, &Timelines::default()).await
+    }
+
+    /// As [`Timelines::load`], reusing the histories `known` already holds: an archived history
+    /// file never changes (a different one is refused), so a long-running reader (the agent)
+    /// reads each one once.
+    pub async fn reload(
+        repo: &Repository,
+        listing: &[WalFileName],
+        known: &Timelines,
+    ) -> anyhow::Result<Self> {
         let mut out = Timelines::default();
         for name in listing {
             match name {
+                WalFileName::History(tli) if known.histories.contains_key(tli) => {
+                    out.histories.insert(*tli, known.histories[tli].clone());
+                }
                 WalFileName::History(tli) => {
                     let (content, _) = repo
                         .get_wal(name)
@@ -45,8 +59,8 @@ impl Timelines {
         Ok(out)
     }
 
-    /// Built from parsed histories (tests, and callers that already hold them).
-    pub fn from_histories(
+    #[cfg(test)]
+    fn from_histories(
         histories: impl IntoIterator<Item = TimelineHistory>,
         with_segments: Vec<TimelineId>,
     ) -> Self {
