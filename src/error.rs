@@ -1,4 +1,5 @@
-//! Failures that decide the exit code. Everything else is an `anyhow` error (exit 1).
+//! Failures that decide the exit code, and every exit-code mapping of the program (including
+//! `wal-fetch`'s). Everything else is an `anyhow` error (exit 1).
 
 /// Outcomes a caller (or `main`, for the exit code) branches on.
 #[derive(Debug, thiserror::Error)]
@@ -9,10 +10,22 @@ pub enum Failure {
     /// The requested WAL file is not in the archive (`wal-fetch` exits 1 for this).
     #[error("{0} is not in the archive")]
     WalNotFound(String),
-    /// Different content already archived under this name, or a repository for another cluster.
+    /// Different content is already archived under this WAL file's name.
+    #[error("{0}")]
+    WalConflict(String),
+    /// The repository belongs to another database system (or PostgreSQL version, segment size).
+    #[error("{0}")]
+    SystemIdMismatch(String),
+    /// Another process holds the repository lock.
+    #[error("{0}")]
+    LockHeld(String),
+    /// Another conflict: a running server on the target, a backup id taken, a refused overwrite.
     #[error("{0}")]
     Conflict(String),
-    /// No backup can serve the requested target.
+    /// No backup can serve the requested target (or the target is outside the window).
+    #[error("{0}")]
+    NoBackupForTarget(String),
+    /// Something named is not there (a backup id, a timeline's history).
     #[error("{0}")]
     NotFound(String),
     /// A backup failed verification.
@@ -20,8 +33,8 @@ pub enum Failure {
     VerifyFailed(String),
 }
 
-/// Exit codes, documented in the README. None is above 125: PostgreSQL treats those as fatal
-/// for archive_command. `wal-fetch` maps its own codes (see `commands::wal_fetch`).
+/// Exit codes, documented in the README. None of the general codes is above 125: PostgreSQL
+/// treats those as fatal for archive_command. `wal-fetch` has its own (see [`wal_fetch_exit_code`]).
 pub mod exit {
     pub const OK: u8 = 0;
     pub const RUNTIME: u8 = 1;
@@ -29,24 +42,43 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
     pub const CONFLICT: u8 = 4;
     pub const VERIFY_FAILED: u8 = 5;
+    /// `wal-fetch` only: the file is not in the archive (PostgreSQL asks for such files routinely).
+    pub const FETCH_ABSENT: u8 = 1;
     /// `wal-fetch` only: the archive could not be read (store down, corruption). Above 125 so
     /// PostgreSQL stops recovery instead of taking it as the end of WAL and promoting early.
     pub const FETCH_FATAL: u8 = 255;
 }
 
+/// The first `Failure` in an error's chain, if any.
+pub fn failure(err: &anyhow::Error) -> Option<&Failure> {
+    err.chain().find_map(|c| c.downcast_ref::<Failure>())
+}
+
 /// The exit code for an error: the first `Failure` in its chain decides, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if let Some(f) = cause.downcast_ref::<Failure>() {
-            return match f {
-                Failure::Usage(_) => exit::USAGE,
-                Failure::WalNotFound(_) | Failure::NotFound(_) => exit::NOT_FOUND,
-                Failure::Conflict(_) => exit::CONFLICT,
-                Failure::VerifyFailed(_) => exit::VERIFY_FAILED,
-            };
+    match failure(err) {
+        Some(Failure::Usage(_)) => exit::USAGE,
+        Some(Failure::WalNotFound(_) | Failure::NotFound(_) | Failure::NoBackupForTarget(_)) => {
+            exit::NOT_FOUND
         }
+        Some(
+            Failure::WalConflict(_)
+            | Failure::SystemIdMismatch(_)
+            | Failure::LockHeld(_)
+            | Failure::Conflict(_),
+        ) => exit::CONFLICT,
+        Some(Failure::VerifyFailed(_)) => exit::VERIFY_FAILED,
+        None => exit::RUNTIME,
     }
-    exit::RUNTIME
+}
+
+/// `wal-fetch`'s exit code (restore_command): 1 when the file is not in the archive, 255 for
+/// anything else, so that PostgreSQL never ends recovery early on an unreadable archive.
+pub fn wal_fetch_exit_code(err: &anyhow::Error) -> u8 {
+    match failure(err) {
+        Some(Failure::WalNotFound(_)) => exit::FETCH_ABSENT,
+        _ => exit::FETCH_FATAL,
+    }
 }
 
 /// Shorthand for a usage error.
@@ -70,5 +102,27 @@ mod tests {
             exit_code(&Failure::WalNotFound("a".into()).into()),
             exit::NOT_FOUND
         );
+        assert_eq!(
+            exit_code(&Failure::LockHeld("l".into()).into()),
+            exit::CONFLICT
+        );
+        assert_eq!(
+            exit_code(&Failure::NoBackupForTarget("t".into()).into()),
+            exit::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn wal_fetch_codes() {
+        let absent: anyhow::Error = Failure::WalNotFound("000000010000000000000001".into()).into();
+        assert_eq!(
+            wal_fetch_exit_code(&absent.context("fetch")),
+            exit::FETCH_ABSENT
+        );
+        assert_eq!(
+            wal_fetch_exit_code(&anyhow::anyhow!("store down")),
+            exit::FETCH_FATAL
+        );
+        assert_eq!(wal_fetch_exit_code(&usage("bad name")), exit::FETCH_FATAL);
     }
 }

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use synapse_backup::cli::{Cli, Command};
 use synapse_backup::config::Config;
-use synapse_backup::error::{self, exit, Failure};
+use synapse_backup::error::{self, exit};
 use synapse_backup::pg::WalFileName;
 use synapse_backup::repo::Repository;
 use synapse_backup::storage::Storage;
@@ -42,15 +42,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) if is_fetch => {
-            if err
-                .chain()
-                .any(|c| matches!(c.downcast_ref::<Failure>(), Some(Failure::WalNotFound(_))))
-            {
-                ExitCode::from(1)
-            } else {
+            let code = error::wal_fetch_exit_code(&err);
+            if code != exit::FETCH_ABSENT {
                 eprintln!("synapse-backup: {err:#}");
-                ExitCode::from(exit::FETCH_FATAL)
             }
+            ExitCode::from(code)
         }
         Err(err) => {
             eprintln!("synapse-backup: {err:#}");
