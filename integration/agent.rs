@@ -9,9 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use synapse_backup::repo::Repository;
-use synapse_backup::storage::Storage;
 
-use crate::harness::{self, give_to_postgres, tail, PgCluster, Scratch, BIN};
+use crate::harness::{self, backup_ids, give_to_postgres, tail, PgCluster, Scratch, BIN};
 
 const CLUSTERS: [&str; 3] = ["core", "analytics", "revenue"];
 
@@ -181,13 +180,7 @@ fn metrics(port: u16) -> String {
 }
 
 fn repo(setup: &Setup, cluster: &str) -> Repository {
-    let storage = Storage::open(
-        &synapse_backup::config::Config::load(Some(&setup.config))
-            .unwrap()
-            .repository,
-    )
-    .unwrap();
-    Repository::new(&storage, cluster)
+    harness::repository_of(&setup.config, cluster)
 }
 
 fn unix_now() -> f64 {
@@ -337,13 +330,7 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
             "synapse_backup_job_running{cluster=\"core\",job_type=\"backup\"}",
         ) == Some(1.0)
     });
-    let before: Vec<String> = repo(&setup, "core")
-        .list_backups()
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| b.id.to_string())
-        .collect();
+    let before = backup_ids(&repo(&setup, "core")).await;
     agent.signal("TERM");
     let stop = Instant::now();
     let status = loop {
@@ -361,13 +348,7 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
     assert_eq!(status.code(), Some(0), "{}", tail(&log, 40));
     assert!(log.contains("SIGTERM: stopping"), "{}", tail(&log, 40));
     let core = repo(&setup, "core");
-    let after: Vec<String> = core
-        .list_backups()
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| b.id.to_string())
-        .collect();
+    let after = backup_ids(&core).await;
     if log.contains("failed to backup core: aborted: the agent is stopping") {
         // The aborted backup stored parts, perhaps, but no manifest: it is not listed.
         assert_eq!(after, before, "{}", tail(&log, 40));

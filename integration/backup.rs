@@ -7,15 +7,9 @@ use synapse_backup::codec::Sha256;
 use synapse_backup::repo::layout;
 
 use crate::harness::{
-    self, archiving_cluster, code, repository, stderr, PgCluster, RepoTarget, Scratch, TestConfig,
+    self, archiving_cluster, backup, code, repository, stderr, BackgroundLoad, PgCluster,
+    RepoTarget, Scratch, TestConfig,
 };
-
-/// Run `backup`; return the new backup id.
-pub fn backup_ok(cfg: &TestConfig) -> String {
-    let out = cfg.run(&["backup"]);
-    assert_eq!(code(&out), 0, "backup failed: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_under_load_is_complete_and_listed() {
@@ -27,29 +21,9 @@ async fn backup_under_load_is_complete_and_listed() {
     let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo_dir), "");
     pg.pgbench(&["-i", "-s", "5", "-q"]);
     // pgbench writes while the backup runs.
-    let mut load = harness::as_postgres(format!("{}/pgbench", harness::PG_BIN))
-        .arg("-h")
-        .arg(&pg.socket_dir)
-        .args([
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-c",
-            "2",
-            "-T",
-            "30",
-            "-n",
-            "postgres",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let id = backup_ok(&cfg);
-    let _ = load.kill();
-    let _ = load.wait();
+    let load = BackgroundLoad::start(&pg, 30);
+    let id = backup(&cfg);
+    load.stop();
 
     let repo = repository(&cfg);
     let m = repo

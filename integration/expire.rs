@@ -1,29 +1,14 @@
 //! Retention on a real repository: what goes, what stays, and that the window stays
 //! recoverable — including after a crash in the middle of deleting.
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::harness::{
-    self, archiving_cluster, as_postgres, code, repository, stderr, RepoTarget, Scratch,
-    TestConfig, PG_BIN,
+    self, archiving_cluster, backup, backup_ids, code, create_status, pg_ctl_stop, repository,
+    set_marker, stderr, target_time, RepoTarget, Scratch,
 };
-
-fn backup(cfg: &TestConfig) -> String {
-    let out = cfg.run(&["backup"]);
-    assert_eq!(code(&out), 0, "backup: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn stop_restored(pgdata: &Path) {
-    let _ = as_postgres(format!("{PG_BIN}/pg_ctl"))
-        .args(["-w", "-m", "immediate", "-D"])
-        .arg(pgdata)
-        .arg("stop")
-        .output();
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expire_a_month_later_keeps_the_window_recoverable() {
@@ -33,24 +18,18 @@ async fn expire_a_month_later_keeps_the_window_recoverable() {
     let scratch = Scratch::new("expire");
     let repo_dir = scratch.subdir("repo");
     let (mut pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo_dir.clone()), "");
-    pg.psql("create table status(message text); insert into status values ('a')");
+    create_status(&pg, "a");
     let a = backup(&cfg);
-    pg.psql("update status set message = 'after-a'");
-    std::thread::sleep(Duration::from_millis(1100));
-    let in_a_only: String =
-        pg.psql(r#"select to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
-    std::thread::sleep(Duration::from_millis(1100));
+    set_marker(&pg, "after-a");
+    let in_a_only = target_time(&pg, Duration::from_millis(1100));
     pg.switch_wal();
     let b = backup(&cfg);
-    pg.psql("update status set message = 'b'");
-    std::thread::sleep(Duration::from_millis(1100));
-    let target: String =
-        pg.psql(r#"select to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
-    std::thread::sleep(Duration::from_millis(1100));
-    pg.psql("update status set message = 'after-b'");
+    set_marker(&pg, "b");
+    let target = target_time(&pg, Duration::from_millis(1100));
+    set_marker(&pg, "after-b");
     pg.switch_wal();
     let c = backup(&cfg);
-    pg.psql("update status set message = 'c'");
+    set_marker(&pg, "c");
     let last = pg.switch_wal();
     pg.wait_archived(&last, Duration::from_secs(60));
     assert!(a < b && b < c);
@@ -95,13 +74,7 @@ async fn expire_a_month_later_keeps_the_window_recoverable() {
         "summary line: {}",
         stderr(&out)
     );
-    let ids: Vec<String> = repo
-        .list_backups()
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id.to_string())
-        .collect();
+    let ids = backup_ids(&repo).await;
     assert_eq!(ids, [b.clone(), c.clone()]);
     let left = repo.storage().list(&format!("backups/{a}")).await.unwrap();
     assert!(left.is_empty(), "A's objects must be gone: {left:?}");
@@ -127,7 +100,7 @@ async fn expire_a_month_later_keeps_the_window_recoverable() {
     ]);
     assert_eq!(code(&out), 0, "PITR inside the window: {}", stderr(&out));
     let message = pg.psql("select message from status");
-    stop_restored(&restored);
+    pg_ctl_stop(&restored, "immediate");
     assert_eq!(message, "b");
     let refused = scratch.path().join("refused");
     let out = cfg.run(&[
@@ -154,9 +127,7 @@ async fn expire_killed_mid_delete_leaves_a_consistent_repository() {
     let repo_dir = scratch.subdir("repo");
     let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo_dir.clone()), "");
     // A short lock TTL, so the killed run's lock expires quickly.
-    let mut text = std::fs::read_to_string(&cfg.path).unwrap();
-    text.push_str("\n[backup]\nlock_ttl_seconds = 3\n");
-    std::fs::write(&cfg.path, text).unwrap();
+    cfg.append("\n[backup]\nlock_ttl_seconds = 3\n");
     pg.psql("create table t as select 1 x");
     let _a = backup(&cfg);
     pg.switch_wal();
@@ -212,13 +183,7 @@ async fn expire_killed_mid_delete_leaves_a_consistent_repository() {
         out = cfg.run(&["expire", "--now", &now]);
     }
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let ids: Vec<String> = repo
-        .list_backups()
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id.to_string())
-        .collect();
+    let ids = backup_ids(&repo).await;
     assert_eq!(ids, [b]);
     let wal = repo.list_wal().await.unwrap();
     assert!(

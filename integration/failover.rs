@@ -8,11 +8,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::harness::replica::{promote, start_standby, wait_replayed};
 use crate::harness::{
-    self, archiving_cluster, as_postgres, code, stderr, PgCluster, RepoTarget, Scratch, TestConfig,
-    BIN, PG_BIN,
+    self, add_marker, archiving_cluster, backup, code, pg_ctl_stop, stderr, target_time, PgCluster,
+    RepoTarget, Scratch, TestConfig, BIN,
 };
-use crate::replica::{promote, start_standby, wait_replayed};
 
 /// An `archive_command` that archives only from the two nodes' data directories: restored
 /// copies (which keep the primary's postgresql.conf) must not archive a timeline of their own
@@ -32,30 +32,6 @@ fn nodes_only_archive_command(cfg: &TestConfig, nodes: &[&Path]) -> String {
     )
 }
 
-fn archive_everything(pg: &PgCluster) {
-    let seg = pg.switch_wal();
-    pg.wait_archived(&seg, Duration::from_secs(120));
-}
-
-fn add_marker(pg: &PgCluster, marker: &str) {
-    pg.psql(&format!("insert into status values ('{marker}')"));
-}
-
-/// `now()` as RFC 3339 in UTC, after a pause, then another pause: a target time with commits
-/// clearly on either side.
-fn target_time(pg: &PgCluster) -> String {
-    std::thread::sleep(Duration::from_millis(50));
-    let t = pg.psql(r#"select to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
-    std::thread::sleep(Duration::from_millis(50));
-    t
-}
-
-fn backup(cfg: &TestConfig) -> String {
-    let out = cfg.run_as_postgres(&["backup"], cfg.path.parent().unwrap());
-    assert_eq!(code(&out), 0, "backup failed: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Restore into `dir/name` with `--start` (paused at the target, so the copy never archives a
 /// timeline of its own into the repository), read the markers through the original primary's
 /// socket (the copy keeps its postgresql.conf), stop it. Returns (markers, restore's stderr).
@@ -73,13 +49,7 @@ fn restore_markers(
     let out = cfg.run(&all);
     let err = stderr(&out);
     eprintln!("--- restore {args:?}:\n{err}");
-    let stop = || {
-        let _ = as_postgres(format!("{PG_BIN}/pg_ctl"))
-            .args(["-w", "-m", "immediate", "-D"])
-            .arg(&pgdata)
-            .arg("stop")
-            .output();
-    };
+    let stop = || pg_ctl_stop(&pgdata, "immediate");
     if code(&out) != 0 {
         stop();
         panic!("restore {args:?} failed: {err}");
@@ -112,10 +82,10 @@ async fn failover_timelines_split_brain_and_conflicts() {
         &format!("archive_mode = always\n{archive_command}"),
     );
     add_marker(&a, "tl1-a");
-    let t1 = target_time(&a);
+    let t1 = target_time(&a, Duration::from_millis(50));
     add_marker(&a, "tl1-b");
     a.pgbench(&["-c", "1", "-t", "300", "-n"]);
-    archive_everything(&a);
+    a.archive_everything();
     // Promote in the middle of a segment: the switch segment then exists on both timelines
     // (the old primary's full copy on 1, the new primary's on 2), and only 2's may be used.
     add_marker(&a, "tl1-c");
@@ -133,15 +103,15 @@ async fn failover_timelines_split_brain_and_conflicts() {
     add_marker(&a, "split-brain");
     a.pgbench(&["-c", "1", "-t", "300", "-n"]);
     let stray = backup(&cfg);
-    archive_everything(&a);
+    a.archive_everything();
 
     // The new primary writes on timeline 2.
     add_marker(&b, "tl2-a");
-    let t2 = target_time(&b);
+    let t2 = target_time(&b, Duration::from_millis(50));
     add_marker(&b, "tl2-b");
     b.pgbench(&["-c", "1", "-t", "300", "-n"]);
     add_marker(&b, "tl2-latest");
-    archive_everything(&b);
+    b.archive_everything();
 
     // The archive: timeline 1, the history file, timeline 2; both nodes archived timeline 1's
     // segments (archive_mode = always) without a single conflict.

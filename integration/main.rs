@@ -1,13 +1,14 @@
 #![allow(clippy::unwrap_used)]
 //! Integration tests against real services: PostgreSQL 15 clusters the tests `initdb`, an
 //! S3-compatible server on 127.0.0.1, and the real binary. Run them with `bash .ci/run`.
+//!
+//! One module per theme; the shared helpers live in `harness/`.
 
 mod agent;
 mod backup;
 mod expire;
 mod failover;
 mod harness;
-mod replica;
 mod restore;
 mod standby;
 mod storage_suite;

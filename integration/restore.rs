@@ -7,24 +7,14 @@
 //! that promotes archives a new timeline into the repository (pg-reference §0 item 8), so
 //! within one repository every restore but the last uses `--target-action pause`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use crate::harness::{
-    self, archiving_cluster, as_postgres, code, stderr, PgCluster, RepoTarget, Scratch, TestConfig,
-    PG_BIN,
+    self, archiving_cluster, backup, code, create_status, set_marker, stderr, PgCluster,
+    RepoTarget, RestoredServer, Scratch, TestConfig, PG_BIN,
 };
-
-/// Run `backup` as the postgres OS user, as the agent does (a root-run backup would create
-/// root-owned directories in a local repository that `wal-push`, running as postgres, then
-/// cannot write into); return the new backup id.
-fn backup(cfg: &TestConfig) -> String {
-    let dir = cfg.path.parent().unwrap();
-    let out = cfg.run_as_postgres(&["backup"], dir);
-    assert_eq!(code(&out), 0, "backup failed: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Read times without an offset in New York, not UTC.
 fn use_new_york(cfg: &TestConfig) {
@@ -33,18 +23,9 @@ fn use_new_york(cfg: &TestConfig) {
     std::fs::write(&cfg.path, text).unwrap();
 }
 
-fn set_marker(pg: &PgCluster, message: &str) {
-    pg.psql(&format!("update status set message = '{message}'"));
-}
-
 /// `now()` as naive New York time, microseconds: what an on-call engineer in New York types.
 fn now_in_new_york(pg: &PgCluster) -> String {
     pg.psql("select to_char(now() at time zone 'America/New_York', 'YYYY-MM-DD HH24:MI:SS.US')")
-}
-
-/// `now()` as RFC 3339 in UTC.
-fn now_rfc3339(pg: &PgCluster) -> String {
-    pg.psql(r#"select to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#)
 }
 
 /// `now()` as RFC 3339 with a +02:00 offset (`Etc/GMT-2` is UTC+2).
@@ -54,40 +35,6 @@ fn now_plus_two(pg: &PgCluster) -> String {
     )
 }
 
-/// Wait for the current segment (with everything so far) to reach the archive.
-fn archive_everything(pg: &PgCluster) {
-    let seg = pg.switch_wal();
-    pg.wait_archived(&seg, Duration::from_secs(120));
-}
-
-/// A restored server started by `restore --start`; stopped (immediately) when dropped, so a
-/// failing test does not leave it running.
-struct Restored {
-    pgdata: PathBuf,
-}
-
-impl Restored {
-    fn stop(&self) {
-        let _ = as_postgres(format!("{PG_BIN}/pg_ctl"))
-            .args(["-w", "-m", "fast", "-D"])
-            .arg(&self.pgdata)
-            .arg("stop")
-            .output();
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        if self.pgdata.join("postmaster.pid").exists() {
-            let _ = as_postgres(format!("{PG_BIN}/pg_ctl"))
-                .args(["-w", "-m", "immediate", "-D"])
-                .arg(&self.pgdata)
-                .arg("stop")
-                .output();
-        }
-    }
-}
-
 fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output {
     let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
     all.extend_from_slice(args);
@@ -95,10 +42,8 @@ fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output {
 }
 
 /// `restore … --start`, which must succeed; returns the guard and stderr.
-fn restore_started(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> (Restored, String) {
-    let guard = Restored {
-        pgdata: pgdata.to_path_buf(),
-    };
+fn restore_started(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> (RestoredServer, String) {
+    let guard = RestoredServer::new(pgdata);
     let mut all = args.to_vec();
     all.push("--start");
     let out = restore(cfg, pgdata, &all);
@@ -162,7 +107,7 @@ async fn restore_to_time_lsn_and_latest() {
     let repo = scratch.subdir("repo");
     let (mut pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo), "");
     use_new_york(&cfg);
-    pg.psql("create table status(message text); insert into status values ('backup')");
+    create_status(&pg, "backup");
     pg.pgbench(&["-i", "-s", "1", "-q"]);
     // A tablespace, which every restore below relocates.
     let ts_original = scratch.subdir("ts-original");
@@ -192,7 +137,7 @@ async fn restore_to_time_lsn_and_latest() {
     set_marker(&pg, "after");
     pg.pgbench(&["-c", "1", "-t", "200", "-n"]);
     set_marker(&pg, "latest");
-    archive_everything(&pg);
+    pg.archive_everything();
     pg.stop();
 
     // The tablespace's original directory is not empty: restoring into it is refused.
@@ -308,11 +253,11 @@ async fn restore_picks_the_backup_before_the_target() {
     let scratch = Scratch::new("restore-two");
     let repo = scratch.subdir("repo");
     let (mut pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo), "");
-    pg.psql("create table status(message text); insert into status values ('start')");
+    create_status(&pg, "start");
     let first = backup(&cfg);
     set_marker(&pg, "one");
     std::thread::sleep(Duration::from_millis(20));
-    let t1 = now_rfc3339(&pg);
+    let t1 = pg.now_rfc3339();
     std::thread::sleep(Duration::from_millis(1100)); // backup ids are per second
     let second = backup(&cfg);
     assert_ne!(first, second);
@@ -321,7 +266,7 @@ async fn restore_picks_the_backup_before_the_target() {
     let t2 = now_plus_two(&pg);
     std::thread::sleep(Duration::from_millis(20));
     set_marker(&pg, "three");
-    archive_everything(&pg);
+    pg.archive_everything();
     pg.stop();
 
     // t1 lies between the backups: the first one serves it.
@@ -334,7 +279,7 @@ async fn restore_picks_the_backup_before_the_target() {
     // t2 is after the second; this time the restore runs as the postgres OS user, and promotes.
     let dir = scratch.subdir("two");
     let b = dir.join("pgdata");
-    let guard = Restored { pgdata: b.clone() };
+    let guard = RestoredServer::new(&b);
     let out = cfg.run_as_postgres(
         &[
             "restore",
@@ -365,8 +310,8 @@ async fn restore_refuses_before_downloading() {
     let scratch = Scratch::new("restore-refuse");
     let repo = scratch.subdir("repo");
     let (mut pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo.clone()), "");
-    pg.psql("create table status(message text); insert into status values ('x')");
-    let before_backup = now_rfc3339(&pg);
+    create_status(&pg, "x");
+    let before_backup = pg.now_rfc3339();
     std::thread::sleep(Duration::from_millis(20));
     let id = backup(&cfg);
     let mut segments = Vec::new();
@@ -442,9 +387,7 @@ async fn restore_refuses_before_downloading() {
     // restore says so instead of trusting pg_ctl (pg-reference §0 item 6).
     std::fs::write(&object, b"not a gzip object").unwrap();
     let failing = scratch.path().join("fails/pgdata");
-    let _guard = Restored {
-        pgdata: failing.clone(),
-    };
+    let _guard = RestoredServer::new(&failing);
     let out = restore(&cfg, &failing, &["--latest", "--start"]);
     let err = stderr(&out);
     eprintln!("--- restore into a failing recovery:\n{err}");
@@ -487,11 +430,11 @@ async fn restore_from_s3() {
     let scratch = Scratch::new("restore-s3");
     let target = harness::shared_s3(&scratch, "restore");
     let (mut pg, cfg) = archiving_cluster(&scratch, &target, "");
-    pg.psql("create table status(message text); insert into status values ('backup')");
+    create_status(&pg, "backup");
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     let id = backup(&cfg);
     set_marker(&pg, "latest");
-    archive_everything(&pg);
+    pg.archive_everything();
     pg.stop();
 
     let pgdata = scratch.path().join("restored/pgdata");

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::harness::replica::{multi_host_connection, start_standby, wait_replayed};
 use crate::harness::{
-    self, archiving_cluster, as_postgres, code, repository, run_ok, stderr, PgCluster, RepoTarget,
-    Scratch, TestConfig, PG_BIN,
+    self, archiving_cluster, backup_id, backup_output, code, create_status, repository, run_ok,
+    stderr, PgCluster, RepoTarget, RestoredServer, Scratch, TestConfig, PG_BIN,
 };
-use crate::replica::{multi_host_connection, start_standby, wait_replayed};
 
 /// A primary archiving into a local repository and a streaming standby of it. Fields drop in
 /// order: the servers stop before their directories go.
@@ -53,9 +53,7 @@ impl Nodes {
             extra,
         );
         if let Some(from) = backup_from {
-            let mut text = std::fs::read_to_string(&cfg.path).unwrap();
-            text.push_str(&format!("backup_from = \"{from}\"\n"));
-            std::fs::write(&cfg.path, text).unwrap();
+            cfg.append(&format!("backup_from = \"{from}\"\n"));
         }
         cfg
     }
@@ -66,35 +64,8 @@ impl Nodes {
     }
 }
 
-/// `backup` as the postgres OS user, as the agent runs it (a local repository's directories
-/// must stay writable for `wal-push`).
-fn backup(cfg: &TestConfig) -> std::process::Output {
-    cfg.run_as_postgres(&["backup"], cfg.path.parent().unwrap())
-}
-
-/// The id a successful `backup` printed.
-fn backup_id(out: &std::process::Output) -> String {
-    assert_eq!(code(out), 0, "backup failed: {}", stderr(out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn at(pg: &PgCluster) -> String {
     format!("{} port {}", pg.socket_dir.display(), pg.port)
-}
-
-/// Stops (immediately) the server a `restore --start` left running when the test ends.
-struct RestoredServer<'a>(&'a Path);
-
-impl Drop for RestoredServer<'_> {
-    fn drop(&mut self) {
-        if self.0.join("postmaster.pid").exists() {
-            let _ = as_postgres(format!("{PG_BIN}/pg_ctl"))
-                .args(["-w", "-m", "immediate", "-D"])
-                .arg(self.0)
-                .arg("stop")
-                .output();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,7 +75,7 @@ async fn standby_backup_restores_and_recovers() {
     }
     let mut nodes = Nodes::start("standby-backup");
     let primary = &nodes.primary;
-    primary.psql("create table status(message text); insert into status values ('backup')");
+    create_status(primary, "backup");
     primary.pgbench(&["-i", "-s", "5", "-q"]);
     let cfg = nodes.config(
         &nodes.standby.pgdata,
@@ -116,7 +87,7 @@ async fn standby_backup_restores_and_recovers() {
     let out = std::thread::scope(|s| {
         s.spawn(|| primary.pgbench(&["-n", "-c", "2", "-T", "15"]));
         std::thread::sleep(Duration::from_secs(2));
-        backup(&cfg)
+        backup_output(&cfg)
     });
     let id = backup_id(&out);
     let err = stderr(&out);
@@ -138,8 +109,7 @@ async fn standby_backup_restores_and_recovers() {
     primary.psql("update status set message = 'after the standby backup'");
     primary.psql("create table marker as select g from generate_series(1, 1000) g");
     wait_replayed(primary, &nodes.standby);
-    let seg = primary.switch_wal();
-    primary.wait_archived(&seg, Duration::from_secs(120));
+    primary.archive_everything();
     // `verify` proves it in an isolated scratch instance: restore, recovery, pg_verifybackup,
     // pg_amcheck.
     let out = cfg.run(&["verify", "--backup", &id]);
@@ -161,7 +131,7 @@ async fn standby_backup_restores_and_recovers() {
     // postgresql.conf (pg_basebackup copied it to the standby), so it listens on the
     // primary's socket and port: `primary.psql` reaches it.
     let restored = nodes.scratch.path().join("restored/pgdata");
-    let _guard = RestoredServer(&restored);
+    let _guard = RestoredServer::new(&restored);
     let pgdata = restored.to_str().unwrap();
     let out = cfg.run(&["restore", "--pgdata", pgdata, "--latest", "--start"]);
     let err = stderr(&out);
@@ -189,7 +159,7 @@ async fn backup_from_primary_follows_the_primary() {
     let standby_first = multi_host_connection(&[&nodes.standby, &nodes.primary]);
     let pgdata = nodes.primary.pgdata.clone();
     let cfg = nodes.config(&pgdata, &standby_first, None, "");
-    let first = backup_id(&backup(&cfg));
+    let first = backup_id(&backup_output(&cfg));
     let repo = repository(&cfg);
     let m = repo.get_manifest(&first.parse().unwrap()).await.unwrap();
     let m = m.expect("manifest stored");
@@ -200,7 +170,7 @@ async fn backup_from_primary_follows_the_primary() {
     nodes.standby.stop();
     std::thread::sleep(Duration::from_millis(1100)); // backup ids are per second
     let cfg = nodes.config(&pgdata, &standby_first, Some("prefer-standby"), "");
-    let out = backup(&cfg);
+    let out = backup_output(&cfg);
     let second = backup_id(&out);
     let err = stderr(&out);
     assert!(
@@ -213,7 +183,7 @@ async fn backup_from_primary_follows_the_primary() {
 
     // backup_from = "standby" with no standby up: an error naming every host tried.
     let cfg = nodes.config(&pgdata, &standby_first, Some("standby"), "");
-    let out = backup(&cfg);
+    let out = backup_output(&cfg);
     let err = stderr(&out);
     assert_eq!(code(&out), 1, "{err}");
     for want in [
@@ -237,7 +207,7 @@ async fn wrong_node_is_refused_before_copying() {
     let both = nodes.both();
     let (primary_dir, standby_dir) = (nodes.primary.pgdata.clone(), nodes.standby.pgdata.clone());
     let refused = |cfg: &TestConfig, wants: &[&str]| {
-        let out = backup(cfg);
+        let out = backup_output(cfg);
         let err = stderr(&out);
         assert_eq!(code(&out), 4, "{err}");
         for w in wants {
@@ -290,7 +260,7 @@ async fn standby_backup_without_a_primary_fails_and_says_so() {
         Some("standby"),
         "[backup]\narchive_wait_seconds = 6\n",
     );
-    let out = backup(&cfg);
+    let out = backup_output(&cfg);
     let err = stderr(&out);
     eprintln!("--- backup on a standby without a primary:\n{err}");
     assert_eq!(code(&out), 1, "{err}");

@@ -253,11 +253,7 @@ impl TlsCluster {
 impl Drop for TlsCluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = harness::as_postgres(format!("{}/pg_ctl", harness::PG_BIN))
-                .args(["-w", "-m", "immediate", "-D"])
-                .arg(&self.pg.pgdata)
-                .arg("stop")
-                .output();
+            harness::pg_ctl_stop(&self.pg.pgdata, "immediate");
         }
     }
 }

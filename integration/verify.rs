@@ -15,27 +15,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    self, archiving_cluster, code, stderr, PgCluster, RepoTarget, Scratch, TestConfig, PG_BIN,
+    self, archiving_cluster, backup, code, create_status, set_marker, stderr, target_time,
+    BackgroundLoad, PgCluster, RepoTarget, Scratch, TestConfig, PG_BIN,
 };
 
 const IMAGE: &str = "synapse-verify-pg15:test";
 
-/// `backup` as the postgres OS user (as the agent runs it); the new backup id.
-fn backup(cfg: &TestConfig) -> String {
-    let dir = cfg.path.parent().unwrap();
-    let out = cfg.run_as_postgres(&["backup"], dir);
-    assert_eq!(code(&out), 0, "backup failed: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn archive_everything(pg: &PgCluster) {
-    let seg = pg.switch_wal();
-    pg.wait_archived(&seg, Duration::from_secs(120));
-}
-
 /// Append `[verify]` settings (and probes for the cluster) to the test config.
 fn add_verify_config(cfg: &TestConfig, scratch_base: &Path, probes: &[(&str, &str, &str)]) {
-    let mut text = std::fs::read_to_string(&cfg.path).unwrap();
+    let mut text = String::new();
     for (name, sql, expect) in probes {
         text.push_str(&format!(
             "\n[[cluster.verify_probe]]\nname = {}\nsql = {}\nexpect = {}\n",
@@ -48,7 +36,7 @@ fn add_verify_config(cfg: &TestConfig, scratch_base: &Path, probes: &[(&str, &st
         "\n[verify]\nscratch_dir = \"{}\"\ndocker_image = \"{IMAGE}\"\ntimeout_seconds = 600\nmemory_mb = 1024\n",
         scratch_base.display()
     ));
-    std::fs::write(&cfg.path, text).unwrap();
+    cfg.append(&text);
 }
 
 fn toml_str(s: &str) -> String {
@@ -201,16 +189,16 @@ fn fixture(tag: &str, probes: &[(&str, &str, &str)]) -> Fixture {
     let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo.clone()), "");
     let base = scratch.path().join("verify-scratch");
     add_verify_config(&cfg, &base, probes);
-    pg.psql("create table status(message text); insert into status values ('backup')");
+    create_status(&pg, "backup");
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     let id = backup(&cfg);
     for i in 0..3 {
-        pg.psql(&format!("update status set message = 'after {i}'"));
+        set_marker(&pg, &format!("after {i}"));
         pg.pgbench(&["-c", "1", "-t", "100", "-n"]);
         pg.switch_wal();
     }
-    pg.psql("update status set message = 'latest'");
-    archive_everything(&pg);
+    set_marker(&pg, "latest");
+    pg.archive_everything();
     Fixture {
         scratch,
         repo,
@@ -242,40 +230,18 @@ async fn verify_a_backup_taken_under_load_with_both_runtimes() {
             ),
         ],
     );
-    pg.psql("create table status(message text); insert into status values ('backup')");
+    create_status(&pg, "backup");
     pg.pgbench(&["-i", "-s", "5", "-q"]);
     // pgbench writes while the backup runs.
-    let mut load = harness::as_postgres(format!("{PG_BIN}/pgbench"))
-        .arg("-h")
-        .arg(&pg.socket_dir)
-        .args([
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-c",
-            "2",
-            "-T",
-            "25",
-            "-n",
-            "postgres",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let load = BackgroundLoad::start(&pg, 25);
     let id = backup(&cfg);
-    let _ = load.wait();
+    load.wait();
     // A moment to recover to by time: 'target', then a later commit.
-    pg.psql("update status set message = 'target'");
-    std::thread::sleep(Duration::from_millis(50));
-    let target =
-        pg.psql(r#"select to_char(now() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
-    std::thread::sleep(Duration::from_millis(50));
-    pg.psql("update status set message = 'latest'");
+    set_marker(&pg, "target");
+    let target = target_time(&pg, Duration::from_millis(50));
+    set_marker(&pg, "latest");
     pg.pgbench(&["-c", "1", "-t", "50", "-n"]);
-    archive_everything(&pg);
+    pg.archive_everything();
 
     // A scratch directory left by a verifier that was killed is removed by the next run.
     let stale = base.join("synapse-verify-2147483600-0");
@@ -374,10 +340,10 @@ async fn verify_a_backup_taken_under_load_with_both_runtimes() {
     }
 
     // --all-unverified: only the backup without a report.
-    pg.psql("update status set message = 'second'");
+    set_marker(&pg, "second");
     let second = backup(&cfg);
-    pg.psql("update status set message = 'after second'");
-    archive_everything(&pg);
+    set_marker(&pg, "after second");
+    pg.archive_everything();
     let (out, reports) = verify(&cfg, &["--all-unverified"], &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let reports = reports.unwrap();
@@ -603,10 +569,10 @@ async fn verify_isolates_the_scratch_instance() {
             ("only scratch is writable", &escape, "tried"),
         ],
     );
-    pg.psql("create table status(message text); insert into status values ('x')");
+    create_status(&pg, "x");
     backup(&cfg);
-    pg.psql("update status set message = 'y'");
-    archive_everything(&pg);
+    set_marker(&pg, "y");
+    pg.archive_everything();
 
     let mut runtimes = vec!["namespace"];
     if docker_ready("verify_isolates_the_scratch_instance") {

@@ -3,12 +3,11 @@
 //! replay to catch up, promotion, and multi-host connection strings.
 //!
 //! Shared by the standby-backup and failover tests: keep these signatures stable.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, as_postgres, run_ok, PgCluster, PG_BIN};
+use super::{append_conf, as_postgres, give_to_postgres, run_ok, tail, PgCluster, PG_BIN};
 
 /// How long a standby may take to start streaming or to catch up.
 pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -23,7 +22,7 @@ pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// is in recovery and its WAL receiver is streaming.
 pub fn start_standby(dir: &Path, primary: &PgCluster, extra_conf: &str) -> PgCluster {
     std::fs::create_dir_all(dir).expect("mkdir standby dir");
-    harness::give_to_postgres(dir);
+    give_to_postgres(dir);
     let pgdata = dir.join("pgdata");
     run_ok(
         as_postgres(format!("{PG_BIN}/pg_basebackup"))
@@ -33,7 +32,7 @@ pub fn start_standby(dir: &Path, primary: &PgCluster, extra_conf: &str) -> PgClu
             .args(["-X", "stream", "-c", "fast", "-R", "-D"])
             .arg(&pgdata),
     );
-    harness::append_conf(&pgdata, &format!("\nhot_standby = on\n{extra_conf}\n"));
+    append_conf(&pgdata, &format!("\nhot_standby = on\n{extra_conf}\n"));
     let mut standby = PgCluster::existing(dir, &pgdata);
     standby.start();
     wait_streaming(&standby);
@@ -102,7 +101,7 @@ fn wait_for(node: &PgCluster, what: &str, sql: &str) {
         if start.elapsed() > REPLICATION_TIMEOUT {
             panic!(
                 "timed out after {REPLICATION_TIMEOUT:?} waiting for {what}\nlog tail:\n{}",
-                harness::tail(&node.log_text(), 30)
+                tail(&node.log_text(), 30)
             );
         }
         std::thread::sleep(Duration::from_millis(200));
