@@ -7,6 +7,7 @@ mod backup;
 mod expire;
 mod failover;
 mod harness;
+mod kill_campaign;
 mod replica;
 mod restore;
 mod standby;
