@@ -9,6 +9,7 @@ mod backup;
 mod expire;
 mod failover;
 mod harness;
+mod kill_campaign;
 mod restore;
 mod standby;
 mod storage_suite;
