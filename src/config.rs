@@ -426,7 +426,8 @@ fn de_tz<'de, D: Deserializer<'de>>(d: D) -> Result<Option<chrono_tz::Tz>, D::Er
 }
 
 impl Config {
-    /// Find, read and validate the configuration.
+    /// Find, read and validate the configuration, with the environment's overrides: the one
+    /// place where the file, the environment and `--config` come together.
     pub fn load(flag: Option<&Path>) -> anyhow::Result<Config> {
         let (path, source) = located(flag);
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -435,15 +436,21 @@ impl Config {
                 path.display()
             ))
         })?;
-        Self::parse(&text).map_err(|e| usage(format!("config file {}: {e:#}", path.display())))
+        Self::resolve(&text, |k| std::env::var(k).ok())
+            .map_err(|e| usage(format!("config file {}: {e:#}", path.display())))
     }
 
-    /// Read and validate a config file's text, with the environment's overrides.
+    /// Read and validate a config file's text alone (no environment).
     pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Self::resolve(text, |_| None)
+    }
+
+    /// Read and validate a config file's text, with the environment variables `var` gives.
+    fn resolve(text: &str, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let mut cfg: Config<String> = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!("{}", e.message().trim()).context(describe_span(text, e.span()))
         })?;
-        if let Ok(days) = std::env::var(env::RETENTION_DAYS) {
+        if let Some(days) = var(env::RETENTION_DAYS) {
             cfg.repository.retention_days = days.trim().parse().with_context(|| {
                 format!("{}={days:?} is not a number of days", env::RETENTION_DAYS)
             })?;
@@ -758,6 +765,26 @@ pgdata = "/var/lib/postgresql/15/main"
         let analytics = example.cluster(Some("analytics")).unwrap();
         assert_eq!(analytics.backup_from, BackupFrom::PreferStandby);
         assert!(analytics.connection.contains("host=db1,db2"));
+    }
+
+    #[test]
+    fn retention_days_can_come_from_the_environment() {
+        let days = |v: &str| {
+            let v = v.to_string();
+            Config::resolve(MINIMAL, move |k| {
+                (k == env::RETENTION_DAYS).then(|| v.clone())
+            })
+        };
+        assert_eq!(days(" 7 ").unwrap().repository.retention_days, 7);
+        let err = format!("{:#}", days("a week").unwrap_err());
+        assert!(
+            err.contains("BACKUP_RETENTION_DAYS=\"a week\" is not a number of days"),
+            "{err}"
+        );
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().repository.retention_days,
+            30
+        );
     }
 
     #[test]
