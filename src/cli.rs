@@ -92,12 +92,22 @@ pub struct VerifyArgs {
     pub to: Option<String>,
     /// Where the scratch instance runs [default: `[verify] runtime`, else namespace on Linux].
     #[arg(long, value_enum)]
-    pub runtime: Option<crate::config::VerifyRuntime>,
+    pub runtime: Option<VerifyRuntime>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
+/// `verify --runtime` (converted to `config::VerifyRuntime` in `settings`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum VerifyRuntime {
+    /// The PostgreSQL binaries of this machine in new Linux namespaces (no daemon needed).
+    Namespace,
+    /// `docker run --network none` with `[verify] docker_image`.
+    Docker,
+}
+
+/// `--log-format` (converted to `logging::LogFormat` in `settings`).
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Text,

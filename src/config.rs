@@ -1,8 +1,12 @@
 //! The configuration file (TOML), resolved once into a validated `Config`.
 //!
 //! Where the file is: `--config FILE`, else `$SYNAPSE_BACKUP_CONFIG`, else
-//! `/etc/synapse-backup/config.toml`. Secrets never live in this file: S3 credentials come
-//! from the standard `AWS_*` environment variables or a 0600 `credentials_file`.
+//! `/etc/synapse-backup/config.toml` ([`config_path`]). [`Config::load`] is the one place that
+//! combines the file with the environment (`BACKUP_RETENTION_DAYS`, see [`crate::env`]).
+//! Schedules are parsed into [`Schedule`]s as the file loads: the types are generic over how a
+//! schedule is held (`String` as read, `Schedule` once parsed), and the rest of the program
+//! only sees the parsed form (the default). Secrets never live in this file: S3 credentials
+//! come from the standard `AWS_*` environment variables or a 0600 `credentials_file`.
 
 use std::path::{Path, PathBuf};
 
@@ -10,14 +14,36 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
+use crate::env;
 use crate::error::usage;
+use crate::schedule::Schedule;
 
 pub const DEFAULT_PATH: &str = "/etc/synapse-backup/config.toml";
-pub const ENV_PATH: &str = "SYNAPSE_BACKUP_CONFIG";
+/// Kept for callers not yet on [`config_path`]; the variable is declared in [`crate::env`].
+pub const ENV_PATH: &str = env::CONFIG;
 
+/// Where the config file is: `--config`, else `$SYNAPSE_BACKUP_CONFIG`, else the default.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    located(flag).0
+}
+
+/// The config file's path and what named it (for messages).
+fn located(flag: Option<&Path>) -> (PathBuf, &'static str) {
+    match flag {
+        Some(p) => (p.to_path_buf(), "--config"),
+        None => match std::env::var_os(env::CONFIG) {
+            Some(p) => (PathBuf::from(p), env::CONFIG),
+            None => (PathBuf::from(DEFAULT_PATH), "the default location"),
+        },
+    }
+}
+
+/// The configuration. `S` is how schedules are held: [`Schedule`] (parsed, what the program
+/// uses), or `String` while the file is being read.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+#[serde(bound(deserialize = "S: Deserialize<'de> + From<&'static str>"))]
+pub struct Config<S = Schedule> {
     /// How times without an offset are read. Default: the machine's zone.
     #[serde(default, deserialize_with = "de_tz")]
     pub timezone: Option<chrono_tz::Tz>,
@@ -27,20 +53,21 @@ pub struct Config {
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(rename = "cluster", default)]
-    pub clusters: Vec<ClusterConfig>,
+    pub clusters: Vec<ClusterConfig<S>>,
     /// `verify`: how scratch instances are run.
     #[serde(default)]
     pub verify: VerifyConfig,
     /// The long-running `agent`: schedules and the metrics endpoint.
     #[serde(default)]
-    pub agent: AgentConfig,
+    pub agent: AgentConfig<S>,
 }
 
 /// `[agent]`. Schedules are cron expressions of six fields, seconds first
 /// (`sec min hour day-of-month month day-of-week`), read in the configured `timezone`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AgentConfig {
+#[serde(bound(deserialize = "S: Deserialize<'de> + From<&'static str>"))]
+pub struct AgentConfig<S = Schedule> {
     /// Address of `/metrics` and `/healthz`.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -49,15 +76,15 @@ pub struct AgentConfig {
     pub parallel_clusters: bool,
     /// When to take each cluster's base backup (expire follows every successful backup).
     #[serde(default = "default_backup_schedule")]
-    pub backup_schedule: String,
+    pub backup_schedule: S,
     /// Verify each new backup right after it is taken (and expired).
     #[serde(default = "default_true")]
     pub verify_after_backup: bool,
     /// An extra schedule that verifies the newest backup.
-    pub verify_schedule: Option<String>,
+    pub verify_schedule: Option<S>,
 }
 
-impl Default for AgentConfig {
+impl<S: From<&'static str>> Default for AgentConfig<S> {
     fn default() -> Self {
         AgentConfig {
             listen: default_listen(),
@@ -154,7 +181,7 @@ impl Default for ArchiveConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
+pub struct ClusterConfig<S = Schedule> {
     pub name: String,
     pub pgdata: PathBuf,
     /// libpq-style connection string (`host=… port=… user=… dbname=…`). May list several
@@ -171,34 +198,34 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub verify_probe: Vec<VerifyProbe>,
     /// Agent: this cluster's backup schedule instead of `[agent] backup_schedule`.
-    pub backup_schedule: Option<String>,
+    pub backup_schedule: Option<S>,
     /// Agent: instead of `[agent] verify_after_backup`.
     pub verify_after_backup: Option<bool>,
     /// Agent: instead of `[agent] verify_schedule`.
-    pub verify_schedule: Option<String>,
+    pub verify_schedule: Option<S>,
 }
 
-impl ClusterConfig {
+impl<S> ClusterConfig<S> {
     /// The agent's backup schedule for this cluster.
-    pub fn backup_schedule<'a>(&'a self, agent: &'a AgentConfig) -> &'a str {
+    pub fn backup_schedule<'a>(&'a self, agent: &'a AgentConfig<S>) -> &'a S {
         self.backup_schedule
-            .as_deref()
+            .as_ref()
             .unwrap_or(&agent.backup_schedule)
     }
     /// Whether the agent verifies each new backup of this cluster.
-    pub fn verify_after_backup(&self, agent: &AgentConfig) -> bool {
+    pub fn verify_after_backup(&self, agent: &AgentConfig<S>) -> bool {
         self.verify_after_backup
             .unwrap_or(agent.verify_after_backup)
     }
     /// The agent's separate verify schedule for this cluster, if any.
-    pub fn verify_schedule<'a>(&'a self, agent: &'a AgentConfig) -> Option<&'a str> {
+    pub fn verify_schedule<'a>(&'a self, agent: &'a AgentConfig<S>) -> Option<&'a S> {
         self.verify_schedule
-            .as_deref()
-            .or(agent.verify_schedule.as_deref())
+            .as_ref()
+            .or(agent.verify_schedule.as_ref())
     }
 }
 
-impl ClusterConfig {
+impl<S> ClusterConfig<S> {
     /// The connection string without any password, for messages.
     pub fn connection_description(&self) -> String {
         if let Some((scheme, rest)) = self.connection.split_once("://") {
@@ -238,7 +265,7 @@ impl BackupFrom {
 }
 
 /// Where `verify` runs its scratch instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VerifyRuntime {
     /// The PostgreSQL binaries of this machine in new Linux namespaces (no daemon needed).
@@ -367,8 +394,8 @@ fn default_level() -> u32 {
 fn default_listen() -> String {
     "127.0.0.1:9187".into()
 }
-fn default_backup_schedule() -> String {
-    "0 0 2 * * *".into()
+fn default_backup_schedule<S: From<&'static str>>() -> S {
+    S::from("0 0 2 * * *")
 }
 fn default_connection() -> String {
     "host=/var/run/postgresql port=5432 user=postgres dbname=postgres".into()
@@ -399,37 +426,94 @@ fn de_tz<'de, D: Deserializer<'de>>(d: D) -> Result<Option<chrono_tz::Tz>, D::Er
 }
 
 impl Config {
-    /// Find, read and validate the configuration.
+    /// Find, read and validate the configuration, with the environment's overrides: the one
+    /// place where the file, the environment and `--config` come together.
     pub fn load(flag: Option<&Path>) -> anyhow::Result<Config> {
-        let (path, source) = match flag {
-            Some(p) => (p.to_path_buf(), "--config"),
-            None => match std::env::var_os(ENV_PATH) {
-                Some(p) => (PathBuf::from(p), ENV_PATH),
-                None => (PathBuf::from(DEFAULT_PATH), "the default location"),
-            },
-        };
+        let (path, source) = located(flag);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             usage(format!(
                 "cannot read config file {} (from {source}): {e}",
                 path.display()
             ))
         })?;
-        Self::parse(&text).map_err(|e| usage(format!("config file {}: {e:#}", path.display())))
+        Self::resolve(&text, |k| std::env::var(k).ok())
+            .map_err(|e| usage(format!("config file {}: {e:#}", path.display())))
     }
 
+    /// Read and validate a config file's text alone (no environment).
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+        Self::resolve(text, |_| None)
+    }
+
+    /// Read and validate a config file's text, with the environment variables `var` gives.
+    fn resolve(text: &str, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let mut cfg: Config<String> = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!("{}", e.message().trim()).context(describe_span(text, e.span()))
         })?;
-        if let Ok(days) = std::env::var("BACKUP_RETENTION_DAYS") {
+        if let Some(days) = var(env::RETENTION_DAYS) {
             cfg.repository.retention_days = days.trim().parse().with_context(|| {
-                format!("BACKUP_RETENTION_DAYS={days:?} is not a number of days")
+                format!("{}={days:?} is not a number of days", env::RETENTION_DAYS)
             })?;
         }
         cfg.validate()?;
-        Ok(cfg)
+        cfg.parse_schedules()
     }
+}
 
+impl Config<String> {
+    /// The same configuration with every schedule parsed; an error names the key.
+    fn parse_schedules(self) -> anyhow::Result<Config> {
+        let parse = |what: String, expr: String| {
+            Schedule::parse(&expr).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+        };
+        let agent = self.agent;
+        let agent = AgentConfig {
+            listen: agent.listen,
+            parallel_clusters: agent.parallel_clusters,
+            backup_schedule: parse("agent.backup_schedule".into(), agent.backup_schedule)?,
+            verify_after_backup: agent.verify_after_backup,
+            verify_schedule: agent
+                .verify_schedule
+                .map(|v| parse("agent.verify_schedule".into(), v))
+                .transpose()?,
+        };
+        let clusters = self
+            .clusters
+            .into_iter()
+            .map(|c| {
+                let key = |k: &str| format!("cluster {:?}: {k}", c.name);
+                Ok(ClusterConfig {
+                    backup_schedule: c
+                        .backup_schedule
+                        .map(|v| parse(key("backup_schedule"), v))
+                        .transpose()?,
+                    verify_schedule: c
+                        .verify_schedule
+                        .map(|v| parse(key("verify_schedule"), v))
+                        .transpose()?,
+                    name: c.name,
+                    pgdata: c.pgdata,
+                    connection: c.connection,
+                    backup_from: c.backup_from,
+                    pg_bin_dir: c.pg_bin_dir,
+                    verify_probe: c.verify_probe,
+                    verify_after_backup: c.verify_after_backup,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Config {
+            timezone: self.timezone,
+            repository: self.repository,
+            archive: self.archive,
+            backup: self.backup,
+            clusters,
+            verify: self.verify,
+            agent,
+        })
+    }
+}
+
+impl<S> Config<S> {
     fn validate(&self) -> anyhow::Result<()> {
         if self.clusters.is_empty() {
             bail!("no [[cluster]] configured");
@@ -484,27 +568,11 @@ impl Config {
                     self.agent.listen
                 )
             })?;
-        let check = |what: String, expr: &str| {
-            crate::agent::schedule::Schedule::parse(expr)
-                .map_err(|e| anyhow::anyhow!("{what}: {e}"))
-        };
-        check("agent.backup_schedule".into(), &self.agent.backup_schedule)?;
-        if let Some(v) = &self.agent.verify_schedule {
-            check("agent.verify_schedule".into(), v)?;
-        }
-        for c in &self.clusters {
-            if let Some(v) = &c.backup_schedule {
-                check(format!("cluster {:?}: backup_schedule", c.name), v)?;
-            }
-            if let Some(v) = &c.verify_schedule {
-                check(format!("cluster {:?}: verify_schedule", c.name), v)?;
-            }
-        }
         Ok(())
     }
 
     /// The cluster named by `--cluster`, or the only one.
-    pub fn cluster(&self, name: Option<&str>) -> anyhow::Result<&ClusterConfig> {
+    pub fn cluster(&self, name: Option<&str>) -> anyhow::Result<&ClusterConfig<S>> {
         let names = || {
             self.clusters
                 .iter()
@@ -636,12 +704,12 @@ pgdata = "/var/lib/postgresql/15/main"
         assert!(cfg.agent.verify_after_backup);
         let core = cfg.cluster(Some("core")).unwrap();
         let analytics = cfg.cluster(Some("analytics")).unwrap();
-        assert_eq!(core.backup_schedule(&cfg.agent), "0 0 2 * * *");
-        assert_eq!(analytics.backup_schedule(&cfg.agent), "0 30 3 * * *");
-        assert_eq!(core.verify_schedule(&cfg.agent), None);
+        assert_eq!(core.backup_schedule(&cfg.agent).expr(), "0 0 2 * * *");
+        assert_eq!(analytics.backup_schedule(&cfg.agent).expr(), "0 30 3 * * *");
+        assert_eq!(core.verify_schedule(&cfg.agent).map(Schedule::expr), None);
 
         let cfg = Config::parse(MINIMAL).unwrap();
-        assert_eq!(cfg.agent.backup_schedule, "0 0 2 * * *");
+        assert_eq!(cfg.agent.backup_schedule.expr(), "0 0 2 * * *");
         assert!(cfg.agent.verify_after_backup);
         let cfg = Config::parse(&format!(
             "[agent]\nverify_after_backup = false\nverify_schedule = \"0 0 3 * * Sun\"\n{MINIMAL}verify_after_backup = true\n"
@@ -649,7 +717,10 @@ pgdata = "/var/lib/postgresql/15/main"
         .unwrap();
         let core = cfg.cluster(None).unwrap();
         assert!(core.verify_after_backup(&cfg.agent));
-        assert_eq!(core.verify_schedule(&cfg.agent), Some("0 0 3 * * Sun"));
+        assert_eq!(
+            core.verify_schedule(&cfg.agent).map(Schedule::expr),
+            Some("0 0 3 * * Sun")
+        );
     }
 
     #[test]
@@ -694,6 +765,26 @@ pgdata = "/var/lib/postgresql/15/main"
         let analytics = example.cluster(Some("analytics")).unwrap();
         assert_eq!(analytics.backup_from, BackupFrom::PreferStandby);
         assert!(analytics.connection.contains("host=db1,db2"));
+    }
+
+    #[test]
+    fn retention_days_can_come_from_the_environment() {
+        let days = |v: &str| {
+            let v = v.to_string();
+            Config::resolve(MINIMAL, move |k| {
+                (k == env::RETENTION_DAYS).then(|| v.clone())
+            })
+        };
+        assert_eq!(days(" 7 ").unwrap().repository.retention_days, 7);
+        let err = format!("{:#}", days("a week").unwrap_err());
+        assert!(
+            err.contains("BACKUP_RETENTION_DAYS=\"a week\" is not a number of days"),
+            "{err}"
+        );
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().repository.retention_days,
+            30
+        );
     }
 
     #[test]

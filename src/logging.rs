@@ -2,7 +2,22 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The `--log-format` value that selects this format (for child processes).
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
 
 /// `default_level` applies unless `RUST_LOG` says otherwise.
 pub fn init(format: LogFormat, default_level: &str) {

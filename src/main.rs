@@ -8,8 +8,11 @@ use clap::Parser;
 use synapse_backup::cli::{Cli, Command};
 use synapse_backup::config::Config;
 use synapse_backup::error::{self, exit};
-use synapse_backup::pg::WalFileName;
 use synapse_backup::repo::Repository;
+use synapse_backup::settings::{
+    CheckSettings, ExpireSettings, ListSettings, WalFetchSettings, WalPrefetchSettings,
+    WalPushSettings,
+};
 use synapse_backup::storage::Storage;
 use synapse_backup::{commands, logging};
 
@@ -24,7 +27,7 @@ fn main() -> ExitCode {
         (0, false) | (1, _) => "info",
         _ => "debug",
     };
-    logging::init(cli.log_format, level);
+    logging::init(cli.log_format.into(), level);
     let is_fetch = matches!(cli.command, Command::WalFetch { .. });
 
     let runtime = if is_hook {
@@ -64,7 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return synapse_backup::agent::run(synapse_backup::agent::Options {
             config: cli.config,
-            log_format: cli.log_format,
+            log_format: cli.log_format.into(),
             verbose: cli.verbose,
         })
         .await;
@@ -75,33 +78,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo = Repository::new(&storage, &cluster.name);
     match cli.command {
         Command::WalPush { path, file_name } => {
-            if let Some(f) = file_name {
-                if path.file_name().and_then(|s| s.to_str()) != Some(f.as_str()) {
-                    return Err(error::usage(format!(
-                        "file name {f:?} does not match path {}",
-                        path.display()
-                    )));
-                }
-            }
-            commands::wal_push::run(&repo, &config.archive, &path).await
+            let push = WalPushSettings::from_args(path, file_name)?;
+            commands::wal_push::run(&repo, &config.archive, &push).await
         }
         Command::WalFetch {
             name,
             dest,
             timeline,
         } => {
-            let name: WalFileName =
-                name.parse()
-                    .map_err(|e: synapse_backup::pg::walname::ParseWalNameError| {
-                        error::usage(e.to_string())
-                    })?;
+            let fetch = WalFetchSettings::from_args(&name, dest, timeline)?;
             let prefetch = commands::wal_fetch::PrefetchSpawn {
                 count: config.archive.prefetch,
                 config: cli.config.clone(),
                 cluster: cli.cluster.clone(),
             };
-            let timeline = timeline.map(synapse_backup::pg::TimelineId);
-            commands::wal_fetch::run(&repo, &prefetch, &name, &dest, timeline).await
+            commands::wal_fetch::run(&repo, &prefetch, &fetch).await
         }
         Command::WalPrefetch {
             after,
@@ -110,23 +101,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             segment_size,
             timeline,
         } => {
-            let after: synapse_backup::pg::WalSegmentName =
-                after
-                    .parse()
-                    .map_err(|e: synapse_backup::pg::walname::ParseWalNameError| {
-                        error::usage(e.to_string())
-                    })?;
-            let size = synapse_backup::pg::WalSegmentSize::new(segment_size)
-                .ok_or_else(|| error::usage(format!("invalid segment size {segment_size}")))?;
-            let timeline = timeline.map(synapse_backup::pg::TimelineId);
-            commands::wal_fetch::prefetch(&repo, &after, &spool, count, size, timeline).await
+            let prefetch =
+                WalPrefetchSettings::from_args(&after, spool, count, segment_size, timeline)?;
+            commands::wal_fetch::prefetch(&repo, &prefetch).await
         }
         Command::Backup => commands::backup::run(&config, cluster, &repo).await,
-        Command::List { json } => commands::list::run(&config, &repo, json).await,
+        Command::List { json } => commands::list::run(&config, &repo, ListSettings { json }).await,
         Command::Expire { dry_run, now, json } => {
-            commands::expire::run(&config, &repo, dry_run, now.as_deref(), json).await
+            let expire =
+                ExpireSettings::from_args(dry_run, now.as_deref(), json, config.timezone())?;
+            commands::expire::run(&config, &repo, expire).await
         }
-        Command::Check => commands::check::run(&config, cluster, &repo).await,
+        Command::Check => {
+            commands::check::run(&config, cluster, &repo, CheckSettings::from_env()).await
+        }
         Command::Restore(args) => {
             commands::restore::run(&config, cluster, &repo, &args, cli.config.as_deref()).await
         }

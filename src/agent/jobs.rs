@@ -1,6 +1,7 @@
 //! Per cluster: a queue, one worker that runs the queued jobs one at a time (so jobs of a
-//! cluster never overlap), a scheduler task per schedule that queues jobs at fire time, and a
-//! repository refresher that feeds the metrics and decides about a missed run at start-up.
+//! cluster never overlap), a timer per schedule (registered with the agent's job scheduler,
+//! see [`super::schedule`]) that queues jobs at fire time, and a repository refresher that
+//! feeds the metrics and decides about a missed run at start-up.
 //!
 //! A job chain (backup, then expire after a successful backup, then verify) takes a permit of
 //! the shared gate first: one chain at a time across clusters, unless `parallel_clusters`.
@@ -20,11 +21,12 @@ use tracing::Instrument;
 
 use super::facts::{self, RepoReader};
 use super::metrics::{JobKind, NewestBackup, VerifyResult};
-use super::schedule::{self, Schedule};
+use super::schedule::{self, Timers};
 use super::Shared;
 use crate::config::{BackupFrom, ClusterConfig, Config};
 use crate::repo::manifest::{BackupId, BackupManifest};
 use crate::repo::Repository;
+use crate::settings::ExpireSettings;
 use crate::storage::Storage;
 
 /// How often the repository is read for the metrics when nothing else asks.
@@ -37,6 +39,8 @@ const LOCK_RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 const VERIFY_STOP_GRACE: Duration = Duration::from_secs(5);
 /// `synapse-backup verify` exits with this when the backup failed verification.
 const VERIFY_FAILED_EXIT: i32 = crate::error::exit::VERIFY_FAILED as i32;
+/// `synapse-backup verify` exits with this for a usage or config problem.
+const USAGE_EXIT: i32 = crate::error::exit::USAGE as i32;
 
 /// What a queue entry starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,15 +133,23 @@ struct ClusterHandle {
 }
 
 /// All clusters' handles.
-#[derive(Default)]
 pub struct Clusters {
+    timers: Timers,
     handles: BTreeMap<String, ClusterHandle>,
     retired: Vec<JoinHandle<()>>,
 }
 
 impl Clusters {
+    pub fn new(timers: Timers) -> Self {
+        Clusters {
+            timers,
+            handles: BTreeMap::new(),
+            retired: Vec::new(),
+        }
+    }
+
     /// Bring the running clusters in line with `cfg` (at start-up and after each reload).
-    pub fn apply(&mut self, shared: &Arc<Shared>, cfg: &Arc<Config>) {
+    pub async fn apply(&mut self, shared: &Arc<Shared>, cfg: &Arc<Config>) {
         shared.set_config(cfg.clone());
         let zone = cfg.timezone();
         let retention = f64::from(cfg.repository.retention_days) * 86_400.0;
@@ -205,81 +217,56 @@ impl Clusters {
             handle.refresh.notify_one();
             let backup = cluster.backup_schedule(&cfg.agent);
             let verify = cluster.verify_schedule(&cfg.agent);
-            for (trigger, expr) in [(Trigger::Backup, Some(backup)), (Trigger::Verify, verify)] {
-                let Some(expr) = expr else { continue };
-                match Schedule::parse(expr) {
-                    Ok(s) => {
-                        tracing::info!(
-                            cluster = %name,
-                            job = trigger.job().name(),
-                            schedule = s.expr(),
-                            %zone,
-                            next = %s.next_after(Utc::now(), zone).map_or("never".into(), |t| t.with_timezone(&zone).to_rfc3339()),
-                            "scheduled"
-                        );
-                        handle.tasks.push(tokio::spawn(scheduler(
-                            shared.clone(),
-                            name.clone(),
-                            trigger,
-                            s,
-                            zone,
-                            handle.queue.clone(),
-                            handle.schedules.clone(),
-                        )));
+            for (trigger, s) in [(Trigger::Backup, Some(backup)), (Trigger::Verify, verify)] {
+                let Some(s) = s else { continue };
+                tracing::info!(
+                    cluster = %name,
+                    job = trigger.job().name(),
+                    schedule = s.expr(),
+                    %zone,
+                    next = %s.next_after(Utc::now(), zone).map_or("never".into(), |t| t.with_timezone(&zone).to_rfc3339()),
+                    "scheduled"
+                );
+                let on_next = {
+                    let (shared, cluster, expr) =
+                        (shared.clone(), name.clone(), s.expr().to_string());
+                    move |next: Option<chrono::DateTime<Utc>>| match next {
+                        Some(next) => {
+                            shared.with_cluster(&cluster, |c| {
+                                c.job(trigger.job()).next_run = Some(next.timestamp() as f64);
+                            });
+                        }
+                        None => {
+                            tracing::warn!(cluster = %cluster, schedule = %expr, "the schedule fires no more")
+                        }
                     }
-                    // Config validation parses every schedule; this is only a safety net.
-                    Err(e) => tracing::error!(cluster = %name, "not scheduled: {e}"),
+                };
+                let on_fire = {
+                    let (queue, cluster) = (handle.queue.clone(), name.clone());
+                    move || {
+                        queue.push(&cluster, trigger, "scheduled run");
+                    }
+                };
+                let registered = self
+                    .timers
+                    .every(s.clone(), zone, handle.schedules.clone(), on_next, on_fire)
+                    .await;
+                if let Err(e) = registered {
+                    tracing::error!(cluster = %name, "not scheduled: {e:#}");
                 }
             }
             handle.tasks.retain(|t| !t.is_finished());
         }
     }
 
-    /// Wait for every task (after the shutdown token was cancelled).
+    /// Wait for every task (after the shutdown token was cancelled), and stop the timers.
     pub async fn join(&mut self) {
         let mut all: Vec<JoinHandle<()>> = std::mem::take(&mut self.retired);
         for (_, h) in std::mem::take(&mut self.handles) {
             all.extend(h.tasks);
         }
         futures::future::join_all(all).await;
-    }
-}
-
-/// Queue `trigger` at each fire time of `schedule`, following the wall clock.
-async fn scheduler(
-    shared: Arc<Shared>,
-    cluster: String,
-    trigger: Trigger,
-    schedule: Schedule,
-    zone: chrono_tz::Tz,
-    queue: Arc<JobQueue>,
-    stop: CancellationToken,
-) {
-    loop {
-        let Some(next) = schedule.next_after(Utc::now(), zone) else {
-            tracing::warn!(cluster = %cluster, schedule = schedule.expr(), "the schedule fires no more");
-            return;
-        };
-        shared.with_cluster(&cluster, |c| {
-            c.job(trigger.job()).next_run = Some(next.timestamp() as f64);
-        });
-        // Sleep in steps of at most a minute, so a clock step (NTP, suspend) cannot move the
-        // fire time by more than that.
-        loop {
-            let now = Utc::now();
-            if now >= next {
-                break;
-            }
-            let wait = (next - now)
-                .to_std()
-                .unwrap_or_default()
-                .min(Duration::from_secs(60));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => return,
-            }
-        }
-        queue.push(&cluster, trigger, "scheduled run");
+        self.timers.shutdown().await;
     }
 }
 
@@ -345,9 +332,7 @@ fn check_missed_run(
     last_start: Option<chrono::DateTime<Utc>>,
     queue: &JobQueue,
 ) {
-    let Ok(s) = Schedule::parse(cluster.backup_schedule(&cfg.agent)) else {
-        return;
-    };
+    let s = cluster.backup_schedule(&cfg.agent);
     let zone = cfg.timezone();
     let latest_fire = s.prev_at_or_before(Utc::now(), zone);
     if schedule::missed_run(last_start, latest_fire) {
@@ -588,7 +573,7 @@ async fn backup(
 async fn expire(shared: &Shared, cfg: &Config, cluster: &ClusterConfig) -> anyhow::Result<()> {
     let repo = repository(cfg, cluster)?;
     tokio::select! {
-        r = crate::commands::expire::run(cfg, &repo, false, None, false) => r,
+        r = crate::commands::expire::run(cfg, &repo, ExpireSettings::default()) => r,
         _ = shared.shutdown.cancelled() => {
             release_own_lock(&repo).await;
             bail!("aborted: the agent is stopping")
@@ -638,10 +623,7 @@ async fn verify(shared: &Shared, cluster: &str, id: &BackupId) -> anyhow::Result
         .arg("--cluster")
         .arg(cluster)
         .arg("--log-format")
-        .arg(match shared.options.log_format {
-            crate::cli::LogFormat::Text => "text",
-            crate::cli::LogFormat::Json => "json",
-        });
+        .arg(shared.options.log_format.as_arg());
     for _ in 0..shared.options.verbose {
         cmd.arg("-v");
     }
@@ -666,7 +648,7 @@ async fn verify(shared: &Shared, cluster: &str, id: &BackupId) -> anyhow::Result
             "backup {id} failed verification (the verify process's log lines above say why)"
         ))
         .into()),
-        Some(2) => bail!(
+        Some(USAGE_EXIT) => bail!(
             "`synapse-backup verify --backup {id}` exited with 2 (usage): this build may have no verify command, \
              or the config is not usable for it (see the log lines above)"
         ),

@@ -12,8 +12,8 @@
 //!   no manifest, so it is never listed (expire removes them later). A running verification
 //!   gets SIGTERM, then SIGKILL after 5 s.
 //!
-//! Module map: [`schedule`] (cron in the configured zone, missed runs), [`jobs`] (per-cluster
-//! queue, worker, scheduler, repository refresher), [`metrics`] (what `/metrics` says),
+//! Module map: [`schedule`] (the timers on `tokio-cron-scheduler`, missed runs), [`jobs`]
+//! (per-cluster queue, worker, timers, repository refresher), [`metrics`] (what `/metrics` says),
 //! [`facts`] (reading the repository and PostgreSQL), [`http`] (the endpoint).
 
 pub mod facts;
@@ -33,8 +33,8 @@ use chrono::Utc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::LogFormat;
 use crate::config::{self, Config};
+use crate::logging::LogFormat;
 use metrics::{AgentMetrics, ClusterMetrics};
 
 /// How long the agent may take to stop after SIGTERM/SIGINT before it exits regardless.
@@ -91,17 +91,6 @@ impl Shared {
     }
 }
 
-/// Where the config file is: `--config`, else `$SYNAPSE_BACKUP_CONFIG`, else the default
-/// (as `Config::load` resolves it). The agent needs the path to reload it and to lock it.
-fn config_path(flag: Option<&Path>) -> PathBuf {
-    match flag {
-        Some(p) => p.to_path_buf(),
-        None => std::env::var_os(config::ENV_PATH)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH)),
-    }
-}
-
 /// The exclusive lock that makes an agent the only one for its config file.
 struct InstanceLock {
     file: std::fs::File,
@@ -145,7 +134,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("handle SIGHUP")?;
-    let path = config_path(options.config.as_deref());
+    // The agent needs the path to reload the config and to lock it.
+    let path = config::config_path(options.config.as_deref());
     let config = Arc::new(Config::load(Some(&path))?);
     let mut instance = InstanceLock::acquire(&path)?;
     let listen: std::net::SocketAddr = config.agent.listen.parse().context("agent.listen")?;
@@ -174,8 +164,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     });
 
     let server = tokio::spawn(http::serve(listener, shared.clone()));
-    let mut clusters = jobs::Clusters::default();
-    clusters.apply(&shared, &config);
+    let mut clusters = jobs::Clusters::new(schedule::Timers::start().await?);
+    clusters.apply(&shared, &config).await;
     tracing::info!(
         config = %path.display(),
         clusters = %config.clusters.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","),
@@ -187,7 +177,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => reload(&shared, &mut clusters, &mut instance, &path),
+            _ = sighup.recv() => reload(&shared, &mut clusters, &mut instance, &path).await,
         }
     };
 
@@ -214,7 +204,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: load the config again; keep the old one when the new one does not load.
-fn reload(
+async fn reload(
     shared: &Arc<Shared>,
     clusters: &mut jobs::Clusters,
     instance: &mut InstanceLock,
@@ -253,7 +243,7 @@ fn reload(
             "SIGHUP: agent.parallel_clusters changed; it takes effect at the next start"
         );
     }
-    clusters.apply(shared, &new);
+    clusters.apply(shared, &new).await;
     {
         let mut m = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
         m.reload_ok = true;

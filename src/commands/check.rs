@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::config::{ClusterConfig, Config};
 use crate::pg::{self, WalFileName};
 use crate::repo::Repository;
+use crate::settings::CheckSettings;
 use crate::storage::Put;
 
 struct Outcome {
@@ -30,6 +31,7 @@ pub async fn run(
     _config: &Config,
     cluster: &ClusterConfig,
     repo: &Repository,
+    settings: CheckSettings,
 ) -> anyhow::Result<()> {
     let mut out = Outcome { failed: Vec::new() };
     out.report("store", check_store(repo).await);
@@ -68,7 +70,10 @@ pub async fn run(
         None => {}
         Some(Err(e)) => out.report("archiving", Err(e.context("connect to the primary"))),
         Some(Ok(primary)) => {
-            out.report("archiving", check_archiving(repo, &primary).await);
+            out.report(
+                "archiving",
+                check_archiving(repo, &primary, settings.archive_timeout).await,
+            );
             primary.close().await;
         }
     }
@@ -158,6 +163,7 @@ async fn check_conflicts(repo: &Repository) -> anyhow::Result<String> {
 async fn check_archiving(
     repo: &Repository,
     session: &pg::client::Session,
+    timeout: Duration,
 ) -> anyhow::Result<String> {
     let status = session.archiver_status().await?;
     let segment = session.switch_wal().await?;
@@ -165,11 +171,8 @@ async fn check_archiving(
         return Ok(format!("nothing to archive; {status}"));
     };
     let name = WalFileName::Segment(segment);
-    let wait = std::env::var("SYNAPSE_CHECK_TIMEOUT_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let deadline = Instant::now() + Duration::from_secs(wait);
+    let wait = timeout.as_secs();
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if repo.wal_header(&name).await?.is_some() {
             return Ok(format!("{name} reached the repository"));

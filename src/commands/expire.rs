@@ -15,6 +15,7 @@ use crate::repo::layout;
 use crate::repo::lock::RepoLock;
 use crate::repo::manifest::BackupId;
 use crate::repo::Repository;
+use crate::settings::ExpireSettings;
 
 /// Parts of a backup without a manifest are an interrupted backup's leftovers once the
 /// backup started this long ago (a running backup also holds the lock).
@@ -46,18 +47,10 @@ struct BackupReport {
 pub async fn run(
     config: &Config,
     repo: &Repository,
-    dry_run: bool,
-    now: Option<&str>,
-    json: bool,
+    settings: ExpireSettings,
 ) -> anyhow::Result<()> {
-    let now = match now {
-        Some(s) => {
-            crate::timeparse::parse_target_time(s, config.timezone())
-                .map_err(|e| crate::error::usage(format!("--now: {e}")))?
-                .utc
-        }
-        None => Utc::now(),
-    };
+    let ExpireSettings { dry_run, now, json } = settings;
+    let now = now.unwrap_or_else(Utc::now);
     let lock = if dry_run {
         None
     } else {

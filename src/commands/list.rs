@@ -9,6 +9,7 @@ use crate::repo::manifest::BackupManifest;
 use crate::repo::timelines::Timelines;
 use crate::repo::window;
 use crate::repo::Repository;
+use crate::settings::ListSettings;
 
 /// One backup in `list --json` (format documented in the README).
 #[derive(Debug, Serialize)]
@@ -91,7 +92,8 @@ fn window_summary(win: &window::Window) -> WindowSummary {
     }
 }
 
-pub async fn run(config: &Config, repo: &Repository, json: bool) -> anyhow::Result<()> {
+pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> anyhow::Result<()> {
+    let json = settings.json;
     let backups = repo.list_backups().await?;
     let (latest, timelines) = load_windows(repo, &backups).await?;
     let win = timelines

@@ -101,7 +101,7 @@ pub async fn run(
     };
     let opts = Options {
         to,
-        runtime: args.runtime.unwrap_or(config.verify.runtime),
+        runtime: args.runtime.map_or(config.verify.runtime, Into::into),
     };
     let backups = repo.list_backups().await.context("list backups")?;
     let Some(newest) = backups.iter().max_by_key(|b| (b.stop_lsn, b.stop_time)) else {

@@ -19,6 +19,7 @@ use crate::error::Failure;
 use crate::pg::history::{TimelineHistory, TimelinePath};
 use crate::pg::{TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
 use crate::repo::Repository;
+use crate::settings::{WalFetchSettings, WalPrefetchSettings};
 
 /// How to start the background prefetcher: this binary with the same config and cluster.
 pub struct PrefetchSpawn {
@@ -34,10 +35,9 @@ const PREFETCH_CONCURRENCY: usize = 4;
 pub async fn run(
     repo: &Repository,
     prefetch: &PrefetchSpawn,
-    name: &WalFileName,
-    dest: &Path,
-    timeline: Option<TimelineId>,
+    fetch: &WalFetchSettings,
 ) -> anyhow::Result<()> {
+    let (name, dest, timeline) = (&fetch.name, fetch.dest.as_path(), fetch.timeline);
     let wal_dir = dest
         .parent()
         .map(Path::to_path_buf)
@@ -235,14 +235,15 @@ fn prefetcher_running(spool: &Path) -> bool {
 
 /// `wal-prefetch` (internal): download the `count` segments after `after` into `spool`.
 /// Failures only mean less prefetch: the call that needs a file reports them.
-pub async fn prefetch(
-    repo: &Repository,
-    after: &WalSegmentName,
-    spool: &Path,
-    count: usize,
-    size: WalSegmentSize,
-    timeline: Option<TimelineId>,
-) -> anyhow::Result<()> {
+pub async fn prefetch(repo: &Repository, settings: &WalPrefetchSettings) -> anyhow::Result<()> {
+    let WalPrefetchSettings {
+        after,
+        spool,
+        count,
+        segment_size: size,
+        timeline,
+    } = settings;
+    let (spool, count, size, timeline) = (spool.as_path(), *count, *size, *timeline);
     let pid_file = spool.join(PID_FILE);
     let mine = std::process::id().to_string();
     // Claim the spool: create-only, or take over a dead prefetcher's file.

@@ -21,12 +21,17 @@ use crate::pg::walscan::{self, LongPageHeader};
 use crate::pg::{SystemId, WalFileName};
 use crate::repo::layout::FORMAT_VERSION;
 use crate::repo::{Archived, Repository, RepositoryInfo};
+use crate::settings::WalPushSettings;
 
 /// Where look-ahead markers live, inside `pg_wal`.
 const SPOOL: &str = "synapse_spool";
 
-pub async fn run(repo: &Repository, cfg: &ArchiveConfig, path: &Path) -> anyhow::Result<()> {
-    let name = file_name(path)?;
+pub async fn run(
+    repo: &Repository,
+    cfg: &ArchiveConfig,
+    push: &WalPushSettings,
+) -> anyhow::Result<()> {
+    let (path, name) = (push.path.as_path(), push.name);
     let wal_dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -75,16 +80,6 @@ pub async fn run(repo: &Repository, cfg: &ArchiveConfig, path: &Path) -> anyhow:
     let result = push_one(repo, &limits, &name, path, cfg.compress_level).await;
     while tasks.join_next().await.is_some() {}
     result.map(|_| ())
-}
-
-/// The file name PostgreSQL archives (`%f`), from the path.
-fn file_name(path: &Path) -> anyhow::Result<WalFileName> {
-    let base = path
-        .file_name()
-        .and_then(|s| s.to_str())
-        .ok_or_else(|| usage(format!("{}: not a WAL file path", path.display())))?;
-    base.parse()
-        .map_err(|e: crate::pg::walname::ParseWalNameError| usage(e.to_string()))
 }
 
 /// Bounds on memory and CPU for one call: whole segments are held in memory one at a time,
