@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use synapse_backup::repo::lock::RepoLock;
 use synapse_backup::repo::Repository;
-use synapse_backup::storage::Storage;
 
 use crate::harness::{self, give_to_postgres, tail, PgCluster, Scratch, BIN};
 
@@ -181,13 +181,8 @@ fn metrics(port: u16) -> String {
 }
 
 fn repo(setup: &Setup, cluster: &str) -> Repository {
-    let storage = Storage::open(
-        &synapse_backup::config::Config::load(Some(&setup.config))
-            .unwrap()
-            .repository,
-    )
-    .unwrap();
-    Repository::new(&storage, cluster)
+    let config = synapse_backup::config::Config::load(Some(&setup.config)).unwrap();
+    Repository::open(&config.repository, cluster).unwrap()
 }
 
 fn unix_now() -> f64 {
@@ -373,7 +368,7 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
         assert_eq!(after, before, "{}", tail(&log, 40));
     }
     assert!(
-        core.storage().get("lock.json").await.unwrap().is_none(),
+        !RepoLock::is_held(&core).await.unwrap(),
         "the aborted backup's lock was left behind:\n{}",
         tail(&log, 40)
     );

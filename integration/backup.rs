@@ -4,7 +4,6 @@ use std::io::Read;
 use std::time::Duration;
 
 use synapse_backup::codec::Sha256;
-use synapse_backup::repo::layout;
 
 use crate::harness::{
     self, archiving_cluster, code, repository, stderr, PgCluster, RepoTarget, Scratch, TestConfig,
@@ -74,12 +73,7 @@ async fn backup_under_load_is_complete_and_listed() {
     // Every part's hash matches the manifest, and every file's content hash too.
     let mut seen = 0;
     for (i, part) in m.parts.iter().enumerate() {
-        let bytes = repo
-            .storage()
-            .get(&layout::part_key(&m.id, &part.key))
-            .await
-            .unwrap()
-            .unwrap();
+        let bytes = repo.get_part(&m.id, &part.key).await.unwrap().unwrap();
         assert_eq!(bytes.len() as u64, part.size);
         assert_eq!(Sha256::of(&bytes), part.sha256, "part {}", part.key);
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));

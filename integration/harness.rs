@@ -539,8 +539,5 @@ pub fn append_conf(pgdata: &Path, conf: &str) {
 
 pub fn repository(cfg: &TestConfig) -> synapse_backup::repo::Repository {
     let config = synapse_backup::config::Config::load(Some(&cfg.path)).expect("config");
-    synapse_backup::repo::Repository::new(
-        &synapse_backup::storage::Storage::open(&config.repository).expect("storage"),
-        "core",
-    )
+    synapse_backup::repo::Repository::open(&config.repository, "core").expect("repository")
 }

@@ -10,7 +10,6 @@ use synapse_backup::config::Config;
 use synapse_backup::error::{self, exit};
 use synapse_backup::pg::WalFileName;
 use synapse_backup::repo::Repository;
-use synapse_backup::storage::Storage;
 use synapse_backup::{commands, logging};
 
 fn main() -> ExitCode {
@@ -71,8 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref())?;
     let cluster = config.cluster(cli.cluster.as_deref())?;
-    let storage = Storage::open(&config.repository)?;
-    let repo = Repository::new(&storage, &cluster.name);
+    let repo = Repository::open(&config.repository, &cluster.name)?;
     match cli.command {
         Command::WalPush { path, file_name } => {
             if let Some(f) = file_name {
