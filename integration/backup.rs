@@ -110,6 +110,35 @@ async fn backup_under_load_is_complete_and_listed() {
     assert!(v["window"]["wal_end_lsn"].is_string());
 }
 
+/// Backups started within one second get distinct ids (`…Z`, `…Z-2`, …): a retry loop or an
+/// operator's script never hits "already exists".
+#[tokio::test(flavor = "multi_thread")]
+async fn back_to_back_backups_all_succeed_and_are_listed() {
+    if harness::skip("back_to_back_backups_all_succeed_and_are_listed") {
+        return;
+    }
+    let scratch = Scratch::new("backup-burst");
+    let repo_dir = scratch.subdir("repo");
+    let (_pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo_dir), "");
+    let ids: Vec<String> = (0..3).map(|_| backup_ok(&cfg)).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "ids must differ: {ids:?}");
+
+    let repo = repository(&cfg);
+    let listed: Vec<String> = (repo.list_backups().await.unwrap().iter())
+        .map(|m| m.id.to_string())
+        .collect();
+    assert_eq!(listed, ids, "listed oldest first, in the order taken");
+    let out = cfg.run(&["list", "--json"]);
+    assert_eq!(code(&out), 0, "list: {}", stderr(&out));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json_ids: Vec<&str> = (listing["backups"].as_array().unwrap().iter())
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_ids, ids);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_backup_is_not_listed_and_next_one_succeeds() {
     if harness::skip("killed_backup_is_not_listed_and_next_one_succeeds") {

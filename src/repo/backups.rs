@@ -4,6 +4,7 @@
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use super::layout::{self, BackupKey};
@@ -122,9 +123,9 @@ impl Repository {
         layout::part_key(id, part)
     }
 
-    /// Every backup directory, with or without a manifest, by name (one listing).
+    /// Every backup directory, with or without a manifest, oldest id first (one listing).
     pub async fn backup_dirs(&self) -> anyhow::Result<Vec<BackupDir>> {
-        let mut dirs: Vec<BackupDir> = Vec::new();
+        let mut dirs: std::collections::BTreeMap<String, BackupDir> = Default::default();
         for e in self.storage.list(layout::BACKUPS_DIR).await? {
             let Some(parsed) = layout::parse_backup_key(&e.key) else {
                 continue;
@@ -134,19 +135,19 @@ impl Repository {
                 | BackupKey::Report { dir, .. }
                 | BackupKey::Other { dir } => dir,
             };
-            if dirs.last().is_none_or(|d| d.name != dir) {
-                dirs.push(BackupDir {
-                    name: dir.to_string(),
-                    has_manifest: false,
-                    objects: 0,
-                    bytes: 0,
-                });
-            }
-            let d = dirs.last_mut().expect("just pushed");
+            let d = dirs.entry(dir.to_string()).or_insert_with(|| BackupDir {
+                name: dir.to_string(),
+                has_manifest: false,
+                objects: 0,
+                bytes: 0,
+            });
             d.has_manifest |= matches!(parsed, BackupKey::Manifest { .. });
             d.objects += 1;
             d.bytes += e.size;
         }
+        // By id value (`…Z-2` lists before `…Z/`); names that are no id first.
+        let mut dirs: Vec<BackupDir> = dirs.into_values().collect();
+        dirs.sort_by_cached_key(|d| (d.id(), d.name.clone()));
         Ok(dirs)
     }
 
@@ -161,6 +162,17 @@ impl Repository {
     /// Whether anything is stored under backup `id` (its manifest or any part).
     pub async fn backup_exists(&self, id: &BackupId) -> anyhow::Result<bool> {
         Ok(!self.storage.list(&layout::backup_dir(id)).await?.is_empty())
+    }
+
+    /// The id for a backup starting at `start`: the first of that second (`…Z`, then
+    /// `…Z-2`, `…Z-3`, …) that nothing is stored under. Call it holding the lock, so that no
+    /// other backup is choosing at the same time.
+    pub async fn new_backup_id(&self, start: DateTime<Utc>) -> anyhow::Result<BackupId> {
+        let mut id = BackupId::from_time(start);
+        while self.backup_exists(&id).await? {
+            id = id.next();
+        }
+        Ok(id)
     }
 
     /// Remove a backup: its manifest first (it stops existing at once), then everything
@@ -258,9 +270,16 @@ mod tests {
             "{err}"
         );
 
+        let at = "2024-01-01T02:00:00.9Z".parse().unwrap();
+        assert_eq!(
+            repo.new_backup_id(at).await.unwrap().as_str(),
+            "20240101T020000Z-3"
+        );
+
         repo.delete_backup(&a).await.unwrap();
         repo.delete_backup_dir(a2.as_str()).await.unwrap();
         assert!(repo.backup_dirs().await.unwrap().is_empty());
         assert!(!repo.backup_exists(&a2).await.unwrap());
+        assert_eq!(repo.new_backup_id(at).await.unwrap(), a);
     }
 }

@@ -415,6 +415,23 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn commit_times_round_trip_through_the_header() {
+        let commits = WalCommits {
+            first_commit: Some("2024-01-01T10:00:00Z".parse().unwrap()),
+            last_commit: Some("2024-01-01T12:00:00.123456Z".parse().unwrap()),
+        };
+        let extra = commits.to_extra();
+        assert_eq!(
+            extra.keys().collect::<Vec<_>>(),
+            ["first_commit", "last_commit"]
+        );
+        let (_, header) = codec::compress(b"x", 1, extra);
+        assert_eq!(WalCommits::of(&header), commits);
+        let (_, none) = codec::compress(b"x", 1, WalCommits::default().to_extra());
+        assert_eq!(WalCommits::of(&none), WalCommits::default());
+    }
+
     #[tokio::test]
     async fn wal_put_is_idempotent_and_never_overwrites() {
         let repo = Repository::in_memory("core");

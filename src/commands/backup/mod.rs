@@ -138,12 +138,7 @@ async fn backup_locked(
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
     let start_time = Utc::now();
-    // Under the lock no other backup is starting: the first id of this second that nothing
-    // is stored under is ours (`…Z`, then `…Z-2`, `…Z-3`, …).
-    let mut id = BackupId::from_time(start_time);
-    while repo.backup_exists(&id).await? {
-        id = id.next();
-    }
+    let id = repo.new_backup_id(start_time).await?;
     tracing::info!(backup_id = %id, cluster = %cluster.name, "starting backup");
     let start_lsn = session
         .backup_start(
