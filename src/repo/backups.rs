@@ -266,7 +266,10 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
-            err.contains("backups/20240101T020000Z-2/data-01.tar.gz: the part is missing"),
+            err.contains(&format!(
+                "{}: the part is missing",
+                repo.part_location(&a2, "data-01.tar.gz")
+            )),
             "{err}"
         );
 

@@ -349,11 +349,11 @@ pub(super) mod tests {
         let mut bad = json.clone();
         let i = String::from_utf8_lossy(&bad).find("primary").unwrap();
         bad[i] = b'P';
-        let err = from_checked_json(&bad, "backups/x/manifest.json")
+        let err = from_checked_json(&bad, "x/manifest.json")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("backups/x/manifest.json") && err.contains("corrupt"),
+            err.contains("x/manifest.json") && err.contains("corrupt"),
             "{err}"
         );
     }
