@@ -151,14 +151,6 @@ impl Repository {
         Ok(dirs)
     }
 
-    /// Backup directories without a manifest: interrupted backups' leftovers (or a backup
-    /// still running).
-    pub async fn leftover_backups(&self) -> anyhow::Result<Vec<BackupDir>> {
-        let mut dirs = self.backup_dirs().await?;
-        dirs.retain(|d| !d.has_manifest);
-        Ok(dirs)
-    }
-
     /// Whether anything is stored under backup `id` (its manifest or any part).
     pub async fn backup_exists(&self, id: &BackupId) -> anyhow::Result<bool> {
         Ok(!self.storage.list(&layout::backup_dir(id)).await?.is_empty())
@@ -247,9 +239,7 @@ mod tests {
         );
         assert_eq!(dirs[1].bytes, 5);
         assert_eq!(repo.backup_ids().await.unwrap(), vec![a.clone()]);
-        let leftovers = repo.leftover_backups().await.unwrap();
-        assert_eq!(leftovers.len(), 1);
-        assert_eq!(leftovers[0].id(), Some(a2.clone()));
+        assert_eq!(dirs[1].id(), Some(a2.clone()));
         assert!(repo.backup_exists(&a2).await.unwrap());
         assert_eq!(
             repo.get_part(&a2, "data-00.tar.gz").await.unwrap().unwrap(),
