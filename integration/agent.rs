@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use synapse_backup::repo::lock::RepoLock;
 use synapse_backup::repo::Repository;
 
 use crate::harness::{self, backup_ids, give_to_postgres, tail, PgCluster, Scratch, BIN};
@@ -354,7 +355,7 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
         assert_eq!(after, before, "{}", tail(&log, 40));
     }
     assert!(
-        core.storage().get("lock.json").await.unwrap().is_none(),
+        !RepoLock::is_held(&core).await.unwrap(),
         "the aborted backup's lock was left behind:\n{}",
         tail(&log, 40)
     );

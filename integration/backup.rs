@@ -4,7 +4,6 @@ use std::io::Read;
 use std::time::Duration;
 
 use synapse_backup::codec::Sha256;
-use synapse_backup::repo::layout;
 
 use crate::harness::{
     self, archiving_cluster, backup, code, repository, stderr, BackgroundLoad, PgCluster,
@@ -48,12 +47,7 @@ async fn backup_under_load_is_complete_and_listed() {
     // Every part's hash matches the manifest, and every file's content hash too.
     let mut seen = 0;
     for (i, part) in m.parts.iter().enumerate() {
-        let bytes = repo
-            .storage()
-            .get(&layout::part_key(&m.id, &part.key))
-            .await
-            .unwrap()
-            .unwrap();
+        let bytes = repo.get_part(&m.id, &part.key).await.unwrap().unwrap();
         assert_eq!(bytes.len() as u64, part.size);
         assert_eq!(Sha256::of(&bytes), part.sha256, "part {}", part.key);
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
@@ -88,6 +82,35 @@ async fn backup_under_load_is_complete_and_listed() {
     // The recoverable window starts at the backup's end.
     assert_eq!(v["window"]["start_lsn"], v["backups"][0]["stop_lsn"]);
     assert!(v["window"]["wal_end_lsn"].is_string());
+}
+
+/// Backups started within one second get distinct ids (`…Z`, `…Z-2`, …): a retry loop or an
+/// operator's script never hits "already exists".
+#[tokio::test(flavor = "multi_thread")]
+async fn back_to_back_backups_all_succeed_and_are_listed() {
+    if harness::skip("back_to_back_backups_all_succeed_and_are_listed") {
+        return;
+    }
+    let scratch = Scratch::new("backup-burst");
+    let repo_dir = scratch.subdir("repo");
+    let (_pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo_dir), "");
+    let ids: Vec<String> = (0..3).map(|_| backup(&cfg)).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "ids must differ: {ids:?}");
+
+    let repo = repository(&cfg);
+    let listed: Vec<String> = (repo.list_backups().await.unwrap().iter())
+        .map(|m| m.id.to_string())
+        .collect();
+    assert_eq!(listed, ids, "listed oldest first, in the order taken");
+    let out = cfg.run(&["list", "--json"]);
+    assert_eq!(code(&out), 0, "list: {}", stderr(&out));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json_ids: Vec<&str> = (listing["backups"].as_array().unwrap().iter())
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_ids, ids);
 }
 
 #[tokio::test(flavor = "multi_thread")]

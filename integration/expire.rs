@@ -76,7 +76,9 @@ async fn expire_a_month_later_keeps_the_window_recoverable() {
     );
     let ids = backup_ids(&repo).await;
     assert_eq!(ids, [b.clone(), c.clone()]);
-    let left = repo.storage().list(&format!("backups/{a}")).await.unwrap();
+    let left: Vec<_> = (repo.backup_dirs().await.unwrap().into_iter())
+        .filter(|d| d.name == a)
+        .collect();
     assert!(left.is_empty(), "A's objects must be gone: {left:?}");
     for (name, _) in repo.list_wal().await.unwrap() {
         if let Some(s) = name.segment() {
@@ -163,7 +165,7 @@ async fn expire_killed_mid_delete_leaves_a_consistent_repository() {
             assert!(
                 repo_dir
                     .join("core")
-                    .join(synapse_backup::repo::layout::part_key(&m.id, &p.key))
+                    .join(repo.part_location(&m.id, &p.key))
                     .exists(),
                 "backup {} is listed but its part {} is gone",
                 m.id,

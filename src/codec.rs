@@ -276,8 +276,8 @@ mod tests {
         let (mut gz, _) = compress(&data, 6, Default::default());
         let n = gz.len();
         gz[n - 20] ^= 0xFF;
-        let err = decompress_verified(&gz, "wal/X.gz").unwrap_err();
-        assert!(format!("{err:#}").contains("wal/X.gz"), "{err:#}");
+        let err = decompress_verified(&gz, "X.gz").unwrap_err();
+        assert!(format!("{err:#}").contains("X.gz"), "{err:#}");
         assert!(decompress_verified(b"not gzip", "k").is_err());
     }
 

@@ -13,7 +13,6 @@ use synapse_backup::settings::{
     CheckSettings, ExpireSettings, ListSettings, WalFetchSettings, WalPrefetchSettings,
     WalPushSettings,
 };
-use synapse_backup::storage::Storage;
 use synapse_backup::{commands, logging};
 
 fn main() -> ExitCode {
@@ -74,8 +73,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref())?;
     let cluster = config.cluster(cli.cluster.as_deref())?;
-    let storage = Storage::open(&config.repository)?;
-    let repo = Repository::new(&storage, &cluster.name);
+    let repo = Repository::open(&config.repository, &cluster.name)?;
     match cli.command {
         Command::WalPush { path, file_name } => {
             let push = WalPushSettings::from_args(path, file_name)?;

@@ -5,7 +5,6 @@ use std::process::Output;
 
 use synapse_backup::config::Config;
 use synapse_backup::repo::Repository;
-use synapse_backup::storage::Storage;
 
 use super::{code, stderr, TestConfig};
 
@@ -17,10 +16,7 @@ pub fn repository(cfg: &TestConfig) -> Repository {
 /// The repository of `cluster` in the config file at `config`.
 pub fn repository_of(config: &Path, cluster: &str) -> Repository {
     let config = Config::load(Some(config)).expect("config");
-    Repository::new(
-        &Storage::open(&config.repository).expect("storage"),
-        cluster,
-    )
+    Repository::open(&config.repository, cluster).expect("repository")
 }
 
 /// Run `backup` as the postgres OS user, as the agent does (a root-run backup would create

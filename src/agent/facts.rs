@@ -13,9 +13,10 @@ use crate::pg::client::{ArchiveBacklog, ArchiverStats};
 use crate::pg::history::TimelinePath;
 use crate::pg::{Lsn, TimelineId, WalSegmentSize};
 use crate::repo::manifest::BackupId;
+use crate::repo::reports::ReportRef;
 use crate::repo::timelines::Timelines;
 use crate::repo::window::{self, BackupEnd, WalIndex, Window};
-use crate::repo::{layout, Repository};
+use crate::repo::Repository;
 
 /// What the agent keeps of a manifest (a manifest lists every file; it is not kept whole).
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +53,8 @@ impl BackupSummary {
 pub struct RepoReader {
     manifests: HashMap<BackupId, BackupSummary>,
     last_commit: Option<(u64, Option<DateTime<Utc>>)>,
-    /// The newest verification report read: its key and what it says.
-    last_report: Option<(String, VerifyResult)>,
+    /// The newest verification report read: which one and what it says.
+    last_report: Option<(ReportRef, VerifyResult)>,
     /// The archive's timeline histories read so far (they never change).
     timelines: Timelines,
 }
@@ -71,51 +72,19 @@ fn unix(t: DateTime<Utc>) -> f64 {
 
 impl RepoReader {
     pub async fn read(&mut self, repo: &Repository) -> anyhow::Result<RepoRead> {
-        let entries = repo
-            .storage()
-            .list("")
-            .await
-            .context("list the repository")?;
-        let mut facts = RepoFacts::default();
-        let mut wal_names = Vec::new();
-        let mut ids = Vec::new();
-        let mut newest_report: Option<(&str, &str)> = None;
-        let backups_prefix = format!("{}/", layout::BACKUPS_DIR);
-        let wal_prefix = format!("{}/", layout::WAL_DIR);
-        let conflicts_prefix = format!("{}/", layout::CONFLICTS_DIR);
-        for e in &entries {
-            if e.key == layout::REPOSITORY_INFO {
-                facts.created = Some(unix(e.last_modified));
-            } else if let Some(rest) = e.key.strip_prefix(&backups_prefix) {
-                facts.backups_bytes += e.size;
-                match rest.split('/').collect::<Vec<_>>()[..] {
-                    [id, "manifest.json"] => {
-                        if let Ok(id) = id.parse::<BackupId>() {
-                            ids.push(id);
-                        }
-                    }
-                    // `<id>/verify/<time>.json`: the newest by time is the last verification.
-                    [_, "verify", name]
-                        if name.ends_with(".json")
-                            && newest_report.is_none_or(|(n, _): (&str, &str)| name > n) =>
-                    {
-                        newest_report = Some((name, e.key.as_str()));
-                    }
-                    _ => {}
-                }
-            } else if e.key.starts_with(&conflicts_prefix) {
-                facts.wal_conflicts += 1;
-            } else if e.key.starts_with(&wal_prefix) {
-                facts.wal_bytes += e.size;
-                if let Some(name) = layout::wal_name_from_key(&e.key) {
-                    wal_names.push(name);
-                }
-            }
-        }
-        if let Some((_, key)) = newest_report {
-            if self.last_report.as_ref().is_none_or(|(k, _)| k != key) {
-                if let Some(result) = read_report(repo, key).await? {
-                    self.last_report = Some((key.to_string(), result));
+        let inventory = repo.inventory().await.context("list the repository")?;
+        let mut facts = RepoFacts {
+            created: inventory.created.map(unix),
+            backups_bytes: inventory.backups_bytes,
+            wal_bytes: inventory.wal_bytes,
+            wal_conflicts: inventory.wal_conflicts,
+            ..RepoFacts::default()
+        };
+        let (ids, wal_names) = (inventory.backup_ids, inventory.wal_names);
+        if let Some(newest) = inventory.newest_report {
+            if self.last_report.as_ref().is_none_or(|(r, _)| *r != newest) {
+                if let Some(result) = read_report(repo, &newest).await? {
+                    self.last_report = Some((newest, result));
                 }
             }
             facts.last_verify = self.last_report.as_ref().map(|(_, r)| r.clone());
@@ -189,25 +158,15 @@ impl RepoReader {
 }
 
 /// What a verification report says: when it finished and whether the backup passed.
-async fn read_report(repo: &Repository, key: &str) -> anyhow::Result<Option<VerifyResult>> {
-    #[derive(serde::Deserialize)]
-    struct Report {
-        finished_at: DateTime<Utc>,
-        ok: bool,
-    }
-    let Some(bytes) = repo.storage().get(key).await? else {
-        return Ok(None);
-    };
-    match serde_json::from_slice::<Report>(&bytes) {
-        Ok(r) => Ok(Some(VerifyResult {
-            at: unix(r.finished_at),
-            ok: r.ok,
+async fn read_report(repo: &Repository, r: &ReportRef) -> anyhow::Result<Option<VerifyResult>> {
+    match repo.get_report(r).await? {
+        None => Ok(None),
+        Some(Ok(report)) => Ok(Some(VerifyResult {
+            at: unix(report.finished_at),
+            ok: report.ok,
         })),
-        Err(e) => {
-            tracing::warn!(
-                "{}/{key}: unreadable verification report: {e}",
-                repo.cluster()
-            );
+        Some(Err(e)) => {
+            tracing::warn!("{e:#}");
             Ok(None)
         }
     }
@@ -215,21 +174,7 @@ async fn read_report(repo: &Repository, key: &str) -> anyhow::Result<Option<Veri
 
 /// The id of the newest complete backup (one listing of `backups/`).
 pub async fn newest_backup_id(repo: &Repository) -> anyhow::Result<Option<BackupId>> {
-    let entries = repo
-        .storage()
-        .list(layout::BACKUPS_DIR)
-        .await
-        .context("list backups")?;
-    Ok(entries
-        .iter()
-        .filter_map(|e| {
-            let rest = e.key.strip_prefix(layout::BACKUPS_DIR)?.strip_prefix('/')?;
-            match rest.split_once('/') {
-                Some((id, "manifest.json")) => id.parse::<BackupId>().ok(),
-                _ => None,
-            }
-        })
-        .max())
+    Ok(repo.backup_ids().await.context("list backups")?.pop())
 }
 
 /// The archiver's state, and the backlog when the role may list `pg_wal/archive_status`.

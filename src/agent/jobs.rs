@@ -24,10 +24,10 @@ use super::metrics::{JobKind, NewestBackup, VerifyResult};
 use super::schedule::{self, Timers};
 use super::Shared;
 use crate::config::{BackupFrom, ClusterConfig, Config};
+use crate::repo::lock::RepoLock;
 use crate::repo::manifest::{BackupId, BackupManifest};
 use crate::repo::Repository;
 use crate::settings::ExpireSettings;
-use crate::storage::Storage;
 
 /// How often the repository is read for the metrics when nothing else asks.
 const REPO_REFRESH: Duration = Duration::from_secs(300);
@@ -285,8 +285,7 @@ async fn refresher(
         let cfg = shared.config();
         if let Some(c) = cfg.clusters.iter().find(|c| c.name == cluster) {
             let read = async {
-                let storage = Storage::open(&cfg.repository)?;
-                let repo = Repository::new(&storage, &c.name);
+                let repo = Repository::open(&cfg.repository, &c.name)?;
                 reader.read(&repo).await
             };
             let read = tokio::select! {
@@ -397,8 +396,7 @@ async fn worker(
 }
 
 async fn newest_backup(cfg: &Config, cluster: &ClusterConfig) -> anyhow::Result<Option<BackupId>> {
-    let storage = Storage::open(&cfg.repository)?;
-    let repo = Repository::new(&storage, &cluster.name);
+    let repo = Repository::open(&cfg.repository, &cluster.name)?;
     tokio::time::timeout(REPO_READ_TIMEOUT, facts::newest_backup_id(&repo))
         .await
         .context("list backups: no answer in time")?
@@ -542,8 +540,7 @@ async fn run_job<T>(
 }
 
 fn repository(cfg: &Config, cluster: &ClusterConfig) -> anyhow::Result<Repository> {
-    let storage = Storage::open(&cfg.repository)?;
-    Ok(Repository::new(&storage, &cluster.name))
+    Repository::open(&cfg.repository, &cluster.name)
 }
 
 /// `backup`, aborted at shutdown.
@@ -585,21 +582,13 @@ async fn expire(shared: &Shared, cfg: &Config, cluster: &ClusterConfig) -> anyho
 /// own release did not run). Best effort: a lock left behind expires after its TTL.
 async fn release_own_lock(repo: &Repository) {
     let release = async {
-        let Some(bytes) = repo.storage().get(crate::repo::layout::LOCK_KEY).await? else {
-            return anyhow::Ok(());
-        };
-        let info: crate::repo::lock::LockInfo = serde_json::from_slice(&bytes)?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown-host".into());
-        if info.holder == format!("{host} pid {}", std::process::id()) {
-            repo.storage().delete(crate::repo::layout::LOCK_KEY).await?;
+        if let Some(info) = RepoLock::release_if_mine(repo).await? {
             tracing::info!(
                 "released the repository lock of the aborted {}",
                 info.purpose
             );
         }
-        Ok(())
+        anyhow::Ok(())
     };
     match tokio::time::timeout(LOCK_RELEASE_TIMEOUT, release).await {
         Ok(Ok(())) => {}

@@ -3,13 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use crate::config::{ClusterConfig, Config};
 use crate::pg::{self, WalFileName};
 use crate::repo::Repository;
 use crate::settings::CheckSettings;
-use crate::storage::Put;
 
 struct Outcome {
     failed: Vec<String>,
@@ -87,24 +84,8 @@ pub async fn run(
 
 /// Write, read back, refuse an overwrite, delete: the store semantics WAL archiving relies on.
 async fn check_store(repo: &Repository) -> anyhow::Result<String> {
-    let key = format!(
-        "check/probe-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    );
-    let s = repo.storage();
     let started = Instant::now();
-    if s.put_if_absent(&key, Bytes::from_static(b"one")).await? != Put::Stored {
-        anyhow::bail!("a fresh probe key already existed");
-    }
-    let second = s.put_if_absent(&key, Bytes::from_static(b"two")).await;
-    let back = s.get(&key).await?;
-    s.delete(&key).await?;
-    if second? != Put::AlreadyExists || back.as_deref() != Some(b"one".as_slice()) {
-        anyhow::bail!(
-            "the store ignores create-only puts (If-None-Match): an archived WAL file could be silently overwritten; use a store that supports conditional writes"
-        );
-    }
+    repo.probe_store().await?;
     Ok(format!(
         "write, conditional write, read and delete work ({} ms)",
         started.elapsed().as_millis()
@@ -141,21 +122,16 @@ async fn check_conflicts(repo: &Repository) -> anyhow::Result<String> {
     if conflicts.is_empty() {
         return Ok("no WAL file was ever refused for conflicting content".into());
     }
-    let shown: Vec<&str> = conflicts
-        .iter()
-        .take(5)
-        .map(|k| k.rsplit('/').next().unwrap_or(k))
-        .collect();
+    let shown: Vec<&str> = conflicts.iter().take(5).map(String::as_str).collect();
     anyhow::bail!(
         "{} WAL file(s) were refused because different content is archived under the same name \
          ({}{}): two servers archive into this repository as one cluster (split brain after a failover?). \
          Stop archiving on the server that is no longer the primary; the refused copies are kept under \
-         {}/{}/ — delete them once the incident is understood",
+         {}/ — delete them once the incident is understood",
         conflicts.len(),
         shown.join(", "),
         if conflicts.len() > shown.len() { ", ..." } else { "" },
-        repo.cluster(),
-        crate::repo::layout::CONFLICTS_DIR
+        repo.conflicts_location()
     )
 }
 

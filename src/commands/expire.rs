@@ -11,17 +11,13 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::pg::{WalFileName, WalSegmentSize};
 use crate::policy::{self, BackupFacts};
-use crate::repo::layout;
 use crate::repo::lock::RepoLock;
-use crate::repo::manifest::BackupId;
 use crate::repo::Repository;
 use crate::settings::ExpireSettings;
 
 /// Parts of a backup without a manifest are an interrupted backup's leftovers once the
 /// backup started this long ago (a running backup also holds the lock).
 const LEFTOVER_GRACE_HOURS: i64 = 24;
-/// Keys per bulk delete request.
-const DELETE_BATCH: usize = 1000;
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -56,7 +52,7 @@ pub async fn run(
     } else {
         Some(
             RepoLock::acquire(
-                repo.storage(),
+                repo,
                 "expire",
                 Duration::from_secs(config.backup.lock_ttl_seconds),
             )
@@ -128,60 +124,41 @@ async fn expire(
         .collect();
     let retention = chrono::Duration::days(i64::from(config.repository.retention_days));
     let plan = policy::plan_retention(&facts, now, retention);
-    let objects = repo.storage().list(layout::BACKUPS_DIR).await?;
+    let dirs = repo.backup_dirs().await?;
     let mut bytes_freed = 0;
 
     // Backups the policy removes: manifest first, then everything else under the backup.
     for id in plan.removed() {
-        let dir = layout::backup_dir(id);
-        let keys: Vec<(String, u64)> = objects
+        bytes_freed += dirs
             .iter()
-            .filter(|e| e.key.starts_with(&format!("{dir}/")))
-            .map(|e| (e.key.clone(), e.size))
-            .collect();
-        bytes_freed += keys.iter().map(|(_, s)| s).sum::<u64>();
+            .filter(|d| d.name == id.as_str())
+            .map(|d| d.bytes)
+            .sum::<u64>();
         if !dry_run {
-            repo.storage()
-                .delete(&layout::manifest_key(id))
-                .await
-                .with_context(|| format!("remove backup {id}"))?;
-            delete_batched(repo, keys.into_iter().map(|(k, _)| k).collect()).await?;
+            repo.delete_backup(id).await?;
         }
     }
 
     // Leftovers: backup directories without a manifest, started long enough ago.
     let with_manifest: std::collections::HashSet<&str> =
         manifests.iter().map(|m| m.id.as_str()).collect();
-    let mut leftovers: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
-    for e in &objects {
-        let Some(id) = e
-            .key
-            .strip_prefix("backups/")
-            .and_then(|r| r.split('/').next())
-        else {
-            continue;
-        };
+    let mut leftovers: std::collections::BTreeMap<String, u64> = Default::default();
+    for d in &dirs {
+        let id = d.name.as_str();
         if with_manifest.contains(id) || plan.removed().any(|r| r.as_str() == id) {
             continue;
         }
-        let started = id.parse::<BackupId>().ok().and_then(|i| {
-            chrono::NaiveDateTime::parse_from_str(i.as_str(), "%Y%m%dT%H%M%SZ")
-                .ok()
-                .map(|n| n.and_utc())
-        });
+        let started = d.id().map(|i| i.time());
         let old_enough =
             started.is_none_or(|t| now - t > chrono::Duration::hours(LEFTOVER_GRACE_HOURS));
         if old_enough {
-            leftovers
-                .entry(id.to_string())
-                .or_default()
-                .push((e.key.clone(), e.size));
+            leftovers.insert(id.to_string(), d.bytes);
         }
     }
-    for keys in leftovers.values() {
-        bytes_freed += keys.iter().map(|(_, s)| s).sum::<u64>();
+    for (name, bytes) in &leftovers {
+        bytes_freed += bytes;
         if !dry_run {
-            delete_batched(repo, keys.iter().map(|(k, _)| k.clone()).collect()).await?;
+            repo.delete_backup_dir(name).await?;
         }
     }
 
@@ -201,12 +178,12 @@ async fn expire(
             };
             if below {
                 bytes_freed += entry.size;
-                doomed.push(entry.key);
+                doomed.push(name);
             }
         }
         wal_removed = doomed.len();
         if !dry_run {
-            delete_batched(repo, doomed).await?;
+            repo.delete_wal(&doomed).await?;
         }
     }
 
@@ -230,11 +207,4 @@ async fn expire(
         bytes_freed,
         window_start: plan.window_start,
     })
-}
-
-async fn delete_batched(repo: &Repository, keys: Vec<String>) -> anyhow::Result<()> {
-    for chunk in keys.chunks(DELETE_BATCH) {
-        repo.storage().delete_many(chunk.to_vec()).await?;
-    }
-    Ok(())
 }

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::pg::history::HistoryEntry;
 use crate::pg::{TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupManifest;
+use crate::repo::reports::LastVerification;
 use crate::repo::timelines::Timelines;
 use crate::repo::window;
 use crate::repo::Repository;
@@ -26,7 +27,7 @@ pub struct BackupSummary {
     pub page_problems: usize,
     pub pg_version: u32,
     /// The newest `verify` report of this backup (`null`: never verified).
-    pub last_verification: Option<crate::commands::verify::LastVerification>,
+    pub last_verification: Option<LastVerification>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +104,7 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
         .unwrap_or_else(|| window::Window::new(&backups, None, None));
     let mut summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
     for (s, b) in summaries.iter_mut().zip(&backups) {
-        s.last_verification = crate::commands::verify::last_verification(repo, &b.id).await?;
+        s.last_verification = repo.last_verification(&b.id).await?;
     }
     let listing = Listing {
         cluster: repo.cluster().to_string(),

@@ -36,11 +36,10 @@ use crate::config::{ClusterConfig, Config};
 use crate::error::{usage, Failure};
 use crate::pg::backup_manifest::{self, ManifestFile, WalRange};
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::layout;
 use crate::repo::manifest::{check_relative_path, BackupId, BackupManifest, FileEntry};
 use crate::repo::timelines::Timelines;
 use crate::repo::window::{self, RecoveryTarget, WalIndex, WalNeed};
-use crate::repo::Repository;
+use crate::repo::{PartReader, PartSource, Repository};
 use crate::timeparse::{self, format_utc};
 use crate::writeback;
 
@@ -938,7 +937,7 @@ async fn restore_parts(
     }
 
     let (control, data): (Vec<usize>, Vec<usize>) =
-        (0..backup.parts.len()).partition(|&i| backup.parts[i].key == layout::CONTROL_PART);
+        (0..backup.parts.len()).partition(|&i| backup.parts[i].key == crate::repo::CONTROL_PART);
     let parallel = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 8);
@@ -1020,7 +1019,7 @@ async fn restore_parts(
     {
         bail!(
             "{}: the manifest lists {} in this part, but the part does not contain it",
-            layout::part_key(&backup.id, &backup.parts[missing.part].key),
+            repo.part_location(&backup.id, &backup.parts[missing.part].key),
             missing.path
         );
     }
@@ -1036,25 +1035,17 @@ async fn restore_part(
     shared: Arc<Extraction>,
 ) -> anyhow::Result<Vec<Extracted>> {
     let part = backup.parts[index].clone();
-    let key = layout::part_key(&backup.id, &part.key);
-    let missing =
-        || anyhow!("{key}: the part is missing from the repository; the backup is damaged");
-    if let Some(path) = repo.storage().local_file(&key) {
-        let file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
-            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
-        };
-        let key = key.clone();
-        return tokio::task::spawn_blocking(move || {
-            let reader = io::BufReader::with_capacity(1 << 20, file);
-            shared.extract_part(index, &part, &key, reader)
-        })
-        .await
-        .context("extraction task")?;
-    }
-    let Some(mut stream) = repo.storage().get_stream(&key).await? else {
-        return Err(missing());
+    let PartReader { key, source } = repo.open_part(&backup.id, &part.key).await?;
+    let mut stream = match source {
+        PartSource::File(file) => {
+            return tokio::task::spawn_blocking(move || {
+                let reader = io::BufReader::with_capacity(1 << 20, file);
+                shared.extract_part(index, &part, &key, reader)
+            })
+            .await
+            .context("extraction task")?;
+        }
+        PartSource::Stream(stream) => stream,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<anyhow::Result<Bytes>>(16);
     let task = {
@@ -2014,7 +2005,6 @@ mod tests {
     use crate::config::Config;
     use crate::pg::WalSegmentName;
     use crate::repo::manifest::{DirEntry, PartEntry, Tablespace, MANIFEST_FORMAT};
-    use crate::storage::Storage;
 
     fn manifest_with_tablespace() -> BackupManifest {
         BackupManifest {
@@ -2295,7 +2285,7 @@ mod tests {
     /// A backup of a tiny "cluster" with a tablespace, and WAL segments 2..=4 with commits.
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::new(&Storage::in_memory(), "core");
+        let repo = Repository::in_memory("core");
         let control = vec![3u8; 8192];
         let long_name = format!("base/1/{}", "9".repeat(120));
         let data: Vec<(&str, &[u8], u32)> = vec![
@@ -2322,7 +2312,7 @@ mod tests {
             ("tablespace_map", map.as_bytes(), 0o600),
             ("global/pg_control", &control, 0o600),
         ];
-        for (index, (key, files)) in [("data-00.tar.gz", &data), (layout::CONTROL_PART, &ctl)]
+        for (index, (key, files)) in [("data-00.tar.gz", &data), (crate::repo::CONTROL_PART, &ctl)]
             .into_iter()
             .enumerate()
         {
@@ -2343,10 +2333,7 @@ mod tests {
                     part: index,
                 });
             }
-            repo.storage()
-                .put(&layout::part_key(&m.id, key), bytes.into())
-                .await
-                .unwrap();
+            repo.put_part(&m.id, key, bytes.into()).await.unwrap();
         }
         for (d, mode) in [
             ("base", 0o700),
@@ -2580,11 +2567,7 @@ mod tests {
     async fn a_missing_segment_is_named_before_download() {
         let f = fixture().await;
         let seg3 = WalFileName::Segment(WalSegmentName::new(TimelineId(1), 3, SIZE));
-        f.repo
-            .storage()
-            .delete(&layout::wal_key(&seg3))
-            .await
-            .unwrap();
+        f.repo.delete_wal(&[seg3]).await.unwrap();
         let pgdata = f.dir.path().join("never");
         let err = restore(&f, &args(&["--latest"], &pgdata, &[]))
             .await
@@ -2609,11 +2592,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_corrupt_part_is_named_and_the_directory_stays_marked() {
         let f = fixture().await;
-        let key = layout::part_key(&f.manifest.id, "data-00.tar.gz");
-        let mut bytes = f.repo.storage().get(&key).await.unwrap().unwrap().to_vec();
+        let (id, part) = (&f.manifest.id, "data-00.tar.gz");
+        let key = f.repo.part_location(id, part);
+        let mut bytes = f.repo.get_part(id, part).await.unwrap().unwrap().to_vec();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;
-        f.repo.storage().put(&key, bytes.into()).await.unwrap();
+        f.repo.put_part(id, part, bytes.into()).await.unwrap();
         let pgdata = f.dir.path().join("half");
         let map = format!(
             "--tablespace-map=16385={}",
@@ -2649,17 +2633,13 @@ mod tests {
         m.parts[0].sha256 = Sha256::of(&bytes);
         m.parts[0].size = bytes.len() as u64;
         for p in &m.parts {
-            let from = layout::part_key(&f.manifest.id, &p.key);
             let body = if p.key == "data-00.tar.gz" {
                 bytes.clone()
             } else {
-                f.repo.storage().get(&from).await.unwrap().unwrap().to_vec()
+                let from = f.repo.get_part(&f.manifest.id, &p.key).await.unwrap();
+                from.unwrap().to_vec()
             };
-            f.repo
-                .storage()
-                .put(&layout::part_key(&m.id, &p.key), body.into())
-                .await
-                .unwrap();
+            f.repo.put_part(&m.id, &p.key, body.into()).await.unwrap();
         }
         f.repo.put_manifest(&m).await.unwrap();
         let pgdata = f.dir.path().join("links");

@@ -39,10 +39,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::cli::{TargetAction, VerifyArgs};
@@ -50,13 +48,11 @@ use crate::config::{ClusterConfig, Config, VerifyRuntime};
 use crate::error::{usage, Failure};
 use crate::pg::history::TimelinePath;
 use crate::pg::{WalFileName, WalSegmentName, WalSegmentSize};
-use crate::repo::layout;
 use crate::repo::manifest::{BackupId, BackupManifest};
 use crate::repo::timelines::Timelines;
 use crate::repo::window::{self, RecoveryTarget, WalIndex};
 use crate::repo::Repository;
 use crate::sandbox::{self, env_error, Instance, RunAs, Runtime, ScratchDirs, Sql};
-use crate::storage::Put;
 use crate::timeparse::{self, format_utc};
 
 pub const REPORT_FORMAT: u32 = 1;
@@ -114,7 +110,7 @@ pub async fn run(
     let ids: Vec<BackupId> = if args.all_unverified {
         let mut ids = Vec::new();
         for b in &backups {
-            if last_verification(repo, &b.id).await?.is_none() {
+            if repo.latest_report(&b.id).await?.is_none() {
                 ids.push(b.id.clone());
             }
         }
@@ -281,7 +277,7 @@ pub async fn verify_backup(
         recovered_to,
         checks: checks.list,
     };
-    store_report(repo, &mut report).await?;
+    repo.put_report(&mut report).await?;
     Ok(report)
 }
 
@@ -1371,13 +1367,8 @@ fn judge_recovery(
 // ---------------------------------------------------------------------------------------------
 // The report
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckResult {
-    pub name: String,
-    pub ok: bool,
-    pub duration_seconds: f64,
-    pub detail: String,
-}
+use crate::repo::reports::report_time;
+pub use crate::repo::reports::{CheckResult, TargetReport, VerifyReport as Report};
 
 #[derive(Debug, Default)]
 struct Checks {
@@ -1429,39 +1420,6 @@ impl Checks {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TargetReport {
-    /// `time` (`recovery_target_time`) or `end` (the staged WAL ends with the target).
-    pub kind: String,
-    pub time: Option<DateTime<Utc>>,
-    pub description: String,
-    pub wal_from: String,
-    pub wal_through: String,
-    pub segments_staged: usize,
-    pub missing: Vec<String>,
-}
-
-/// `backups/<id>/verify/<time>.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub format_version: u32,
-    pub cluster: String,
-    pub backup_id: String,
-    /// `YYYYMMDDTHHMMSSZ`, the report's name.
-    pub time: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub duration_seconds: f64,
-    pub ok: bool,
-    /// The first failing check, `name: detail`.
-    pub error: Option<String>,
-    pub runtime: String,
-    pub target: TargetReport,
-    /// The last commit the scratch instance replayed.
-    pub recovered_to: Option<DateTime<Utc>>,
-    pub checks: Vec<CheckResult>,
-}
-
 impl Report {
     pub fn failure_message(&self) -> String {
         format!(
@@ -1494,86 +1452,11 @@ impl Report {
     }
 }
 
-/// `YYYYMMDDTHHMMSSZ`, like a backup id.
-fn report_time(t: DateTime<Utc>) -> String {
-    t.format("%Y%m%dT%H%M%SZ").to_string()
-}
-
-/// Store the report; a report already stored for the same second moves to the next second.
-async fn store_report(repo: &Repository, report: &mut Report) -> anyhow::Result<()> {
-    let id: BackupId = report.backup_id.parse()?;
-    let mut at = report.started_at;
-    for _ in 0..60 {
-        report.time = report_time(at);
-        let key = layout::verify_report_key(&id, &report.time);
-        let body = Bytes::from(serde_json::to_vec_pretty(&*report).expect("report serializes"));
-        match repo
-            .storage()
-            .put_if_absent(&key, body)
-            .await
-            .context("store the verification report")?
-        {
-            Put::Stored => return Ok(()),
-            Put::AlreadyExists => at += chrono::Duration::seconds(1),
-        }
-    }
-    anyhow::bail!("cannot store the verification report of backup {id}: every name is taken")
-}
-
-/// The newest verification of a backup, for `list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LastVerification {
-    /// `YYYYMMDDTHHMMSSZ`.
-    pub time: String,
-    pub ok: bool,
-    /// What it recovered to.
-    pub target: String,
-}
-
-/// The newest report stored for backup `id`, if any.
-pub async fn last_verification(
-    repo: &Repository,
-    id: &BackupId,
-) -> anyhow::Result<Option<LastVerification>> {
-    let prefix = format!("{}/verify", layout::backup_dir(id));
-    let newest = repo
-        .storage()
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .filter(|e| e.key.ends_with(".json"))
-        .map(|e| e.key)
-        .max();
-    let Some(key) = newest else {
-        return Ok(None);
-    };
-    let Some(bytes) = repo.storage().get(&key).await? else {
-        return Ok(None);
-    };
-    #[derive(Deserialize)]
-    struct Summary {
-        time: String,
-        ok: bool,
-        target: Option<TargetSummary>,
-    }
-    #[derive(Deserialize)]
-    struct TargetSummary {
-        description: String,
-    }
-    let s: Summary = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{}/{key}: unreadable verification report", repo.cluster()))?;
-    Ok(Some(LastVerification {
-        time: s.time,
-        ok: s.ok,
-        target: s.target.map(|t| t.description).unwrap_or_default(),
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pg::TimelineId;
-    use crate::storage::Storage;
+    use crate::repo::reports::LastVerification;
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -1583,7 +1466,7 @@ mod tests {
 
     /// A repository with segments `segnos` on timeline 1, each with the given last commit.
     async fn repo_with(segments: &[(u64, Option<&str>)]) -> Repository {
-        let repo = Repository::new(&Storage::in_memory(), "core");
+        let repo = Repository::in_memory("core");
         for (segno, commit) in segments {
             let name = WalFileName::Segment(WalSegmentName::new(
                 TimelineId(1),
@@ -1774,9 +1657,9 @@ mod tests {
 
     #[tokio::test]
     async fn reports_are_stored_per_verification_and_listed() {
-        let repo = Repository::new(&Storage::in_memory(), "core");
+        let repo = Repository::in_memory("core");
         let id: BackupId = "20240101T020000Z".parse().unwrap();
-        assert_eq!(last_verification(&repo, &id).await.unwrap(), None);
+        assert_eq!(repo.last_verification(&id).await.unwrap(), None);
         let mut report = Report {
             format_version: REPORT_FORMAT,
             cluster: "core".into(),
@@ -1800,17 +1683,16 @@ mod tests {
             recovered_to: None,
             checks: vec![],
         };
-        store_report(&repo, &mut report).await.unwrap();
+        repo.put_report(&mut report).await.unwrap();
         report.ok = true;
-        store_report(&repo, &mut report).await.unwrap();
+        repo.put_report(&mut report).await.unwrap();
         assert_eq!(report.time, "20240102T000001Z");
         assert!(repo
-            .storage()
-            .get("backups/20240101T020000Z/verify/20240102T000000Z.json")
+            .report_names(&id)
             .await
             .unwrap()
-            .is_some());
-        let last = last_verification(&repo, &id).await.unwrap().unwrap();
+            .contains(&"20240102T000000Z".to_string()));
+        let last = repo.last_verification(&id).await.unwrap().unwrap();
         assert_eq!(
             last,
             LastVerification {

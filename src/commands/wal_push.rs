@@ -19,8 +19,7 @@ use crate::config::ArchiveConfig;
 use crate::error::usage;
 use crate::pg::walscan::{self, LongPageHeader};
 use crate::pg::{SystemId, WalFileName};
-use crate::repo::layout::FORMAT_VERSION;
-use crate::repo::{Archived, Repository, RepositoryInfo};
+use crate::repo::{Archived, Repository, RepositoryInfo, WalCommits, WalObject};
 use crate::settings::WalPushSettings;
 
 /// Where look-ahead markers live, inside `pg_wal`.
@@ -148,7 +147,7 @@ async fn push_one(
     let outcome = repo
         .put_wal(
             name,
-            chunks.into_iter().collect::<object_store::PutPayload>(),
+            chunks.into_iter().collect::<WalObject>(),
             &checked.header,
         )
         .await
@@ -180,7 +179,7 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
         .with_context(|| format!("read {}", path.display()))?;
     let data = &data[..];
     let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
-    let mut extra = serde_json::Map::new();
+    let mut commits = WalCommits::default();
     let identity = if name.is_segment_data() {
         let header = LongPageHeader::parse(data)
             .with_context(|| format!("{}: not a valid WAL segment", path.display()))?;
@@ -207,26 +206,23 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
             );
         }
         if let Ok(summary) = walscan::scan_segment(data) {
-            if let Some(t) = summary.first_commit {
-                extra.insert("first_commit".into(), t.to_rfc3339().into());
-            }
-            if let Some(t) = summary.last_commit {
-                extra.insert("last_commit".into(), t.to_rfc3339().into());
-            }
+            commits = WalCommits {
+                first_commit: summary.first_commit,
+                last_commit: summary.last_commit,
+            };
         }
-        Some(RepositoryInfo {
-            format_version: FORMAT_VERSION,
-            system_identifier: SystemId(header.system_id),
-            pg_version: header.pg_major(),
-            wal_segment_size: header.seg_size,
-        })
+        Some(RepositoryInfo::new(
+            SystemId(header.system_id),
+            header.pg_major(),
+            header.seg_size,
+        ))
     } else {
         None
     };
     let header = codec::ObjectHeader {
         sha256: codec::Sha256::of(data),
         size: data.len() as u64,
-        extra,
+        extra: commits.to_extra(),
     };
     Ok(Checked {
         header,

@@ -2,15 +2,15 @@
 //! (`<store prefix>/<cluster>/`). Changing any of them breaks existing repositories: bump
 //! `FORMAT_VERSION` first.
 
-use crate::pg::{TimelineId, WalFileName};
+use crate::pg::WalFileName;
 
-pub const FORMAT_VERSION: u32 = 1;
-pub const REPOSITORY_INFO: &str = "repository.json";
-pub const WAL_DIR: &str = "wal";
-pub const BACKUPS_DIR: &str = "backups";
+pub(super) const FORMAT_VERSION: u32 = 1;
+pub(super) const REPOSITORY_INFO: &str = "repository.json";
+pub(super) const WAL_DIR: &str = "wal";
+pub(super) const BACKUPS_DIR: &str = "backups";
 
 /// `wal/<first 16 hex>/<segment>.gz`, `wal/<tli>.history.gz`.
-pub fn wal_key(name: &WalFileName) -> String {
+pub(super) fn wal_key(name: &WalFileName) -> String {
     match name {
         WalFileName::History(tli) => format!("{WAL_DIR}/{tli}.history.gz"),
         other => {
@@ -23,27 +23,23 @@ pub fn wal_key(name: &WalFileName) -> String {
 }
 
 /// Parse a key under `wal/` back to the file name it stores.
-pub fn wal_name_from_key(key: &str) -> Option<WalFileName> {
+pub(super) fn wal_name_from_key(key: &str) -> Option<WalFileName> {
     let file = key.rsplit('/').next()?.strip_suffix(".gz")?;
     let name: WalFileName = file.parse().ok()?;
     (wal_key(&name) == key).then_some(name)
 }
 
 /// Prefix listing every WAL object of a timeline's log dir, or all WAL.
-pub fn wal_prefix() -> &'static str {
+pub(super) fn wal_prefix() -> &'static str {
     WAL_DIR
 }
 
 /// Where a refused WAL file is kept (`conflicts/<name>.<sha256>.gz`): the content a second
 /// server tried to archive under a name that already holds different content.
-pub const CONFLICTS_DIR: &str = "conflicts";
+pub(super) const CONFLICTS_DIR: &str = "conflicts";
 
-pub fn conflict_key(name: &WalFileName, sha256: &crate::codec::Sha256) -> String {
+pub(super) fn conflict_key(name: &WalFileName, sha256: &crate::codec::Sha256) -> String {
     format!("{CONFLICTS_DIR}/{name}.{sha256}.gz")
-}
-
-pub fn history_key(tli: TimelineId) -> String {
-    wal_key(&WalFileName::History(tli))
 }
 
 #[cfg(test)]
@@ -79,31 +75,71 @@ mod tests {
 
 use super::manifest::BackupId;
 
-pub fn backup_dir(id: &BackupId) -> String {
-    format!("{BACKUPS_DIR}/{id}")
+pub(super) fn backup_dir(id: &BackupId) -> String {
+    backup_dir_named(id.as_str())
 }
 
-pub fn manifest_key(id: &BackupId) -> String {
+/// A backup directory by name (a leftover's name need not be a valid id).
+pub(super) fn backup_dir_named(name: &str) -> String {
+    format!("{BACKUPS_DIR}/{name}")
+}
+
+pub(super) fn manifest_key(id: &BackupId) -> String {
     format!("{BACKUPS_DIR}/{id}/manifest.json")
 }
 
 /// A part of a backup, `key` as recorded in the manifest.
-pub fn part_key(id: &BackupId, key: &str) -> String {
+pub(super) fn part_key(id: &BackupId, key: &str) -> String {
     format!("{BACKUPS_DIR}/{id}/{key}")
 }
 
-pub fn data_part_name(index: usize) -> String {
+pub(super) fn data_part_name(index: usize) -> String {
     format!("data-{index:02}.tar.gz")
 }
 
 /// The last part: backup_label, tablespace_map and global/pg_control, written after the stop call.
-pub const CONTROL_PART: &str = "control.tar.gz";
+pub(super) const CONTROL_PART: &str = "control.tar.gz";
 
-pub fn verify_report_key(id: &BackupId, time: &str) -> String {
+pub(super) fn verify_report_key(id: &BackupId, time: &str) -> String {
     format!("{BACKUPS_DIR}/{id}/verify/{time}.json")
 }
 
-pub const LOCK_KEY: &str = "lock.json";
+/// Prefix of a backup's verification reports.
+pub(super) fn verify_dir(id: &BackupId) -> String {
+    format!("{BACKUPS_DIR}/{id}/verify")
+}
+
+/// A key under `backups/`, taken apart.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BackupKey<'a> {
+    /// `backups/<dir>/manifest.json`.
+    Manifest { dir: &'a str },
+    /// `backups/<dir>/verify/<name>.json`: `name` is the report's time.
+    Report { dir: &'a str, name: &'a str },
+    /// Anything else under `backups/<dir>/` (a part).
+    Other { dir: &'a str },
+}
+
+/// Parse a key under `backups/`; `None` for keys elsewhere.
+pub(super) fn parse_backup_key(key: &str) -> Option<BackupKey<'_>> {
+    let rest = key.strip_prefix(BACKUPS_DIR)?.strip_prefix('/')?;
+    let (dir, file) = rest.split_once('/')?;
+    Some(match file.split('/').collect::<Vec<_>>()[..] {
+        ["manifest.json"] => BackupKey::Manifest { dir },
+        ["verify", name] if name.ends_with(".json") => BackupKey::Report {
+            dir,
+            name: name.strip_suffix(".json").expect("checked"),
+        },
+        _ => BackupKey::Other { dir },
+    })
+}
+
+/// Where `check` writes its probe objects.
+pub(super) fn probe_key(name: &str) -> String {
+    format!("check/{name}")
+}
+
+pub(super) const LOCK_KEY: &str = "lock.json";
 
 #[cfg(test)]
 mod backup_layout_tests {
@@ -121,5 +157,23 @@ mod backup_layout_tests {
             verify_report_key(&id, "20240101T030000Z"),
             "backups/20240101T020000Z/verify/20240101T030000Z.json"
         );
+        assert_eq!(
+            parse_backup_key("backups/20240101T020000Z/manifest.json"),
+            Some(BackupKey::Manifest {
+                dir: "20240101T020000Z"
+            })
+        );
+        assert_eq!(
+            parse_backup_key("backups/20240101T020000Z-2/verify/20240101T030000Z.json"),
+            Some(BackupKey::Report {
+                dir: "20240101T020000Z-2",
+                name: "20240101T030000Z"
+            })
+        );
+        assert_eq!(
+            parse_backup_key("backups/x/data-00.tar.gz"),
+            Some(BackupKey::Other { dir: "x" })
+        );
+        assert_eq!(parse_backup_key("wal/00000002.history.gz"), None);
     }
 }

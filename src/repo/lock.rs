@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::layout::LOCK_KEY;
+use super::Repository;
+use crate::error::Failure;
 use crate::storage::{Put, Storage};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -38,10 +40,11 @@ fn holder() -> String {
 impl RepoLock {
     /// Take the cluster's lock for `purpose` ("backup", "expire"), or fail saying who holds it.
     pub async fn acquire(
-        storage: &Storage,
+        repo: &Repository,
         purpose: &str,
         ttl: Duration,
     ) -> anyhow::Result<RepoLock> {
+        let storage = &repo.storage;
         let now = Utc::now();
         let info = LockInfo {
             token: format!(
@@ -65,14 +68,15 @@ impl RepoLock {
             let other: Option<LockInfo> = serde_json::from_slice(&bytes).ok();
             match &other {
                 Some(o) if o.expires_at > Utc::now() => {
-                    anyhow::bail!(
+                    return Err(Failure::LockHeld(format!(
                         "another {} holds this cluster's repository lock ({} since {}); it expires at {} if that process died. \
                          Backup and expire of one cluster never run at once: wait for it to finish",
                         o.purpose,
                         o.holder,
                         o.acquired_at.format("%Y-%m-%d %H:%M:%S UTC"),
                         o.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
-                    );
+                    ))
+                    .into());
                 }
                 _ => {
                     if let Some(o) = &other {
@@ -92,9 +96,11 @@ impl RepoLock {
             }
         }
         if !taken {
-            anyhow::bail!(
+            return Err(Failure::LockHeld(
                 "another process took this cluster's repository lock at the same moment; try again"
-            );
+                    .into(),
+            )
+            .into());
         }
         let refresher = tokio::spawn(refresh_loop(storage.clone(), info.clone(), ttl));
         Ok(RepoLock {
@@ -121,6 +127,27 @@ impl RepoLock {
     }
 }
 
+impl RepoLock {
+    /// Release the lock if this process holds it, whatever its token: for a job dropped
+    /// mid-way, whose own `release` did not run. Returns what was released.
+    pub async fn release_if_mine(repo: &Repository) -> anyhow::Result<Option<LockInfo>> {
+        let Some(bytes) = repo.storage.get(LOCK_KEY).await? else {
+            return Ok(None);
+        };
+        let info: LockInfo = serde_json::from_slice(&bytes)?;
+        if info.holder != holder() {
+            return Ok(None);
+        }
+        repo.storage.delete(LOCK_KEY).await?;
+        Ok(Some(info))
+    }
+
+    /// Whether anyone holds (or left behind) the cluster's lock.
+    pub async fn is_held(repo: &Repository) -> anyhow::Result<bool> {
+        Ok(repo.storage.get(LOCK_KEY).await?.is_some())
+    }
+}
+
 async fn refresh_loop(storage: Storage, mut info: LockInfo, ttl: Duration) {
     loop {
         tokio::time::sleep(ttl / 3).await;
@@ -139,18 +166,20 @@ mod tests {
 
     #[tokio::test]
     async fn second_holder_is_refused_and_expired_lock_taken_over() {
-        let s = Storage::in_memory();
-        let a = RepoLock::acquire(&s, "backup", Duration::from_secs(60))
+        let repo = Repository::in_memory("core");
+        let s = &repo.storage;
+        let a = RepoLock::acquire(&repo, "backup", Duration::from_secs(60))
             .await
             .unwrap();
-        let err = RepoLock::acquire(&s, "expire", Duration::from_secs(60))
+        let err = RepoLock::acquire(&repo, "expire", Duration::from_secs(60))
             .await
             .err()
-            .unwrap()
-            .to_string();
+            .unwrap();
+        assert_eq!(crate::error::exit_code(&err), crate::error::exit::CONFLICT);
+        let err = err.to_string();
         assert!(err.contains("another backup holds"), "{err}");
         a.release().await.unwrap();
-        let b = RepoLock::acquire(&s, "expire", Duration::from_secs(60))
+        let b = RepoLock::acquire(&repo, "expire", Duration::from_secs(60))
             .await
             .unwrap();
         // simulate a dead holder: an expired lock
@@ -160,11 +189,33 @@ mod tests {
         s.put(LOCK_KEY, Bytes::from(serde_json::to_vec(&dead).unwrap()))
             .await
             .unwrap();
-        let c = RepoLock::acquire(&s, "backup", Duration::from_secs(60))
+        let c = RepoLock::acquire(&repo, "backup", Duration::from_secs(60))
             .await
             .unwrap();
         assert_eq!(c.info().purpose, "backup");
         c.release().await.unwrap();
         assert!(s.get(LOCK_KEY).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_holder_releases_its_own_lock_only() {
+        let repo = Repository::in_memory("core");
+        let lock = RepoLock::acquire(&repo, "backup", Duration::from_secs(60))
+            .await
+            .unwrap();
+        lock.refresher.abort();
+        assert!(RepoLock::is_held(&repo).await.unwrap());
+        let released = RepoLock::release_if_mine(&repo).await.unwrap().unwrap();
+        assert_eq!(released.purpose, "backup");
+        assert!(!RepoLock::is_held(&repo).await.unwrap());
+        assert!(RepoLock::release_if_mine(&repo).await.unwrap().is_none());
+        let mut other = lock.info.clone();
+        other.holder = "elsewhere pid 1".into();
+        repo.storage
+            .put(LOCK_KEY, Bytes::from(serde_json::to_vec(&other).unwrap()))
+            .await
+            .unwrap();
+        assert!(RepoLock::release_if_mine(&repo).await.unwrap().is_none());
+        assert!(RepoLock::is_held(&repo).await.unwrap());
     }
 }

@@ -12,44 +12,96 @@ use crate::pg::{Lsn, SystemId, TimelineId};
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
-/// `YYYYMMDDTHHMMSSZ`, the UTC start time: sort order is time order.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackupId(String);
+/// `YYYYMMDDTHHMMSSZ`, the UTC start time, with `-N` (N ≥ 2) appended for the N-th backup
+/// started in the same second. Ordered by time, then by N (not by the string, which would put
+/// `…Z-10` before `…Z-9`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BackupId {
+    text: String,
+    time: DateTime<Utc>,
+    /// 1 for the plain form, N for `-N`.
+    seq: u32,
+}
+
+const ID_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 impl BackupId {
     pub fn from_time(t: DateTime<Utc>) -> Self {
-        BackupId(t.format("%Y%m%dT%H%M%SZ").to_string())
+        let text = t.format(ID_TIME_FORMAT).to_string();
+        text.parse().expect("a formatted time is a backup id")
     }
+
+    /// The id after this one in the same second: `…Z-2`, `…Z-3`, …
+    pub fn next(&self) -> Self {
+        let seq = self.seq + 1;
+        BackupId {
+            text: format!("{}-{seq}", self.time.format(ID_TIME_FORMAT)),
+            time: self.time,
+            seq,
+        }
+    }
+
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The start time the id names (to the second).
+    pub fn time(&self) -> DateTime<Utc> {
+        self.time
+    }
+}
+
+impl Ord for BackupId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time, self.seq).cmp(&(other.time, other.seq))
+    }
+}
+
+impl PartialOrd for BackupId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
 impl fmt::Display for BackupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
 impl fmt::Debug for BackupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
 impl FromStr for BackupId {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ").map_err(|_| {
-            anyhow::anyhow!("not a backup id: {s:?} (expected the form 20240101T020000Z)")
-        })?;
-        Ok(BackupId(s.to_string()))
+        let bad = || anyhow::anyhow!("not a backup id: {s:?} (expected the form 20240101T020000Z)");
+        let (time, seq) = match s.split_once('-') {
+            None => (s, 1),
+            // One spelling per id: no sign, no leading zero, no `-1`.
+            Some((time, n)) if !n.starts_with(['0', '+']) => (
+                time,
+                n.parse::<u32>().ok().filter(|&n| n >= 2).ok_or_else(bad)?,
+            ),
+            Some(_) => return Err(bad()),
+        };
+        let time = chrono::NaiveDateTime::parse_from_str(time, ID_TIME_FORMAT)
+            .map_err(|_| bad())?
+            .and_utc();
+        Ok(BackupId {
+            text: s.to_string(),
+            time,
+            seq,
+        })
     }
 }
 
 impl Serialize for BackupId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(&self.text)
     }
 }
 
@@ -199,7 +251,7 @@ pub fn check_relative_path(path: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -210,6 +262,40 @@ mod tests {
         assert!(a < b);
         assert!("20240101T020000Z".parse::<BackupId>().is_ok());
         for bad in ["", "x", "2024-01-01", "../20240101T020000Z"] {
+            assert!(bad.parse::<BackupId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_of_one_second_get_a_counter_and_sort_by_value() {
+        let a = BackupId::from_time("2024-01-01T02:00:00Z".parse().unwrap());
+        let mut ids = vec![a.clone()];
+        for _ in 0..10 {
+            ids.push(ids.last().unwrap().next());
+        }
+        assert_eq!(ids[1].as_str(), "20240101T020000Z-2");
+        assert_eq!(ids[10].as_str(), "20240101T020000Z-11");
+        let later: BackupId = "20240101T020001Z".parse().unwrap();
+        let earlier: BackupId = "20240101T015959Z".parse().unwrap();
+        let mut shuffled: Vec<BackupId> = ids.iter().rev().cloned().collect();
+        shuffled.push(later.clone());
+        shuffled.insert(3, earlier.clone());
+        shuffled.sort();
+        let mut want = vec![earlier];
+        want.extend(ids.iter().cloned());
+        want.push(later);
+        assert_eq!(shuffled, want);
+        for id in &want {
+            assert_eq!(&id.as_str().parse::<BackupId>().unwrap(), id);
+        }
+        assert_eq!(ids[4].time(), a.time());
+        for bad in [
+            "20240101T020000Z-1",
+            "20240101T020000Z-02",
+            "20240101T020000Z-",
+            "20240101T020000Z-+3",
+            "20240101T020000Z-x",
+        ] {
             assert!(bad.parse::<BackupId>().is_err(), "{bad}");
         }
     }
@@ -263,11 +349,11 @@ mod tests {
         let mut bad = json.clone();
         let i = String::from_utf8_lossy(&bad).find("primary").unwrap();
         bad[i] = b'P';
-        let err = from_checked_json(&bad, "backups/x/manifest.json")
+        let err = from_checked_json(&bad, "x/manifest.json")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("backups/x/manifest.json") && err.contains("corrupt"),
+            err.contains("x/manifest.json") && err.contains("corrupt"),
             "{err}"
         );
     }

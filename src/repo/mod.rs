@@ -1,8 +1,11 @@
 //! The repository: one cluster's WAL archive and backups in the store, and its identity.
 
-pub mod layout;
+mod backups;
+pub mod inventory;
+mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod reports;
 pub mod timelines;
 pub mod window;
 
@@ -10,11 +13,16 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use chrono::{DateTime, Utc};
+
 use crate::codec::{self, ObjectHeader};
+use crate::config::RepositoryConfig;
 use crate::error::Failure;
 use crate::pg::{SystemId, WalFileName, WalSegmentSize};
 use crate::storage::{Put, Storage};
 use manifest::{BackupId, BackupManifest};
+
+pub use backups::{BackupDir, PartReader, PartSource, PartWriter, CONTROL_PART};
 
 /// `repository.json`: which cluster this repository belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +34,16 @@ pub struct RepositoryInfo {
 }
 
 impl RepositoryInfo {
+    /// The record for a cluster, in this program's repository format.
+    pub fn new(system_identifier: SystemId, pg_version: u32, wal_segment_size: u32) -> Self {
+        RepositoryInfo {
+            format_version: layout::FORMAT_VERSION,
+            system_identifier,
+            pg_version,
+            wal_segment_size,
+        }
+    }
+
     pub fn segment_size(&self) -> anyhow::Result<WalSegmentSize> {
         WalSegmentSize::new(self.wal_segment_size).with_context(|| {
             format!(
@@ -44,6 +62,88 @@ pub enum Archived {
     AlreadyArchived,
 }
 
+/// A compressed WAL object (its header first), as built by `codec`, ready to store.
+#[derive(Debug, Clone, Default)]
+pub struct WalObject(object_store::PutPayload);
+
+impl From<Vec<u8>> for WalObject {
+    fn from(v: Vec<u8>) -> Self {
+        WalObject(v.into())
+    }
+}
+
+impl From<Bytes> for WalObject {
+    fn from(b: Bytes) -> Self {
+        WalObject(b.into())
+    }
+}
+
+impl FromIterator<Bytes> for WalObject {
+    fn from_iter<I: IntoIterator<Item = Bytes>>(iter: I) -> Self {
+        WalObject(iter.into_iter().collect())
+    }
+}
+
+/// What a WAL segment's object header records besides its checksum: the first and last
+/// commit times in the segment (the recoverable window's end is read from these).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalCommits {
+    pub first_commit: Option<DateTime<Utc>>,
+    pub last_commit: Option<DateTime<Utc>>,
+}
+
+impl WalCommits {
+    const FIRST: &'static str = "first_commit";
+    const LAST: &'static str = "last_commit";
+
+    /// The header's `extra` fields for these times.
+    pub fn to_extra(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut extra = serde_json::Map::new();
+        if let Some(t) = self.first_commit {
+            extra.insert(Self::FIRST.into(), t.to_rfc3339().into());
+        }
+        if let Some(t) = self.last_commit {
+            extra.insert(Self::LAST.into(), t.to_rfc3339().into());
+        }
+        extra
+    }
+
+    /// The times recorded in a header (an unreadable time counts as absent).
+    pub fn of(header: &ObjectHeader) -> Self {
+        let time = |key: &str| {
+            header
+                .extra
+                .get(key)
+                .and_then(|v| v.as_str())
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        WalCommits {
+            first_commit: time(Self::FIRST),
+            last_commit: time(Self::LAST),
+        }
+    }
+}
+
+/// Size and time of one stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+impl From<&crate::storage::Entry> for ObjectInfo {
+    fn from(e: &crate::storage::Entry) -> Self {
+        ObjectInfo {
+            size: e.size,
+            last_modified: e.last_modified,
+        }
+    }
+}
+
+/// Keys per bulk delete request.
+const DELETE_BATCH: usize = 1000;
+
 #[derive(Clone, Debug)]
 pub struct Repository {
     storage: Storage,
@@ -51,15 +151,22 @@ pub struct Repository {
 }
 
 impl Repository {
-    pub fn new(storage: &Storage, cluster: &str) -> Self {
+    /// Open the store `cfg` names and scope it to one cluster's repository.
+    pub fn open(cfg: &RepositoryConfig, cluster: &str) -> anyhow::Result<Self> {
+        Ok(Self::new(&Storage::open(cfg)?, cluster))
+    }
+
+    fn new(storage: &Storage, cluster: &str) -> Self {
         Repository {
             storage: storage.scoped(cluster),
             cluster: cluster.to_string(),
         }
     }
 
-    pub fn storage(&self) -> &Storage {
-        &self.storage
+    /// A repository in memory, for unit tests.
+    #[cfg(test)]
+    pub fn in_memory(cluster: &str) -> Self {
+        Self::new(&Storage::in_memory(), cluster)
     }
 
     pub fn cluster(&self) -> &str {
@@ -76,7 +183,7 @@ impl Repository {
     }
 
     /// Check that this repository belongs to the cluster described by `ours`; the first
-    /// write records it. A mismatch is a `Conflict`: a re-initdb'd cluster or a config
+    /// write records it. A mismatch is a `SystemIdMismatch` (exit 4): a re-initdb'd cluster or a config
     /// pointing at another cluster's repository.
     pub async fn ensure_identity(&self, ours: &RepositoryInfo) -> anyhow::Result<RepositoryInfo> {
         let existing = match self.info().await? {
@@ -94,7 +201,7 @@ impl Repository {
             }
         };
         if existing.system_identifier != ours.system_identifier {
-            return Err(Failure::Conflict(format!(
+            return Err(Failure::SystemIdMismatch(format!(
                 "repository for cluster {:?} belongs to database system {}, but this WAL/cluster has system identifier {}; \
                  refusing to mix clusters (was the cluster re-initialized, or does the config point at another cluster's repository?)",
                 self.cluster, existing.system_identifier, ours.system_identifier
@@ -104,7 +211,7 @@ impl Repository {
         if existing.pg_version != ours.pg_version
             || existing.wal_segment_size != ours.wal_segment_size
         {
-            return Err(Failure::Conflict(format!(
+            return Err(Failure::SystemIdMismatch(format!(
                 "repository for cluster {:?} holds PostgreSQL {} with {}-byte WAL segments, but this is PostgreSQL {} with {}-byte segments",
                 self.cluster, existing.pg_version, existing.wal_segment_size, ours.pg_version, ours.wal_segment_size
             ))
@@ -114,14 +221,15 @@ impl Repository {
     }
 
     /// Archive a WAL file (already compressed with its header). An identical copy already
-    /// there is success; different content is a `Conflict` and the stored copy is untouched.
+    /// there is success; different content is a `WalConflict` (exit 4) and the stored copy is untouched.
     pub async fn put_wal(
         &self,
         name: &WalFileName,
-        object: object_store::PutPayload,
+        object: WalObject,
         header: &ObjectHeader,
     ) -> anyhow::Result<Archived> {
         let key = layout::wal_key(name);
+        let object = object.0;
         match self.storage.put_if_absent(&key, object.clone()).await? {
             Put::Stored => Ok(Archived::Stored),
             Put::AlreadyExists => {
@@ -142,7 +250,7 @@ impl Repository {
                         Ok(_) => format!("the refused copy is kept as {}/{evidence}", self.cluster),
                         Err(e) => format!("keeping the refused copy failed too: {e:#}"),
                     };
-                    Err(Failure::Conflict(format!(
+                    Err(Failure::WalConflict(format!(
                         "{name} is already archived with different content (stored SHA-256 {}, this file {}); \
                          refusing to overwrite; {kept}. Two servers may be archiving into one repository (split brain?) — \
                          check which is the primary and stop the other",
@@ -171,14 +279,28 @@ impl Repository {
     }
 
     /// Every archived WAL file name, sorted by key.
-    pub async fn list_wal(&self) -> anyhow::Result<Vec<(WalFileName, crate::storage::Entry)>> {
+    pub async fn list_wal(&self) -> anyhow::Result<Vec<(WalFileName, ObjectInfo)>> {
         Ok(self
             .storage
             .list(layout::wal_prefix())
             .await?
-            .into_iter()
-            .filter_map(|e| layout::wal_name_from_key(&e.key).map(|n| (n, e)))
+            .iter()
+            .filter_map(|e| layout::wal_name_from_key(&e.key).map(|n| (n, e.into())))
             .collect())
+    }
+
+    /// Delete archived WAL files (in batches).
+    pub async fn delete_wal(&self, names: &[WalFileName]) -> anyhow::Result<()> {
+        self.delete_keys(names.iter().map(layout::wal_key).collect())
+            .await
+    }
+
+    /// Delete keys in bulk requests of at most `DELETE_BATCH`.
+    async fn delete_keys(&self, keys: Vec<String>) -> anyhow::Result<()> {
+        for chunk in keys.chunks(DELETE_BATCH) {
+            self.storage.delete_many(chunk.to_vec()).await?;
+        }
+        Ok(())
     }
 
     /// Store a backup's manifest: the moment the backup starts to exist.
@@ -207,18 +329,7 @@ impl Repository {
 
     /// Every complete backup (one with a manifest), oldest first.
     pub async fn list_backups(&self) -> anyhow::Result<Vec<BackupManifest>> {
-        let mut ids: Vec<BackupId> = self
-            .storage
-            .list(layout::BACKUPS_DIR)
-            .await?
-            .into_iter()
-            .filter_map(|e| {
-                let rest = e.key.strip_prefix(layout::BACKUPS_DIR)?.strip_prefix('/')?;
-                let (id, file) = rest.split_once('/')?;
-                (file == "manifest.json").then(|| id.parse().ok()).flatten()
-            })
-            .collect();
-        ids.sort();
+        let ids = self.backup_ids().await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(m) = self.get_manifest(&id).await? {
@@ -229,15 +340,43 @@ impl Repository {
     }
 
     /// WAL files refused because different content was archived under their names: the
-    /// keys under `conflicts/`, oldest name first.
+    /// object names under `conflicts/` (`<WAL name>.<SHA-256>.gz`), oldest name first.
     pub async fn list_conflicts(&self) -> anyhow::Result<Vec<String>> {
         Ok(self
             .storage
             .list(layout::CONFLICTS_DIR)
             .await?
             .into_iter()
-            .map(|e| e.key)
+            .map(|e| e.key.rsplit('/').next().unwrap_or(&e.key).to_string())
             .collect())
+    }
+
+    /// Where the refused WAL files are kept, for messages: `<cluster>/conflicts`.
+    pub fn conflicts_location(&self) -> String {
+        format!("{}/{}", self.cluster, layout::CONFLICTS_DIR)
+    }
+
+    /// Write, read back, refuse an overwrite, delete: the store semantics WAL archiving
+    /// relies on. Fails when the store ignores create-only puts.
+    pub async fn probe_store(&self) -> anyhow::Result<()> {
+        let key = layout::probe_key(&format!(
+            "probe-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        let s = &self.storage;
+        if s.put_if_absent(&key, Bytes::from_static(b"one")).await? != Put::Stored {
+            anyhow::bail!("a fresh probe key already existed");
+        }
+        let second = s.put_if_absent(&key, Bytes::from_static(b"two")).await;
+        let back = s.get(&key).await?;
+        s.delete(&key).await?;
+        if second? != Put::AlreadyExists || back.as_deref() != Some(b"one".as_slice()) {
+            anyhow::bail!(
+                "the store ignores create-only puts (If-None-Match): an archived WAL file could be silently overwritten; use a store that supports conditional writes"
+            );
+        }
+        Ok(())
     }
 
     /// The checksum header of an archived WAL file, read from its first bytes only.
@@ -265,16 +404,37 @@ mod tests {
 
     #[tokio::test]
     async fn identity_is_written_once_and_checked() {
-        let repo = Repository::new(&Storage::in_memory(), "core");
+        let repo = Repository::in_memory("core");
         repo.ensure_identity(&info(1)).await.unwrap();
         repo.ensure_identity(&info(1)).await.unwrap();
         let err = repo.ensure_identity(&info(2)).await.unwrap_err();
         assert_eq!(crate::error::exit_code(&err), crate::error::exit::CONFLICT);
+        assert!(matches!(
+            crate::error::failure(&err),
+            Some(Failure::SystemIdMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn commit_times_round_trip_through_the_header() {
+        let commits = WalCommits {
+            first_commit: Some("2024-01-01T10:00:00Z".parse().unwrap()),
+            last_commit: Some("2024-01-01T12:00:00.123456Z".parse().unwrap()),
+        };
+        let extra = commits.to_extra();
+        assert_eq!(
+            extra.keys().collect::<Vec<_>>(),
+            ["first_commit", "last_commit"]
+        );
+        let (_, header) = codec::compress(b"x", 1, extra);
+        assert_eq!(WalCommits::of(&header), commits);
+        let (_, none) = codec::compress(b"x", 1, WalCommits::default().to_extra());
+        assert_eq!(WalCommits::of(&none), WalCommits::default());
     }
 
     #[tokio::test]
     async fn wal_put_is_idempotent_and_never_overwrites() {
-        let repo = Repository::new(&Storage::in_memory(), "core");
+        let repo = Repository::in_memory("core");
         let name: WalFileName = "00000002.history".parse().unwrap();
         let (a, ha) = codec::compress(b"1\t0/3000000\tno recovery target\n", 6, Default::default());
         let (b, hb) = codec::compress(b"1\t0/4000000\tother\n", 6, Default::default());

@@ -439,12 +439,7 @@ pub fn judge_gap(
 
 /// The `last_commit` recorded in a WAL object's header.
 pub fn header_last_commit(header: &crate::codec::ObjectHeader) -> Option<DateTime<Utc>> {
-    header
-        .extra
-        .get("last_commit")
-        .and_then(|v| v.as_str())
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
+    super::WalCommits::of(header).last_commit
 }
 
 /// Walk back from segment `from` to `down_to` and return the newest recorded commit time:
@@ -818,7 +813,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn window_reads_the_newest_commit_from_headers() {
-        let repo = Repository::new(&crate::storage::Storage::in_memory(), "core");
+        let repo = Repository::in_memory("core");
         let size = WalSegmentSize::DEFAULT;
         let mut listed = Vec::new();
         for (segno, commit) in [

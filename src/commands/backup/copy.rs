@@ -20,16 +20,15 @@ use crate::pg::exclude::PlannedFile;
 use crate::pg::page::{self, BLCKSZ};
 use crate::pg::Lsn;
 use crate::pgz;
-use crate::repo::manifest::{FileEntry, PageProblem, PartEntry};
-use crate::storage::Storage;
+use crate::repo::manifest::{BackupId, FileEntry, PageProblem, PartEntry};
+use crate::repo::Repository;
 
 /// Bytes handed to the uploader at a time.
 const CHUNK: usize = 1 << 20;
 
 pub struct CopyJob {
-    pub storage: Storage,
-    /// Key prefix of the backup (`backups/<id>`).
-    pub backup_dir: String,
+    pub repo: Repository,
+    pub id: BackupId,
     pub files: Vec<PlannedFile>,
     pub parallelism: usize,
     pub level: u32,
@@ -55,9 +54,8 @@ pub async fn copy(job: CopyJob) -> anyhow::Result<CopyResult> {
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let mut workers = Vec::new();
     for index in 0..parts {
-        let name = crate::repo::layout::data_part_name(index);
-        let key = format!("{}/{name}", job.backup_dir);
-        let mut writer = job.storage.writer(&key).await?;
+        let mut writer = job.repo.part_writer(&job.id, index).await?;
+        let name = writer.name().to_string();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
         let uploader = tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {

@@ -18,12 +18,11 @@ use crate::config::{BackupFrom, ClusterConfig, Config};
 use crate::error::Failure;
 use crate::pg::client::{ServerRole, Session};
 use crate::pg::{self, Lsn, SystemId, TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
-use crate::repo::layout::{self, FORMAT_VERSION};
 use crate::repo::lock::RepoLock;
 use crate::repo::manifest::{
     BackupId, BackupManifest, DirEntry, FileEntry, PartEntry, Tablespace, MANIFEST_FORMAT,
 };
-use crate::repo::{Repository, RepositoryInfo};
+use crate::repo::{Repository, RepositoryInfo, CONTROL_PART};
 
 pub async fn run(
     config: &Config,
@@ -55,15 +54,14 @@ pub async fn take_backup(
     );
     let seg_size = WalSegmentSize::new(server.wal_segment_size)
         .context("server reports an invalid wal_segment_size")?;
-    repo.ensure_identity(&RepositoryInfo {
-        format_version: FORMAT_VERSION,
-        system_identifier: server.system_id,
-        pg_version: server.major(),
-        wal_segment_size: server.wal_segment_size,
-    })
+    repo.ensure_identity(&RepositoryInfo::new(
+        server.system_id,
+        server.major(),
+        server.wal_segment_size,
+    ))
     .await?;
     let lock = RepoLock::acquire(
-        repo.storage(),
+        repo,
         "backup",
         Duration::from_secs(config.backup.lock_ttl_seconds),
     )
@@ -140,11 +138,7 @@ async fn backup_locked(
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
     let start_time = Utc::now();
-    let id = BackupId::from_time(start_time);
-    if repo.get_manifest(&id).await?.is_some() {
-        bail!("a backup with id {id} already exists; wait a second and retry");
-    }
-    let backup_dir = layout::backup_dir(&id);
+    let id = repo.new_backup_id(start_time).await?;
     tracing::info!(backup_id = %id, cluster = %cluster.name, "starting backup");
     let start_lsn = session
         .backup_start(
@@ -157,20 +151,12 @@ async fn backup_locked(
     let start_timeline = session.server_info().await?.timeline;
     tracing::info!(backup_id = %id, start_lsn = %start_lsn, "backup started");
 
-    let copied = copy_data(
-        config,
-        cluster,
-        repo,
-        &backup_dir,
-        start_lsn,
-        server.data_checksums,
-    )
-    .await;
+    let copied = copy_data(config, cluster, repo, &id, start_lsn, server.data_checksums).await;
     let (plan, copy_result, control) = match copied {
         Ok(c) => c,
         Err(e) => {
             let _ = session.backup_stop().await;
-            cleanup_parts(repo, &backup_dir).await;
+            cleanup_parts(repo, &id).await;
             return Err(e);
         }
     };
@@ -179,7 +165,7 @@ async fn backup_locked(
     let timeline = label_start_timeline(&stop.label).unwrap_or(start_timeline);
     if server.in_recovery {
         if let Err(e) = check_standby_stop(session, timeline).await {
-            cleanup_parts(repo, &backup_dir).await;
+            cleanup_parts(repo, &id).await;
             return Err(e);
         }
     }
@@ -187,11 +173,10 @@ async fn backup_locked(
 
     // The last part: backup_label, tablespace_map and pg_control (copied last).
     let control_part =
-        match write_control_part(repo, &backup_dir, &stop, &control, copy_result.parts.len()).await
-        {
+        match write_control_part(repo, &id, &stop, &control, copy_result.parts.len()).await {
             Ok(p) => p,
             Err(e) => {
-                cleanup_parts(repo, &backup_dir).await;
+                cleanup_parts(repo, &id).await;
                 return Err(e);
             }
         };
@@ -217,7 +202,7 @@ async fn backup_locked(
     )
     .await
     {
-        cleanup_parts(repo, &backup_dir).await;
+        cleanup_parts(repo, &id).await;
         return Err(e);
     }
 
@@ -298,7 +283,7 @@ async fn copy_data(
     config: &Config,
     cluster: &ClusterConfig,
     repo: &Repository,
-    backup_dir: &str,
+    id: &BackupId,
     start_lsn: Lsn,
     data_checksums: bool,
 ) -> anyhow::Result<Copied> {
@@ -317,8 +302,8 @@ async fn copy_data(
     let progress = Arc::new(AtomicU64::new(0));
     let reporter = tokio::spawn(report_progress(progress.clone(), total));
     let result = copy::copy(copy::CopyJob {
-        storage: repo.storage().clone(),
-        backup_dir: backup_dir.to_string(),
+        repo: repo.clone(),
+        id: id.clone(),
         files: std::mem::take(&mut plan.files),
         parallelism: config.backup.parallelism,
         level: config.backup.compress_level,
@@ -338,7 +323,7 @@ async fn copy_data(
 /// Store `control.tar.gz`; returns its part entry, pg_control's file entry and the label/map entries.
 async fn write_control_part(
     repo: &Repository,
-    backup_dir: &str,
+    id: &BackupId,
     stop: &pg::client::BackupStop,
     control: &[u8],
     part_index: usize,
@@ -375,17 +360,12 @@ async fn write_control_part(
         .finish()
         .context("build control part")?;
     let part = PartEntry {
-        key: layout::CONTROL_PART.into(),
+        key: CONTROL_PART.into(),
         size: bytes.len() as u64,
         sha256: crate::codec::Sha256::of(&bytes),
         original_size: files.iter().map(|(_, d)| d.len() as u64).sum(),
     };
-    repo.storage()
-        .put(
-            &format!("{backup_dir}/{}", layout::CONTROL_PART),
-            Bytes::from(bytes),
-        )
-        .await?;
+    repo.put_part(id, CONTROL_PART, Bytes::from(bytes)).await?;
     let control_entry = entries.pop().expect("pg_control entry");
     Ok((part, control_entry, entries))
 }
@@ -569,11 +549,8 @@ fn label_start_timeline(label: &str) -> Option<TimelineId> {
 
 /// Remove the parts of a backup that will not get a manifest (best effort; `expire` also
 /// removes such leftovers later).
-async fn cleanup_parts(repo: &Repository, backup_dir: &str) {
-    if let Ok(entries) = repo.storage().list(backup_dir).await {
-        let keys = entries.into_iter().map(|e| e.key).collect();
-        let _ = repo.storage().delete_many(keys).await;
-    }
+async fn cleanup_parts(repo: &Repository, id: &BackupId) {
+    let _ = repo.delete_backup_dir(id.as_str()).await;
 }
 
 /// A progress bar on a terminal, else a log line every 10 seconds.
