@@ -11,7 +11,7 @@ use synapse_backup::error::{self, exit};
 use synapse_backup::pg::WalFileName;
 use synapse_backup::repo::Repository;
 use synapse_backup::storage::Storage;
-use synapse_backup::{commands, logging};
+use synapse_backup::{commands, logging, settings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -128,10 +128,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check => commands::check::run(&config, cluster, &repo).await,
         Command::Restore(args) => {
-            commands::restore::run(&config, cluster, &repo, &args, cli.config.as_deref()).await
+            let settings =
+                settings::restore_settings(&args, config.timezone(), cli.config.as_deref())?;
+            commands::restore::run(&config, cluster, &repo, &settings).await
         }
         Command::Agent => unreachable!("handled above: the agent needs no --cluster"),
-        Command::Verify(args) => commands::verify::run(&config, cluster, &repo, &args).await,
+        Command::Verify(args) => {
+            let settings = settings::verify_settings(&args, &config)?;
+            commands::verify::run(&config, cluster, &repo, &settings).await
+        }
     }
 }
 
