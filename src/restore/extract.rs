@@ -108,28 +108,7 @@ pub(super) async fn restore_parts(
         parallel
     );
 
-    let total = backup.original_size();
-    let reporter = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let done = shared.written.load(Ordering::Relaxed);
-                let secs = started.elapsed().as_secs_f64().max(0.001);
-                eprintln!(
-                    "restore: {} of {} ({:.0}%), {:.0}s, {}/s",
-                    format::human_bytes(done),
-                    format::human_bytes(total),
-                    100.0 * done as f64 / total.max(1) as f64,
-                    secs,
-                    format::human_bytes((done as f64 / secs) as u64)
-                );
-            }
-        })
-    };
+    let reporter = spawn_progress(shared.clone(), backup.original_size());
     let result = async {
         let mut extracted: Vec<Extracted> = futures::stream::iter(data)
             .map(|i| {
@@ -161,9 +140,36 @@ pub(super) async fn restore_parts(
     let extracted = result?;
     flushed.context("write the restored files back to disk")?;
 
-    // Every manifest file exactly once.
+    check_every_file_once(backup, &extracted)?;
+    Ok(extracted)
+}
+
+/// Every few seconds, how far the extraction is.
+fn spawn_progress(shared: Arc<Extraction>, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let done = shared.written.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            eprintln!(
+                "restore: {} of {} ({:.0}%), {:.0}s, {}/s",
+                format::human_bytes(done),
+                format::human_bytes(total),
+                100.0 * done as f64 / total.max(1) as f64,
+                secs,
+                format::human_bytes((done as f64 / secs) as u64)
+            );
+        }
+    })
+}
+
+/// Every manifest file exactly once.
+fn check_every_file_once(backup: &BackupManifest, extracted: &[Extracted]) -> anyhow::Result<()> {
     let mut seen = HashSet::new();
-    for e in &extracted {
+    for e in extracted {
         if !seen.insert(e.path.as_str()) {
             bail!(
                 "backup {}: {} is stored twice in the parts",
@@ -183,7 +189,7 @@ pub(super) async fn restore_parts(
             missing.path
         );
     }
-    Ok(extracted)
+    Ok(())
 }
 
 /// Read one part from the store into a blocking extractor: a local file directly, a remote

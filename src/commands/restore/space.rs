@@ -95,9 +95,9 @@ fn space_shortfall(roots: &[RootSpace]) -> Option<(String, u64, u64)> {
 mod tests {
     use super::*;
     use crate::codec::Sha256;
-    use std::path::Path;
     use crate::repo::manifest::FileEntry;
     use crate::restore::layout::tests::manifest_with_tablespace;
+    use std::path::Path;
 
     #[test]
     fn space_is_summed_per_file_system() {
