@@ -19,8 +19,6 @@ use crate::error::usage;
 use crate::schedule::Schedule;
 
 pub const DEFAULT_PATH: &str = "/etc/synapse-backup/config.toml";
-/// Kept for callers not yet on [`config_path`]; the variable is declared in [`crate::env`].
-pub const ENV_PATH: &str = env::CONFIG;
 
 /// Where the config file is: `--config`, else `$SYNAPSE_BACKUP_CONFIG`, else the default.
 pub fn config_path(flag: Option<&Path>) -> PathBuf {

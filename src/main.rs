@@ -10,7 +10,7 @@ use synapse_backup::config::Config;
 use synapse_backup::error::{self, exit};
 use synapse_backup::repo::Repository;
 use synapse_backup::settings::{
-    CheckSettings, ExpireSettings, ListSettings, WalFetchSettings, WalPrefetchSettings,
+    self, CheckSettings, ExpireSettings, ListSettings, WalFetchSettings, WalPrefetchSettings,
     WalPushSettings,
 };
 use synapse_backup::{commands, logging};
@@ -114,10 +114,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::check::run(&config, cluster, &repo, CheckSettings::from_env()).await
         }
         Command::Restore(args) => {
-            commands::restore::run(&config, cluster, &repo, &args, cli.config.as_deref()).await
+            let settings =
+                settings::restore_settings(&args, config.timezone(), cli.config.as_deref())?;
+            commands::restore::run(&config, cluster, &repo, &settings).await
         }
         Command::Agent => unreachable!("handled above: the agent needs no --cluster"),
-        Command::Verify(args) => commands::verify::run(&config, cluster, &repo, &args).await,
+        Command::Verify(args) => {
+            let settings = settings::verify_settings(&args, &config)?;
+            commands::verify::run(&config, cluster, &repo, &settings).await
+        }
     }
 }
 

@@ -408,14 +408,11 @@ async fn newest_backup(cfg: &Config, cluster: &ClusterConfig) -> anyhow::Result<
 /// others would only fail their identity check every night. A single-node connection is
 /// never skipped: a wrong `backup_from` there must fail loudly.
 fn not_this_host(cluster: &ClusterConfig) -> Option<String> {
-    let hosts = crate::pg::tls::split_conninfo(&cluster.connection)
-        .ok()?
-        .rest
-        .parse::<tokio_postgres::Config>()
+    let hosts = crate::pg::conninfo::parse(&cluster.connection)
         .ok()?
         .get_hosts()
         .len();
-    let local_is_standby = cluster.pgdata.join("standby.signal").exists();
+    let local_is_standby = crate::pg::datadir::has_standby_signal(&cluster.pgdata);
     skip_decision(hosts, cluster.backup_from, local_is_standby)
 }
 

@@ -100,7 +100,7 @@ pub async fn run(
         report.leftovers_removed.len(),
         report.wal_objects_removed,
         report.wal_horizon.as_deref().unwrap_or("-"),
-        crate::commands::list::human_bytes(report.bytes_freed),
+        crate::format::human_bytes(report.bytes_freed),
         report.window_start.map_or("-".to_string(), crate::timeparse::format_utc)
     );
     Ok(())

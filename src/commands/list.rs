@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::format::human_bytes;
 use crate::pg::history::HistoryEntry;
 use crate::pg::{TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupManifest;
@@ -232,19 +233,4 @@ async fn load_windows(
         ));
     }
     Ok((timelines.latest(), out))
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

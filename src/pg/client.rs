@@ -109,7 +109,7 @@ pub async fn connect_to(conninfo: &str, role: ServerRole) -> anyhow::Result<Sess
 }
 
 async fn open(conninfo: &str, role: Option<ServerRole>) -> anyhow::Result<Session> {
-    let split = super::tls::split_conninfo(conninfo)?;
+    let split = super::conninfo::split_conninfo(conninfo)?;
     let mut config: tokio_postgres::Config = split
         .rest
         .parse()

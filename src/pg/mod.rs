@@ -1,12 +1,18 @@
-//! PostgreSQL knowledge: positions, timelines, WAL file names and formats, client queries.
+//! PostgreSQL knowledge: positions, timelines, WAL file names and formats, the data directory,
+//! recovery settings, server logs, connection strings, client queries.
 
 pub mod backup_manifest;
 pub mod client;
+pub mod conninfo;
 pub mod control;
+pub mod datadir;
 pub mod exclude;
 pub mod history;
 pub mod lsn;
 pub mod page;
+pub mod recovery_conf;
+pub mod server;
+pub mod serverlog;
 pub mod tls;
 pub mod walname;
 pub mod walscan;

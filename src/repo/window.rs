@@ -14,7 +14,6 @@
 //! headers.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -25,26 +24,7 @@ use crate::pg::history::TimelinePath;
 use crate::pg::{Lsn, WalFileName, WalSegmentName, WalSegmentSize};
 use crate::timeparse::{format_in_zone, format_utc};
 
-/// Where recovery should stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoveryTarget {
-    /// Replay all archived WAL.
-    Latest,
-    /// Stop before the first commit after this instant (`recovery_target_time`, inclusive).
-    Time(DateTime<Utc>),
-    /// Stop after the first record at or after this position (`recovery_target_lsn`).
-    Lsn(Lsn),
-}
-
-impl fmt::Display for RecoveryTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RecoveryTarget::Latest => f.write_str("the end of the archived WAL"),
-            RecoveryTarget::Time(t) => f.write_str(&format_utc(*t)),
-            RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
-        }
-    }
-}
+pub use crate::pg::recovery_conf::RecoveryTarget;
 
 /// The end of a backup: the earliest point a restore of it can stop at.
 #[derive(Debug, Clone, PartialEq, Eq)]

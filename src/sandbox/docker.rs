@@ -13,10 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{
-    env_error, process_alive, Instance, InstanceKind, RunAs, ScratchDirs, ToolOutput,
-    SCRATCH_PREFIX,
-};
+use super::{env_error, Instance, InstanceKind, RunAs, ScratchDirs, ToolOutput, SCRATCH_PREFIX};
 
 pub struct Docker {
     image: String,
@@ -231,7 +228,7 @@ impl Docker {
             let Some(pid) = super::owner_pid(name) else {
                 continue;
             };
-            if pid != std::process::id() && !process_alive(pid) {
+            if pid != std::process::id() && !crate::os::process_alive(pid) {
                 eprintln!("verify: removing container {name} left by an earlier run (pid {pid})");
                 remove_container(name).await;
             }

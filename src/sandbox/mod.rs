@@ -24,7 +24,7 @@ pub mod namespace;
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,6 +33,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 
 use crate::config::VerifyRuntime;
+use crate::os::process_alive;
+pub use crate::os::RunAs;
+use crate::pg::server;
 
 /// Scratch directories and docker containers are named `synapse-verify-<pid>-<n>`.
 pub const SCRATCH_PREFIX: &str = "synapse-verify-";
@@ -67,61 +70,14 @@ pub fn is_environment_error(err: &anyhow::Error) -> bool {
         .any(|c| c.downcast_ref::<EnvironmentError>().is_some())
 }
 
-/// The OS user the instance runs as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
-    pub uid: u32,
-    pub gid: u32,
-    /// Set when the verifier runs as root and the instance as this user (`postgres`).
-    pub name: Option<String>,
-}
-
-impl RunAs {
-    /// As root: the `postgres` user (PostgreSQL refuses to run as root). Otherwise ourselves.
-    pub fn decide() -> anyhow::Result<RunAs> {
-        let me = fs::metadata("/proc/self").context("read /proc/self")?;
-        if me.uid() != 0 {
-            return Ok(RunAs {
-                uid: me.uid(),
-                gid: me.gid(),
-                name: None,
-            });
-        }
-        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-        passwd_user(&passwd, "postgres")
-            .map(|(uid, gid)| RunAs {
-                uid,
-                gid,
-                name: Some("postgres".into()),
-            })
-            .ok_or_else(|| {
-                env_error(
-                    "running as root, and there is no `postgres` user to run the scratch instance as \
-                     (PostgreSQL refuses to run as root): create one, or run verify as the user that owns PostgreSQL",
-                )
-            })
-    }
-
-    pub fn is_root_verifier(&self) -> bool {
-        self.name.is_some()
-    }
-
-    fn chown(&self, path: &Path) -> anyhow::Result<()> {
-        if self.is_root_verifier() {
-            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
-                .with_context(|| format!("chown {}", path.display()))?;
-        }
-        Ok(())
-    }
-}
-
-/// `(uid, gid)` of `name` in an `/etc/passwd` text.
-fn passwd_user(text: &str, name: &str) -> Option<(u32, u32)> {
-    text.lines().find_map(|line| {
-        let mut f = line.split(':');
-        (f.next()? == name).then_some(())?;
-        let _password = f.next()?;
-        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+/// The OS user the instance runs as: as root, the `postgres` user (PostgreSQL refuses to run
+/// as root); otherwise ourselves.
+pub fn run_as() -> anyhow::Result<RunAs> {
+    RunAs::decide()?.ok_or_else(|| {
+        env_error(
+            "running as root, and there is no `postgres` user to run the scratch instance as \
+             (PostgreSQL refuses to run as root): create one, or run verify as the user that owns PostgreSQL",
+        )
     })
 }
 
@@ -274,17 +230,6 @@ fn owner_pid(name: &str) -> Option<u32> {
     let (pid, n) = rest.split_once('-')?;
     n.parse::<u32>().ok()?;
     pid.parse().ok()
-}
-
-/// Alive and not a zombie.
-pub fn process_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
 }
 
 /// Remove what killed verifiers left in `base`: each `synapse-verify-<pid>-<n>` directory
@@ -452,9 +397,7 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         match kind {
             VerifyRuntime::Namespace => {
-                let bin = cluster.pg_bin_dir.clone().unwrap_or_else(|| {
-                    PathBuf::from(format!("/usr/lib/postgresql/{pg_major}/bin"))
-                });
+                let bin = server::bin_dir(cluster.pg_bin_dir.as_deref(), pg_major);
                 namespace::Namespace::prepare(bin, pg_major, run_as.clone())
                     .await
                     .map(Runtime::Namespace)
@@ -465,9 +408,7 @@ impl Runtime {
                     .docker_image
                     .clone()
                     .unwrap_or_else(|| format!("postgres:{pg_major}"));
-                let bin = config.verify.docker_pg_bin_dir.clone().unwrap_or_else(|| {
-                    PathBuf::from(format!("/usr/lib/postgresql/{pg_major}/bin"))
-                });
+                let bin = server::bin_dir(config.verify.docker_pg_bin_dir.as_deref(), pg_major);
                 docker::Docker::prepare(image, bin, run_as.clone(), config.verify.memory_mb)
                     .await
                     .map(Runtime::Docker)
@@ -753,9 +694,6 @@ mod tests {
         ] {
             assert_eq!(owner_pid(bad), None, "{bad}");
         }
-        let passwd = "root:x:0:0::/root:/bin/sh\npostgres:x:104:108::/var/lib/postgresql:/bin/sh\n";
-        assert_eq!(passwd_user(passwd, "postgres"), Some((104, 108)));
-        assert_eq!(passwd_user(passwd, "nobody"), None);
     }
 
     #[test]

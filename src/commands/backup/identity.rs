@@ -4,51 +4,17 @@
 //! server: its role (a server in recovery has `standby.signal` or `recovery.signal` there), and
 //! the data directory and start time its postmaster wrote into `postmaster.pid`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::error::Failure;
 use crate::pg::client::ServerInfo;
+use crate::pg::datadir::{in_recovery, PostmasterPid};
 
 /// `postmaster.pid` holds the postmaster's start time in whole seconds, taken before shared
 /// memory is set up; `pg_postmaster_start_time()` is taken after it. Allow this much between.
 const START_TIME_SLACK_SECONDS: i64 = 10;
-
-/// What a running postmaster writes into `postmaster.pid` (the lines used here).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostmasterPid {
-    /// The data directory as the server names it (its `data_directory` setting).
-    pub data_directory: PathBuf,
-    /// Unix seconds.
-    pub started: i64,
-}
-
-impl PostmasterPid {
-    /// Parse the file's text; `None` when the first three lines are not there.
-    pub fn parse(text: &str) -> Option<PostmasterPid> {
-        let lines: Vec<&str> = text.lines().collect();
-        lines.first()?.trim().parse::<u32>().ok()?;
-        Some(PostmasterPid {
-            data_directory: PathBuf::from(lines.get(1)?.trim()),
-            started: lines.get(2)?.trim().parse().ok()?,
-        })
-    }
-
-    /// `pgdata/postmaster.pid`, or `None` when there is none (no server running there).
-    pub fn read(pgdata: &Path) -> anyhow::Result<Option<PostmasterPid>> {
-        let path = pgdata.join("postmaster.pid");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        };
-        PostmasterPid::parse(&text)
-            .map(Some)
-            .with_context(|| format!("{} is not a postmaster.pid file", path.display()))
-    }
-}
 
 /// The connected server, as the refusal messages name it.
 pub struct Connected<'a> {
@@ -127,15 +93,6 @@ fn differences(pgdata: &Path, pid: &PostmasterPid, server: &ServerInfo) -> Vec<S
     out
 }
 
-/// Whether the server on `pgdata` is in recovery: it was started with `standby.signal` or
-/// `recovery.signal`, which it removes when it is promoted. (`postmaster.pid` does not tell:
-/// a hot standby reports `ready` there, as a primary does.)
-fn in_recovery(pgdata: &Path) -> bool {
-    ["standby.signal", "recovery.signal"]
-        .iter()
-        .any(|f| pgdata.join(f).exists())
-}
-
 fn utc(secs: i64) -> String {
     DateTime::<Utc>::from_timestamp(secs, 0).map_or_else(
         || secs.to_string(),
@@ -162,17 +119,6 @@ mod tests {
             data_directory: data_directory.into(),
             postmaster_started: DateTime::from_timestamp_micros((started * 1e6) as i64).unwrap(),
         }
-    }
-
-    #[test]
-    fn parses_postmaster_pid() {
-        let pid = PostmasterPid::parse(PID).unwrap();
-        assert_eq!(pid.data_directory, PathBuf::from("/tmp/pgm/d"));
-        assert_eq!(pid.started, 1_796_161_902);
-        // Written in steps at start-up: the first lines are enough.
-        assert_eq!(PostmasterPid::parse("12\n/d\n5\n").unwrap().started, 5);
-        assert_eq!(PostmasterPid::parse("12\n/d\n"), None);
-        assert_eq!(PostmasterPid::parse("x\n/d\n5\n"), None);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! Conversions run after the config is loaded (some need its `timezone`), so a broken config
 //! is still reported before a bad argument, as it always was.
 
+mod recovery;
+
+pub use recovery::*;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,0 +1,163 @@
+//! `restore`: point-in-time restore of a base backup into a data directory.
+//!
+//! The order is what makes it safe at 3 a.m.:
+//!
+//! 1. Resolve the target and print the UTC instant it means, before anything else.
+//! 2. Refuse what must not be touched (a live server in the directory, a non-empty directory
+//!    without `--force`), choose the backup, and check the target against the recoverable
+//!    window and the archived WAL, all before a byte of backup data is downloaded
+//!    ([`target`], [`space`]).
+//! 3. Mark the directory incomplete (`SYNAPSE_RESTORE_INCOMPLETE`), download the parts in
+//!    parallel, check every stored byte and every file against the manifest, and extract.
+//!    `global/pg_control` stays under a temporary name until the very end, so PostgreSQL
+//!    refuses to start a half-restored directory ([`crate::restore`], shared with `verify`).
+//! 4. Write `backup_label`, `tablespace_map`, `recovery.signal`, the recovery settings and a
+//!    PostgreSQL `backup_manifest`, sync, move `pg_control` into place, drop the marker.
+//! 5. With `--start`, start the server and wait until recovery has reached the target
+//!    ([`start`]).
+
+mod space;
+mod start;
+mod target;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::config::{ClusterConfig, Config};
+use crate::format::human_bytes;
+use crate::pg::recovery_conf::{RecoverySettings, RecoveryTarget, TargetAction};
+use crate::pg::{Lsn, TimelineId};
+use crate::repo::manifest::BackupId;
+use crate::repo::Repository;
+use crate::restore::{Destination, TargetDir};
+use crate::timeparse::{format_utc, TargetTime};
+
+pub use crate::restore::INCOMPLETE_MARKER;
+
+/// What `restore` was asked to do, parsed (see `crate::settings`).
+#[derive(Debug, Clone)]
+pub struct RestoreSettings {
+    pub target: Target,
+    /// Restore this backup instead of the one chosen for the target.
+    pub backup: Option<BackupId>,
+    /// Follow this timeline instead of the latest.
+    pub timeline: Option<TimelineId>,
+    /// Data directory to restore into (default: the cluster's pgdata).
+    pub pgdata: Option<PathBuf>,
+    /// Replace the contents of non-empty directories.
+    pub force: bool,
+    pub action: TargetAction,
+    /// Start the server and wait until recovery reaches the target.
+    pub start: bool,
+    /// Tablespace OID → the directory it is restored into instead of its original place.
+    pub tablespace_map: BTreeMap<u32, PathBuf>,
+    /// The config file given with `--config`, for the restore_command.
+    pub config_path: Option<PathBuf>,
+}
+
+/// The recovery target as given, with how a time was read (for the message).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Time(TargetTime),
+    Lsn(Lsn),
+    Latest,
+}
+
+impl Target {
+    pub fn recovery_target(&self) -> RecoveryTarget {
+        match self {
+            Target::Time(t) => RecoveryTarget::Time(t.utc),
+            Target::Lsn(l) => RecoveryTarget::Lsn(*l),
+            Target::Latest => RecoveryTarget::Latest,
+        }
+    }
+}
+
+pub async fn run(
+    config: &Config,
+    cluster: &ClusterConfig,
+    repo: &Repository,
+    settings: &RestoreSettings,
+) -> anyhow::Result<()> {
+    // 1. The target, printed before anything happens.
+    match &settings.target {
+        Target::Time(t) => eprintln!("target: {t}"),
+        Target::Lsn(l) => eprintln!("target: LSN {l}"),
+        Target::Latest => eprintln!("target: the end of the archived WAL (--latest)"),
+    }
+    let target = settings.target.recovery_target();
+
+    // 2. Everything that can refuse, before any download or write.
+    let pgdata = std::path::absolute(settings.pgdata.as_deref().unwrap_or(&cluster.pgdata))
+        .context("resolve the data directory")?;
+    let dir = TargetDir::inspect(&pgdata, settings.force)?;
+    let chosen = target::choose(repo, cluster, config.timezone(), settings, &target).await?;
+    let backup = &chosen.backup;
+    let dest = Destination::new(dir, backup, &settings.tablespace_map)?;
+    space::check_disk_space(
+        &dest.layout,
+        backup,
+        dest.replaces_contents(),
+        config.archive.prefetch,
+        chosen.size,
+    )?;
+
+    eprintln!(
+        "backup: {} (ended {}, LSN {}, timeline {}), {} files, {} in {} parts ({} stored)",
+        backup.id,
+        format_utc(backup.stop_time),
+        backup.stop_lsn,
+        backup.timeline.0,
+        backup.files.len(),
+        human_bytes(backup.original_size()),
+        backup.parts.len(),
+        human_bytes(backup.stored_size()),
+    );
+    eprintln!("restoring into {}", pgdata.display());
+
+    // 3. and 4. Mark, clear, extract; recovery configuration, manifest, and the switch from
+    // "incomplete" to "ready".
+    let recovery = RecoverySettings {
+        restore_command: chosen.restore_command.clone(),
+        target,
+        action: settings.action,
+        timeline: Some(chosen.timeline),
+    };
+    let started = Instant::now();
+    let files = dest.restore(repo, backup, &recovery, true).await?;
+    let elapsed = started.elapsed();
+    let bytes = backup.original_size();
+    eprintln!(
+        "restored backup {} into {}: {} files, {} in {:.1}s ({}/s)",
+        backup.id,
+        pgdata.display(),
+        files,
+        human_bytes(bytes),
+        elapsed.as_secs_f64(),
+        human_bytes((bytes as f64 / elapsed.as_secs_f64().max(0.001)) as u64),
+    );
+
+    // 5. Start and wait.
+    if settings.start {
+        start::start_and_wait(
+            cluster,
+            backup,
+            &pgdata,
+            dest.owner(),
+            &target,
+            settings.action,
+        )
+        .await
+    } else {
+        eprintln!(
+            "ready: start the server on {} to recover to {target} (the restore_command fetches WAL from the repository)",
+            pgdata.display()
+        );
+        Ok(())
+    }
+}

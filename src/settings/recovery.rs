@@ -1,0 +1,129 @@
+//! `restore` and `verify`: their arguments turned into the settings types the commands take.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{self, RestoreArgs, VerifyArgs};
+use crate::commands::restore::{RestoreSettings, Target};
+use crate::commands::verify::{VerifySettings, Which};
+use crate::config::Config;
+use crate::error::usage;
+use crate::pg::recovery_conf::TargetAction;
+use crate::pg::{Lsn, TimelineId};
+use crate::repo::manifest::BackupId;
+use crate::timeparse;
+
+impl From<cli::TargetAction> for TargetAction {
+    fn from(a: cli::TargetAction) -> TargetAction {
+        match a {
+            cli::TargetAction::Promote => TargetAction::Promote,
+            cli::TargetAction::Pause => TargetAction::Pause,
+            cli::TargetAction::Shutdown => TargetAction::Shutdown,
+        }
+    }
+}
+
+/// `restore`'s arguments; times without an offset are read in `zone`. `config_path` is the
+/// `--config` given, for the restore_command.
+pub fn restore_settings(
+    args: &RestoreArgs,
+    zone: chrono_tz::Tz,
+    config_path: Option<&Path>,
+) -> anyhow::Result<RestoreSettings> {
+    let target = match (&args.to, &args.lsn, args.latest) {
+        (Some(to), None, false) => timeparse::parse_target_time(to, zone)
+            .map(Target::Time)
+            .map_err(|e| usage(e.to_string()))?,
+        (None, Some(lsn), false) => lsn
+            .parse::<Lsn>()
+            .map(Target::Lsn)
+            .map_err(|e| usage(e.to_string()))?,
+        (None, None, true) => Target::Latest,
+        _ => return Err(usage("give exactly one of --to, --lsn and --latest")),
+    };
+    Ok(RestoreSettings {
+        target,
+        tablespace_map: parse_tablespace_map(&args.tablespace_map)?,
+        backup: args.backup.as_deref().map(parse_backup_id).transpose()?,
+        timeline: args.timeline.map(TimelineId),
+        pgdata: args.pgdata.clone(),
+        force: args.force,
+        action: args.target_action.into(),
+        start: args.start,
+        config_path: config_path.map(Path::to_path_buf),
+    })
+}
+
+/// `verify`'s arguments, with the configured defaults.
+pub fn verify_settings(args: &VerifyArgs, config: &Config) -> anyhow::Result<VerifySettings> {
+    let to = match &args.to {
+        Some(s) => {
+            if args.all_unverified {
+                return Err(usage(
+                    "--to names one moment, so it goes with one backup (--backup or --latest), not --all-unverified",
+                ));
+            }
+            let t = timeparse::parse_target_time(s, config.timezone())
+                .map_err(|e| usage(e.to_string()))?;
+            Some(t)
+        }
+        None => None,
+    };
+    let which = if args.all_unverified {
+        Which::AllUnverified
+    } else if let Some(id) = &args.backup {
+        Which::Backup(parse_backup_id(id)?)
+    } else {
+        Which::Newest
+    };
+    Ok(VerifySettings {
+        which,
+        to,
+        runtime: args.runtime.map_or(config.verify.runtime, Into::into),
+        json: args.json,
+    })
+}
+
+fn parse_backup_id(id: &str) -> anyhow::Result<BackupId> {
+    id.parse().map_err(|e: anyhow::Error| usage(e.to_string()))
+}
+
+/// `--tablespace-map OID=DIR` (repeatable): OID → absolute directory.
+pub fn parse_tablespace_map(args: &[String]) -> anyhow::Result<BTreeMap<u32, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for arg in args {
+        let bad = || {
+            usage(format!(
+                "--tablespace-map {arg:?}: expected OID=DIR with an absolute DIR"
+            ))
+        };
+        let (oid, dir) = arg.split_once('=').ok_or_else(bad)?;
+        let oid: u32 = oid.trim().parse().map_err(|_| bad())?;
+        let dir = PathBuf::from(dir);
+        if !dir.is_absolute() {
+            return Err(bad());
+        }
+        if out.insert(oid, dir).is_some() {
+            return Err(usage(format!(
+                "--tablespace-map: tablespace {oid} is given twice"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// `restore` settings from a command line (`restore --to … --pgdata …`), for tests.
+#[cfg(test)]
+pub(crate) fn restore_settings_from_argv(
+    argv: &[String],
+    zone: chrono_tz::Tz,
+    config_path: Option<&Path>,
+) -> anyhow::Result<RestoreSettings> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: RestoreArgs,
+    }
+    restore_settings(&Wrap::parse_from(argv).args, zone, config_path)
+}
