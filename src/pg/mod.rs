@@ -1,13 +1,16 @@
 //! PostgreSQL knowledge: positions, timelines, WAL file names and formats, client queries.
 
 pub mod backup_manifest;
+pub mod catalog;
 pub mod client;
 pub mod control;
+pub mod events;
 pub mod exclude;
 pub mod history;
 pub mod lsn;
 pub mod page;
 pub mod tls;
+pub mod walevents;
 pub mod walname;
 pub mod walscan;
 
