@@ -14,3 +14,4 @@ mod storage_suite;
 mod tls;
 mod verify;
 mod wal;
+mod walevents;
