@@ -80,8 +80,21 @@ fn waldump(pg: &PgCluster, first: &str, last: &str, rmgr: &str) -> Vec<(u32, Lsn
     );
     out.lines()
         .filter_map(|line| {
-            let xid = line.split("tx:").nth(1)?.split(',').next()?.trim().parse().ok()?;
-            let lsn = line.split("lsn: ").nth(1)?.split(',').next()?.parse().ok()?;
+            let xid = line
+                .split("tx:")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
+            let lsn = line
+                .split("lsn: ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             let desc = line.split("desc: ").nth(1)?.to_string();
             Some((xid, lsn, desc))
         })
@@ -240,4 +253,62 @@ async fn events_of_real_segments() {
     assert!(format_event(dropped, utc, &NoNames).contains(&unknown));
     assert!(format_event(deleted, utc, &later_only).contains(" (name unknown) LSN"));
     pg.stop();
+}
+
+/// The cost of event extraction (issue 16: `wal-push` within +10 %): times `scan_segment`
+/// and `scan_segment_events` on the same real 16 MiB segments of a pgbench run and prints
+/// the medians. Run it optimized (dependencies already are in the dev profile):
+/// `CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo test --test integration walevents::scan_cost --
+/// --ignored --nocapture` (or `--release`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark; run with --release --ignored --nocapture"]
+async fn scan_cost() {
+    if harness::skip("scan_cost") {
+        return;
+    }
+    let scratch = Scratch::new("walevents-bench");
+    let mut pg = PgCluster::init(scratch.path(), "max_wal_size = 1GB");
+    pg.start();
+    pg.pgbench(&["-i", "-s", "10", "-q"]);
+    pg.psql("select pg_switch_wal()");
+    let first = pg.psql("select pg_walfile_name(pg_current_wal_insert_lsn())");
+    pg.pgbench(&["-c", "4", "-T", "20", "-n"]);
+    pg.psql("create table gone as select generate_series(1, 20000) g; delete from gone; drop table gone");
+    let last = pg.psql("select pg_walfile_name(pg_current_wal_insert_lsn())");
+    pg.psql("select pg_switch_wal()");
+    let size = synapse_backup::pg::WalSegmentSize::DEFAULT;
+    let mut name: synapse_backup::pg::WalSegmentName = first.parse().unwrap();
+    let mut segments = Vec::new();
+    while name.to_string() <= last {
+        segments.push(std::fs::read(pg.pgdata.join("pg_wal").join(name.to_string())).unwrap());
+        name = name.next(size);
+    }
+    pg.stop();
+    // Alternate the two scans on each segment so that load from other processes hits both.
+    let (mut plain, mut with_events) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        for s in &segments {
+            let start = std::time::Instant::now();
+            scan_segment(s).unwrap();
+            plain.push(start.elapsed());
+            let start = std::time::Instant::now();
+            scan_segment_events(s, TimelineId(1)).unwrap();
+            with_events.push(start.elapsed());
+        }
+    }
+    plain.sort();
+    with_events.sort();
+    let (plain, with_events) = (plain[plain.len() / 2], with_events[with_events.len() / 2]);
+    let (mut records, mut events) = (0, 0);
+    for s in &segments {
+        let scan = scan_segment_events(s, TimelineId(1)).unwrap();
+        records += scan.summary.records;
+        events += scan.events.len();
+    }
+    println!(
+        "{} segments, {records} records, {events} events: scan_segment median {plain:?}, \
+         with events {with_events:?} ({:+.1} %)",
+        segments.len(),
+        (with_events.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0
+    );
 }

@@ -98,12 +98,30 @@ pub fn scan_segment_events(
         pending: HashMap::new(),
         events: Vec::new(),
     };
-    let (header, summary) = walk_segment(segment, |record| extractor.record(record))?;
+    let (header, summary) = walk_segment(segment, |record| {
+        if interesting(record) {
+            extractor.record(record);
+        }
+    })?;
     Ok(SegmentScan {
         header,
         summary,
         events: extractor.events,
     })
+}
+
+/// The cheap test every record passes through: only records of these kinds can matter.
+#[inline(always)]
+fn interesting(record: &Record<'_>) -> bool {
+    match record.rmid() {
+        RM_HEAP_ID => matches!(
+            record.info() & XLOG_HEAP_OPMASK,
+            XLOG_HEAP_DELETE | XLOG_HEAP_TRUNCATE
+        ),
+        RM_XACT_ID | RM_SMGR_ID => true,
+        RM_XLOG_ID => record.info() & 0xF0 == XLOG_RESTORE_POINT,
+        _ => false,
+    }
 }
 
 /// What one (sub)transaction did so far in this segment.
