@@ -407,11 +407,9 @@ fn count(r: &mut Bytes<'_>) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-
     use super::*;
     use crate::pg::walscan::scan_segment;
-    use crate::pg::walscan::tests::{pg_micros, t, Builder};
+    use crate::pg::walscan::tests::{pg_micros, real_segment, t, Builder};
 
     const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
     const XLR_BLOCK_ID_DATA_LONG: u8 = 254;
@@ -760,11 +758,7 @@ mod tests {
     /// ABORT with a relation (not an event) and RESTORE_POINT rp9 at 0/091BB7A8.
     #[test]
     fn real_segment_events_match_pg_waldump() {
-        let gz: &[u8] = include_bytes!("testdata/000000010000000000000009.gz");
-        let mut seg = Vec::new();
-        flate2::read::GzDecoder::new(gz)
-            .read_to_end(&mut seg)
-            .unwrap();
+        let seg = real_segment();
         let scan = scan_segment_events(&seg, TimelineId(1)).unwrap();
         assert_eq!(scan.summary, scan_segment(&seg).unwrap());
         let got: Vec<_> = scan

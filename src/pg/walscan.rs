@@ -1270,13 +1270,18 @@ pub(crate) mod tests {
     /// subtransaction commit, commits with relation drops and invalidations, full-page images
     /// both plain and pglz-compressed with holes, a restore point, and ends in a SWITCH.
     /// `TZ=UTC pg_waldump --stats` and `-r Transaction` on it reported the numbers below.
-    #[test]
-    fn real_segment_matches_pg_waldump() {
+    pub(crate) fn real_segment() -> Vec<u8> {
         let gz: &[u8] = include_bytes!("testdata/000000010000000000000009.gz");
         let mut seg = Vec::new();
         flate2::read::GzDecoder::new(gz)
             .read_to_end(&mut seg)
             .unwrap();
+        seg
+    }
+
+    #[test]
+    fn real_segment_matches_pg_waldump() {
+        let seg = real_segment();
 
         let header = LongPageHeader::parse(&seg).unwrap();
         assert_eq!(
