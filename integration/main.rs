@@ -16,3 +16,4 @@ mod storage_suite;
 mod tls;
 mod verify;
 mod wal;
+mod walevents;

@@ -2,10 +2,12 @@
 //! recovery settings, server logs, connection strings, client queries.
 
 pub mod backup_manifest;
+pub mod catalog;
 pub mod client;
 pub mod conninfo;
 pub mod control;
 pub mod datadir;
+pub mod events;
 pub mod exclude;
 pub mod history;
 pub mod lsn;
@@ -14,6 +16,7 @@ pub mod recovery_conf;
 pub mod server;
 pub mod serverlog;
 pub mod tls;
+pub mod walevents;
 pub mod walname;
 pub mod walscan;
 

@@ -84,14 +84,14 @@ const XLP_LONG_HEADER: u16 = 0x0002;
 const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 const XLP_ALL_FLAGS: u16 = 0x000F;
 
-const RM_XLOG_ID: u8 = 0;
-const RM_XACT_ID: u8 = 1;
+pub(crate) const RM_XLOG_ID: u8 = 0;
+pub(crate) const RM_XACT_ID: u8 = 1;
 const XLOG_SWITCH: u8 = 0x40;
-const XLOG_XACT_OPMASK: u8 = 0x70;
-const XLOG_XACT_COMMIT: u8 = 0x00;
-const XLOG_XACT_ABORT: u8 = 0x20;
-const XLOG_XACT_COMMIT_PREPARED: u8 = 0x30;
-const XLOG_XACT_ABORT_PREPARED: u8 = 0x40;
+pub(crate) const XLOG_XACT_OPMASK: u8 = 0x70;
+pub(crate) const XLOG_XACT_COMMIT: u8 = 0x00;
+pub(crate) const XLOG_XACT_ABORT: u8 = 0x20;
+pub(crate) const XLOG_XACT_COMMIT_PREPARED: u8 = 0x30;
+pub(crate) const XLOG_XACT_ABORT_PREPARED: u8 = 0x40;
 
 const XLR_MAX_BLOCK_ID: u8 = 32;
 const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
@@ -187,6 +187,15 @@ fn major_for_magic(magic: u16) -> Option<u32> {
 /// [`LongPageHeader::page_addr`] and `timeline` match it, because a recycled segment that
 /// was never rewritten still carries an old segment's valid header and records.
 pub fn scan_segment(segment: &[u8]) -> Result<SegmentSummary, WalScanError> {
+    walk_segment(segment, |_| {}).map(|(_, summary)| summary)
+}
+
+/// The one walk behind [`scan_segment`] and [`super::walevents`]: builds the summary and
+/// hands every record it counts to `visit`, in LSN order.
+pub(crate) fn walk_segment(
+    segment: &[u8],
+    mut visit: impl FnMut(&Record<'_>),
+) -> Result<(LongPageHeader, SegmentSummary), WalScanError> {
     let header = LongPageHeader::parse(segment)?;
     if segment.len() != header.seg_size as usize {
         return Err(WalScanError::LengthMismatch {
@@ -202,9 +211,10 @@ pub fn scan_segment(segment: &[u8]) -> Result<SegmentSummary, WalScanError> {
             summary.first_commit = Some(summary.first_commit.map_or(time, |t| t.min(time)));
             summary.last_commit = Some(summary.last_commit.map_or(time, |t| t.max(time)));
         }
+        visit(&record);
     }
     summary.truncated_tail = walker.stop == Some(Stop::Truncated);
-    Ok(summary)
+    Ok((header, summary))
 }
 
 /// Why the walk ended.
@@ -230,11 +240,26 @@ enum Stop {
 }
 
 /// One complete, CRC-checked record.
-struct Record<'a> {
-    #[cfg_attr(not(test), allow(dead_code))]
-    lsn: u64,
+pub(crate) struct Record<'a> {
+    /// Start LSN of the record.
+    pub(crate) lsn: u64,
     /// The whole record: the 24-byte `XLogRecord` header, then the fragment headers and data.
-    bytes: &'a [u8],
+    pub(crate) bytes: &'a [u8],
+}
+
+impl Record<'_> {
+    /// `xl_xid`: the (sub)transaction that wrote the record, 0 if none.
+    pub(crate) fn xid(&self) -> u32 {
+        u32_at(self.bytes, 4)
+    }
+    /// `xl_info`: the high 4 bits belong to the resource manager.
+    pub(crate) fn info(&self) -> u8 {
+        self.bytes[16]
+    }
+    /// `xl_rmid`.
+    pub(crate) fn rmid(&self) -> u8 {
+        self.bytes[17]
+    }
 }
 
 /// Outcome of assembling one record's bytes.
@@ -449,15 +474,32 @@ fn xact_end_time(record: &[u8], magic: u16) -> Option<DateTime<Utc>> {
         _ => return None,
     }
     // xl_xact_commit / xl_xact_abort start with xact_time (TimestampTz).
-    let main = main_data(record, magic)?;
-    let micros = i64::from_le_bytes(main.get(..8)?.try_into().ok()?);
+    pg_timestamp(main_data(record, magic)?.get(..8)?)
+}
+
+/// A `TimestampTz` (little-endian i64 microseconds since 2000-01-01 00:00:00 UTC).
+pub(crate) fn pg_timestamp(bytes: &[u8]) -> Option<DateTime<Utc>> {
+    let micros = i64::from_le_bytes(bytes.try_into().ok()?);
     DateTime::from_timestamp_micros(micros.checked_add(PG_EPOCH_UNIX_MICROS)?)
 }
 
 /// The main data of a complete record: walk the fragment headers after the `XLogRecord`
 /// header (xlogreader.c `DecodeXLogRecord`). The main data is the last payload, so it is
 /// the record's final `main_len` bytes. `None` if the headers do not add up.
-fn main_data(record: &[u8], magic: u16) -> Option<&[u8]> {
+pub(crate) fn main_data(record: &[u8], magic: u16) -> Option<&[u8]> {
+    decode(record, magic).map(|d| d.main)
+}
+
+/// What [`decode`] finds in a record's fragment headers.
+pub(crate) struct Decoded<'a> {
+    /// The main data (the record's final bytes).
+    pub(crate) main: &'a [u8],
+    /// `RelFileNode` (spcNode, dbNode, relNode) of the first block reference, if any.
+    pub(crate) first_block_rel: Option<[u32; 3]>,
+}
+
+/// Walk the fragment headers (see [`main_data`]); `None` if they do not add up.
+pub(crate) fn decode(record: &[u8], magic: u16) -> Option<Decoded<'_>> {
     let compressed_mask = match major_for_magic(magic)? {
         13 | 14 => BKPIMAGE_COMPRESSED_PG13,
         _ => BKPIMAGE_COMPRESSED_PG15,
@@ -469,6 +511,7 @@ fn main_data(record: &[u8], magic: u16) -> Option<&[u8]> {
     // headers; headers end when the bytes left equal it.
     let mut payload: usize = 0;
     let mut main_len = 0;
+    let mut first_block_rel = None;
     while r.rest.len() > payload {
         match r.u8()? {
             XLR_BLOCK_ID_DATA_SHORT => {
@@ -495,7 +538,10 @@ fn main_data(record: &[u8], magic: u16) -> Option<&[u8]> {
                     }
                 }
                 if fork_flags & BKPBLOCK_SAME_REL == 0 {
-                    r.skip(12)?; // RelFileLocator
+                    let rel = r.take(12)?; // RelFileLocator
+                    if first_block_rel.is_none() {
+                        first_block_rel = Some([u32_at(rel, 0), u32_at(rel, 4), u32_at(rel, 8)]);
+                    }
                 }
                 r.skip(4)?; // BlockNumber
             }
@@ -505,16 +551,19 @@ fn main_data(record: &[u8], magic: u16) -> Option<&[u8]> {
     if r.rest.len() != payload {
         return None;
     }
-    record.get(record.len() - main_len..)
+    Some(Decoded {
+        main: record.get(record.len() - main_len..)?,
+        first_block_rel,
+    })
 }
 
 /// A little-endian reader over a byte slice that returns `None` instead of panicking.
-struct Bytes<'a> {
-    rest: &'a [u8],
+pub(crate) struct Bytes<'a> {
+    pub(crate) rest: &'a [u8],
 }
 
 impl Bytes<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&[u8]> {
         if self.rest.len() < n {
             return None;
         }
@@ -522,7 +571,7 @@ impl Bytes<'_> {
         self.rest = tail;
         Some(head)
     }
-    fn skip(&mut self, n: usize) -> Option<()> {
+    pub(crate) fn skip(&mut self, n: usize) -> Option<()> {
         self.take(n).map(|_| ())
     }
     fn u8(&mut self) -> Option<u8> {
@@ -531,7 +580,7 @@ impl Bytes<'_> {
     fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16_at(b, 0))
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         self.take(4).map(|b| u32_at(b, 0))
     }
 }
@@ -556,7 +605,7 @@ fn u16_at(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
@@ -565,33 +614,33 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Read;
 
     use super::*;
 
-    const SEG: usize = 1 << 20;
-    const START: u64 = 5 * SEG as u64; // segment 0/500000 of a 1 MiB-segment cluster
+    pub(crate) const SEG: usize = 1 << 20;
+    pub(crate) const START: u64 = 5 * SEG as u64; // segment 0/500000 of a 1 MiB-segment cluster
     const PG15: u16 = 0xD110;
 
-    fn t(s: &str) -> DateTime<Utc> {
+    pub(crate) fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()
     }
 
-    fn pg_micros(time: DateTime<Utc>) -> i64 {
+    pub(crate) fn pg_micros(time: DateTime<Utc>) -> i64 {
         time.timestamp_micros() - PG_EPOCH_UNIX_MICROS
     }
 
     /// Lays out a synthetic segment: page headers at every page the data reaches, with
     /// continuation flags and lengths, records with correct prev-links and CRCs.
-    struct Builder {
-        seg: Vec<u8>,
+    pub(crate) struct Builder {
+        pub(crate) seg: Vec<u8>,
         pos: usize,
         prev: u64,
     }
 
     impl Builder {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Self::with_contrecord(0)
         }
 
@@ -655,27 +704,38 @@ mod tests {
         }
 
         /// Append a record; `payload` is everything after the 24-byte header.
-        fn record(&mut self, rmid: u8, info: u8, payload: &[u8]) -> u64 {
+        pub(crate) fn record(&mut self, rmid: u8, info: u8, payload: &[u8]) -> u64 {
+            self.record_of(777, rmid, info, payload)
+        }
+
+        /// [`Self::record`] with `xl_xid` = `xid`.
+        pub(crate) fn record_of(&mut self, xid: u32, rmid: u8, info: u8, payload: &[u8]) -> u64 {
             self.pos = maxalign(self.pos);
             if self.pos.is_multiple_of(XLOG_BLCKSZ) && self.pos < SEG {
                 self.page_header(self.pos, 0, 0);
                 self.pos += SIZE_OF_SHORT_PHD;
             }
             let lsn = START + self.pos as u64;
-            let rec = make_record(rmid, info, self.prev, payload);
+            let mut rec = make_record(rmid, info, self.prev, payload);
+            if xid != 777 {
+                rec[4..8].copy_from_slice(&xid.to_le_bytes());
+                let crc =
+                    crc32c::crc32c_append(crc32c::crc32c(&rec[SIZE_OF_XLOG_RECORD..]), &rec[..20]);
+                rec[20..24].copy_from_slice(&crc.to_le_bytes());
+            }
             self.write(&rec, false);
             self.prev = lsn;
             lsn
         }
 
-        fn xact(&mut self, op: u8, time: DateTime<Utc>) -> u64 {
+        pub(crate) fn xact(&mut self, op: u8, time: DateTime<Utc>) -> u64 {
             let mut payload = vec![XLR_BLOCK_ID_DATA_SHORT, 8];
             payload.extend_from_slice(&pg_micros(time).to_le_bytes());
             self.record(RM_XACT_ID, op, &payload)
         }
 
         /// A record that is not a transaction end, with `len` bytes of main data.
-        fn other(&mut self, len: usize) -> u64 {
+        pub(crate) fn other(&mut self, len: usize) -> u64 {
             let mut payload = vec![XLR_BLOCK_ID_DATA_LONG];
             payload.extend_from_slice(&(len as u32).to_le_bytes());
             payload.resize(payload.len() + len, 0x5A);
@@ -1210,13 +1270,18 @@ mod tests {
     /// subtransaction commit, commits with relation drops and invalidations, full-page images
     /// both plain and pglz-compressed with holes, a restore point, and ends in a SWITCH.
     /// `TZ=UTC pg_waldump --stats` and `-r Transaction` on it reported the numbers below.
-    #[test]
-    fn real_segment_matches_pg_waldump() {
+    pub(crate) fn real_segment() -> Vec<u8> {
         let gz: &[u8] = include_bytes!("testdata/000000010000000000000009.gz");
         let mut seg = Vec::new();
         flate2::read::GzDecoder::new(gz)
             .read_to_end(&mut seg)
             .unwrap();
+        seg
+    }
+
+    #[test]
+    fn real_segment_matches_pg_waldump() {
+        let seg = real_segment();
 
         let header = LongPageHeader::parse(&seg).unwrap();
         assert_eq!(
