@@ -6,6 +6,7 @@ pub mod cli;
 pub mod codec;
 pub mod commands;
 pub mod config;
+pub mod crypt;
 pub mod error;
 pub mod logging;
 pub mod pg;
