@@ -4,6 +4,7 @@
 
 mod agent;
 mod backup;
+mod crypt_cli;
 mod expire;
 mod failover;
 mod harness;
