@@ -409,8 +409,9 @@ mod tests {
         let plain = data(200_000);
         let object = encrypt(&up, &plain);
         let header_end = object.windows(4).position(|w| w == b"\n---").unwrap();
-        let payload = object.len() - (header_end + 52 + 16); // the `---` line and the nonce
-                                                             // Mid-chunk, at a chunk boundary (65536 + 16 bytes per full chunk), just before the end.
+        // "\n--- " + 43 base64 MAC characters + "\n", then the 16-byte nonce.
+        let payload = object.len() - (header_end + 49 + 16);
+        // Mid-chunk, at a chunk boundary (65536 + 16 bytes per full chunk), just before the end.
         for cut in [
             object.len() - 1,
             object.len() - 1000,
