@@ -6,6 +6,7 @@
 
 mod agent;
 mod backup;
+mod crypt_cli;
 mod expire;
 mod failover;
 mod harness;

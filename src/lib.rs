@@ -5,6 +5,7 @@ pub mod cli;
 pub mod codec;
 pub mod commands;
 pub mod config;
+pub mod crypt;
 pub mod env;
 pub mod error;
 pub mod format;
