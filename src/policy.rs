@@ -34,6 +34,7 @@ pub struct RetentionPlan {
 }
 
 impl RetentionPlan {
+    #[cfg(test)]
     pub fn kept(&self) -> impl Iterator<Item = &BackupId> {
         self.decisions.iter().filter(|d| d.keep).map(|d| &d.id)
     }
