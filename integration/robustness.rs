@@ -307,6 +307,7 @@ async fn a_wal_gap_ends_the_window_and_is_named() {
         .join("core/wal")
         .join(&gone[..16])
         .join(format!("{gone}.gz"));
+    let kept = std::fs::read(&object).unwrap();
     std::fs::remove_file(&object).unwrap();
 
     let out = cfg.run(&["list", "--json"]);
@@ -339,7 +340,18 @@ async fn a_wal_gap_ends_the_window_and_is_named() {
     let read = RepoReader::default().read(&repo).await.unwrap();
     assert_eq!(read.facts.wal_gap, Some(gone.clone()));
 
-    // The newest segment deleted too: the archiver position wal-push records names it.
+    // The gap repaired, the newest segment deleted: the archiver position wal-push records
+    // names it.
+    std::fs::write(&object, kept).unwrap();
+    assert_eq!(
+        RepoReader::default()
+            .read(&repo)
+            .await
+            .unwrap()
+            .facts
+            .wal_gap,
+        None
+    );
     let newest = segments.last().unwrap().clone();
     let object = repo_dir
         .join("core/wal")
@@ -352,6 +364,8 @@ async fn a_wal_gap_ends_the_window_and_is_named() {
         human.contains(&newest),
         "list names the missing newest segment:\n{human}"
     );
+    let read = RepoReader::default().read(&repo).await.unwrap();
+    assert_eq!(read.facts.wal_gap, Some(newest.clone()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
