@@ -665,6 +665,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reach_ends_at_the_first_gap_and_names_it() {
+        let a = BackupSpan::of(&backup("20240101T000000Z", 2, 2, "2024-01-01T00:01:00Z"));
+        let b = BackupSpan::of(&backup("20240102T000000Z", 8, 8, "2024-01-02T00:01:00Z"));
+        let seg = |n: u64| WalSegmentName::new(TimelineId(1), n, WalSegmentSize::DEFAULT);
+        // Unbroken: everything archived is reachable from A.
+        let r = reach(&index(&names(1, &[2, 3, 4, 5])), &[a.clone()], None);
+        assert_eq!((r.last_segno, r.missing, r.down_to), (Some(5), None, 2));
+        assert_eq!(
+            r.earliest.as_ref().map(|e| e.id.as_str()),
+            Some("20240101T000000Z")
+        );
+        // Segment 4 gone with newer WAL archived: the window ends at 3 and names 4.
+        let r = reach(&index(&names(1, &[2, 3, 5, 6])), &[a.clone()], None);
+        assert_eq!((r.last_segno, r.missing), (Some(3), Some(seg(4))));
+        // A later backup past the gap reaches further; the gap is still named.
+        let r = reach(
+            &index(&names(1, &[2, 3, 5, 6, 7, 8, 9])),
+            &[a.clone(), b.clone()],
+            None,
+        );
+        assert_eq!((r.last_segno, r.missing), (Some(9), Some(seg(4))));
+        // A backup whose own WAL is incomplete does not start the window.
+        let r = reach(&index(&names(1, &[3, 8, 9])), &[a.clone(), b], None);
+        assert_eq!(
+            r.earliest.map(|e| e.id.to_string()).as_deref(),
+            Some("20240102T000000Z")
+        );
+        // The newest segments deleted: only the archiver position shows it.
+        let r = reach(&index(&names(1, &[2, 3])), &[a.clone()], Some(seg(5)));
+        assert_eq!((r.last_segno, r.missing), (Some(3), Some(seg(4))));
+        // A position on another timeline's branch says nothing about this path.
+        let other = WalSegmentName::new(TimelineId(3), 9, WalSegmentSize::DEFAULT);
+        let r = reach(&index(&names(1, &[2, 3])), &[a], Some(other));
+        assert_eq!(r.missing, None);
+    }
+
+    #[test]
     fn picks_the_newest_backup_ending_before_the_target() {
         let backups = vec![
             backup("20240101T020000Z", 2, 2, "2024-01-01T02:01:00Z"),
