@@ -52,6 +52,14 @@ fn loose_modes(root: &Path) -> Vec<String> {
     out
 }
 
+/// The file holding archived WAL file `name` in the local repository at `repo_dir`.
+fn wal_object(repo_dir: &Path, name: &str) -> PathBuf {
+    repo_dir
+        .join("core/wal")
+        .join(&name[..16])
+        .join(format!("{name}.gz"))
+}
+
 /// Every path under `root`, relative, sorted.
 fn tree(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -303,10 +311,7 @@ async fn a_wal_gap_ends_the_window_and_is_named() {
     assert!(segments.len() >= 5, "{segments:?}");
     // A segment after the backup's end, with newer WAL archived after it.
     let gone = segments[segments.len() - 3].clone();
-    let object = repo_dir
-        .join("core/wal")
-        .join(&gone[..16])
-        .join(format!("{gone}.gz"));
+    let object = wal_object(&repo_dir, &gone);
     let kept = std::fs::read(&object).unwrap();
     std::fs::remove_file(&object).unwrap();
 
@@ -353,10 +358,7 @@ async fn a_wal_gap_ends_the_window_and_is_named() {
         None
     );
     let newest = segments.last().unwrap().clone();
-    let object = repo_dir
-        .join("core/wal")
-        .join(&newest[..16])
-        .join(format!("{newest}.gz"));
+    let object = wal_object(&repo_dir, &newest);
     std::fs::remove_file(&object).unwrap();
     let out = cfg.run(&["list"]);
     let human = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -381,10 +383,7 @@ async fn an_empty_wal_object_is_named_and_called_empty() {
         .map(|(n, _)| n.to_string())
         .rfind(|n| n.len() == 24)
         .unwrap();
-    let object = repo_dir
-        .join("core/wal")
-        .join(&newest[..16])
-        .join(format!("{newest}.gz"));
+    let object = wal_object(&repo_dir, &newest);
     std::fs::write(&object, b"").unwrap();
     let dest = scratch.path().join("fetched");
     for args in [

@@ -670,14 +670,22 @@ pub(crate) mod tests {
         let b = BackupSpan::of(&backup("20240102T000000Z", 8, 8, "2024-01-02T00:01:00Z"));
         let seg = |n: u64| WalSegmentName::new(TimelineId(1), n, WalSegmentSize::DEFAULT);
         // Unbroken: everything archived is reachable from A.
-        let r = reach(&index(&names(1, &[2, 3, 4, 5])), &[a.clone()], None);
+        let r = reach(
+            &index(&names(1, &[2, 3, 4, 5])),
+            std::slice::from_ref(&a),
+            None,
+        );
         assert_eq!((r.last_segno, r.missing, r.down_to), (Some(5), None, 2));
         assert_eq!(
             r.earliest.as_ref().map(|e| e.id.as_str()),
             Some("20240101T000000Z")
         );
         // Segment 4 gone with newer WAL archived: the window ends at 3 and names 4.
-        let r = reach(&index(&names(1, &[2, 3, 5, 6])), &[a.clone()], None);
+        let r = reach(
+            &index(&names(1, &[2, 3, 5, 6])),
+            std::slice::from_ref(&a),
+            None,
+        );
         assert_eq!((r.last_segno, r.missing), (Some(3), Some(seg(4))));
         // A later backup past the gap reaches further; the gap is still named.
         let r = reach(
@@ -693,7 +701,11 @@ pub(crate) mod tests {
             Some("20240102T000000Z")
         );
         // The newest segments deleted: only the archiver position shows it.
-        let r = reach(&index(&names(1, &[2, 3])), &[a.clone()], Some(seg(5)));
+        let r = reach(
+            &index(&names(1, &[2, 3])),
+            std::slice::from_ref(&a),
+            Some(seg(5)),
+        );
         assert_eq!((r.last_segno, r.missing), (Some(3), Some(seg(4))));
         // A position on another timeline's branch says nothing about this path.
         let other = WalSegmentName::new(TimelineId(3), 9, WalSegmentSize::DEFAULT);
