@@ -8,7 +8,7 @@ use clap::Parser;
 use synapse_backup::cli::{Cli, Command};
 use synapse_backup::config::Config;
 use synapse_backup::error::{self, exit};
-use synapse_backup::repo::Repository;
+use synapse_backup::repo::{Access, Repository};
 use synapse_backup::settings::{
     self, CheckSettings, ExpireSettings, ListSettings, WalFetchSettings, WalPrefetchSettings,
     WalPushSettings,
@@ -73,7 +73,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref())?;
     let cluster = config.cluster(cli.cluster.as_deref())?;
-    let repo = Repository::open(&config.repository, &cluster.name)?;
+    // Read-only commands never create a repository: a wrong `url` is an error, not an empty
+    // repository.
+    let access = match cli.command {
+        Command::List { .. }
+        | Command::Restore(_)
+        | Command::Verify(_)
+        | Command::WalFetch { .. }
+        | Command::WalPrefetch { .. } => Access::Existing,
+        _ => Access::Create,
+    };
+    let repo = Repository::open_with(&config.repository, &cluster.name, access)?;
     match cli.command {
         Command::WalPush { path, file_name } => {
             let push = WalPushSettings::from_args(path, file_name)?;

@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 use crate::codec::{self, ObjectHeader};
 use crate::config::RepositoryConfig;
 use crate::error::Failure;
-use crate::pg::{SystemId, WalFileName, WalSegmentSize};
+use crate::pg::{SystemId, WalFileName, WalSegmentName, WalSegmentSize};
+pub use crate::storage::Access;
 use crate::storage::{Put, Storage};
 use manifest::{BackupId, BackupManifest};
 
@@ -141,6 +142,40 @@ impl From<&crate::storage::Entry> for ObjectInfo {
     }
 }
 
+/// A backup whose manifest is stored but cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedBackup {
+    pub id: BackupId,
+    /// Why, naming the manifest.
+    pub error: String,
+}
+
+impl DamagedBackup {
+    /// Why a command that chose this backup cannot use it.
+    pub fn message(&self) -> String {
+        format!("backup {} cannot be used: {}", self.id, self.error)
+    }
+
+    /// The error for `restore` when this backup was chosen (exit 3).
+    pub fn refuse(&self) -> anyhow::Error {
+        Failure::NotFound(self.message()).into()
+    }
+}
+
+/// The backups of a repository: those that read, and those whose manifest is damaged.
+#[derive(Debug, Clone, Default)]
+pub struct Backups {
+    pub intact: Vec<BackupManifest>,
+    pub damaged: Vec<DamagedBackup>,
+}
+
+impl Backups {
+    /// The damaged backup `id`, if it is one.
+    pub fn damaged(&self, id: &BackupId) -> Option<&DamagedBackup> {
+        self.damaged.iter().find(|d| &d.id == id)
+    }
+}
+
 /// Keys per bulk delete request.
 const DELETE_BATCH: usize = 1000;
 
@@ -151,9 +186,20 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Open the store `cfg` names and scope it to one cluster's repository.
+    /// Open the store `cfg` names and scope it to one cluster's repository (a missing local
+    /// root is created, 0700).
     pub fn open(cfg: &RepositoryConfig, cluster: &str) -> anyhow::Result<Self> {
-        Ok(Self::new(&Storage::open(cfg)?, cluster))
+        Self::open_with(cfg, cluster, Access::Create)
+    }
+
+    /// As [`Repository::open`]; with [`Access::Existing`] (read-only commands) a missing local
+    /// root is an error naming the URL instead.
+    pub fn open_with(
+        cfg: &RepositoryConfig,
+        cluster: &str,
+        access: Access,
+    ) -> anyhow::Result<Self> {
+        Ok(Self::new(&Storage::open_with(cfg, access)?, cluster))
     }
 
     fn new(storage: &Storage, cluster: &str) -> Self {
@@ -271,6 +317,7 @@ impl Repository {
         let Some(object) = self.storage.get(&key).await? else {
             return Ok(None);
         };
+        self.refuse_empty(&key, &object)?;
         let key2 = format!("{}/{key}", self.cluster);
         tokio::task::spawn_blocking(move || codec::decompress_verified(&object, &key2))
             .await
@@ -327,16 +374,44 @@ impl Repository {
         manifest::from_checked_json(&bytes, &format!("{}/{key}", self.cluster)).map(Some)
     }
 
-    /// Every complete backup (one with a manifest), oldest first.
-    pub async fn list_backups(&self) -> anyhow::Result<Vec<BackupManifest>> {
-        let ids = self.backup_ids().await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(m) = self.get_manifest(&id).await? {
-                out.push(m);
+    /// A backup's manifest: `Some(Err)` when it is stored but unreadable (damaged,
+    /// truncated, edited: the error names it). The outer error is the store's.
+    pub async fn read_manifest(
+        &self,
+        id: &BackupId,
+    ) -> anyhow::Result<Option<Result<BackupManifest, DamagedBackup>>> {
+        let key = layout::manifest_key(id);
+        let Some(bytes) = self.storage.get(&key).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            manifest::from_checked_json(&bytes, &format!("{}/{key}", self.cluster)).map_err(|e| {
+                DamagedBackup {
+                    id: id.clone(),
+                    error: format!("{e:#}"),
+                }
+            }),
+        ))
+    }
+
+    /// Every complete backup (one with a manifest), oldest first, and apart those whose
+    /// manifest cannot be read: one damaged manifest never hides the others.
+    pub async fn backups(&self) -> anyhow::Result<Backups> {
+        let mut out = Backups::default();
+        for id in self.backup_ids().await? {
+            match self.read_manifest(&id).await? {
+                Some(Ok(m)) => out.intact.push(m),
+                Some(Err(d)) => out.damaged.push(d),
+                None => {}
             }
         }
         Ok(out)
+    }
+
+    /// Every backup whose manifest reads, oldest first (damaged ones are left out: see
+    /// [`Repository::backups`]).
+    pub async fn list_backups(&self) -> anyhow::Result<Vec<BackupManifest>> {
+        Ok(self.backups().await?.intact)
     }
 
     /// WAL files refused because different content was archived under their names: the
@@ -371,6 +446,7 @@ impl Repository {
         let second = s.put_if_absent(&key, Bytes::from_static(b"two")).await;
         let back = s.get(&key).await?;
         s.delete(&key).await?;
+        s.remove_empty_dir(&key);
         if second? != Put::AlreadyExists || back.as_deref() != Some(b"one".as_slice()) {
             anyhow::bail!(
                 "the store ignores create-only puts (If-None-Match): an archived WAL file could be silently overwritten; use a store that supports conditional writes"
@@ -385,7 +461,53 @@ impl Repository {
         let Some(head) = self.storage.get_head_bytes(&key, 1024).await? else {
             return Ok(None);
         };
+        self.refuse_empty(&key, &head)?;
         codec::read_header(&head, &key).map(Some)
+    }
+
+    /// Record `seg` as the archiver's position if it is newer than the one recorded (by
+    /// name: timeline first, then position). Parallel writers may leave an older one, which
+    /// only ever makes the check weaker, never wrong.
+    pub async fn record_pushed(&self, seg: &WalSegmentName) -> anyhow::Result<()> {
+        if let Some(old) = self.pushed_position().await? {
+            if old.to_string() >= seg.to_string() {
+                return Ok(());
+            }
+        }
+        let body = serde_json::json!({ "newest_pushed": seg.to_string() });
+        self.storage
+            .put(layout::ARCHIVER_POSITION, Bytes::from(body.to_string()))
+            .await
+    }
+
+    /// The newest segment `wal-push` recorded archiving (`None`: never recorded, or
+    /// unreadable — the position only adds a check, so damage to it is not an error).
+    pub async fn pushed_position(&self) -> anyhow::Result<Option<WalSegmentName>> {
+        let Some(bytes) = self.storage.get(layout::ARCHIVER_POSITION).await? else {
+            return Ok(None);
+        };
+        let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+        Ok(value
+            .as_ref()
+            .and_then(|v| v["newest_pushed"].as_str())
+            .and_then(|s| s.parse().ok()))
+    }
+
+    /// Whether an archived WAL file is there (a 1-byte read).
+    pub async fn has_wal(&self, name: &WalFileName) -> anyhow::Result<bool> {
+        let key = layout::wal_key(name);
+        Ok(self.storage.get_head_bytes(&key, 1).await?.is_some())
+    }
+
+    /// An empty object is damage (a truncated upload, a full disk): say so, naming it.
+    fn refuse_empty(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        if bytes.is_empty() {
+            anyhow::bail!(
+                "{}/{key}: the object is empty (0 bytes); it is damaged",
+                self.cluster
+            );
+        }
+        Ok(())
     }
 }
 
