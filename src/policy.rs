@@ -34,7 +34,6 @@ pub struct RetentionPlan {
 }
 
 impl RetentionPlan {
-    #[cfg(test)]
     pub fn kept(&self) -> impl Iterator<Item = &BackupId> {
         self.decisions.iter().filter(|d| d.keep).map(|d| &d.id)
     }
