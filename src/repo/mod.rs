@@ -264,8 +264,11 @@ impl Repository {
                     .get(&key)
                     .await?
                     .with_context(|| format!("{key} existed a moment ago but is gone"))?;
-                let (_, stored) = self.check_wal(&key, &existing)
-                    .and_then(|()| codec::decompress_verified(&existing, &key))
+                let stored = match self.check_wal(&key, &existing).await {
+                    Ok(()) => codec::decompress_verified(&existing, &key),
+                    Err(e) => Err(e),
+                };
+                let (_, stored) = stored
                     .with_context(|| format!("{name} is already archived, but the stored copy is damaged or not validly signed; it was NOT replaced — inspect {key}"))?;
                 if stored.sha256 == header.sha256 && stored.size == header.size {
                     Ok(Archived::AlreadyArchived)
@@ -298,7 +301,7 @@ impl Repository {
         let Some(object) = self.storage.get(&key).await? else {
             return Ok(None);
         };
-        self.check_wal(&key, &object)?;
+        self.check_wal(&key, &object).await?;
         let key2 = self.object_name(&key);
         tokio::task::spawn_blocking(move || codec::decompress_verified(&object, &key2))
             .await
@@ -327,10 +330,21 @@ impl Repository {
     }
 
     /// Check the signature of a WAL object's header (its first bytes suffice).
-    fn check_wal(&self, key: &str, object: &[u8]) -> anyhow::Result<()> {
+    async fn check_wal(&self, key: &str, object: &[u8]) -> anyhow::Result<()> {
         let name = self.object_name(key);
-        self.signing
-            .check(&name, &codec::read_comment(object, &name)?)
+        self.check_signature(&name, &codec::read_comment(object, &name)?)
+            .await
+    }
+
+    /// Check an object's signature. When it fails, a mismatch between the configuration and
+    /// `repository.json` is the clearer error (no verify key for a signed repository, another
+    /// key), so that is reported when there is one.
+    async fn check_signature(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let checked = self.signing.check(name, bytes);
+        if checked.is_err() {
+            self.info().await?;
+        }
+        checked
     }
 
     /// Every archived WAL file name, sorted by key.
@@ -379,7 +393,7 @@ impl Repository {
             return Ok(None);
         };
         let name = self.object_name(&key);
-        self.signing.check(&name, &bytes)?;
+        self.check_signature(&name, &bytes).await?;
         manifest::from_checked_json(&bytes, &name).map(Some)
     }
 
@@ -441,7 +455,7 @@ impl Repository {
         let Some(head) = self.storage.get_head_bytes(&key, 1024).await? else {
             return Ok(None);
         };
-        self.check_wal(&key, &head)?;
+        self.check_wal(&key, &head).await?;
         codec::read_header(&head, &key).map(|h| Some(unsigned(h)))
     }
 }

@@ -155,7 +155,8 @@ impl Repository {
             return Ok(None);
         };
         let name = self.object_name(&r.key);
-        Ok(Some(self.signing.check(&name, &bytes).and_then(|()| {
+        let checked = self.check_signature(&name, &bytes).await;
+        Ok(Some(checked.and_then(|()| {
             serde_json::from_slice(&bytes)
                 .with_context(|| format!("{name}: unreadable verification report"))
         })))
