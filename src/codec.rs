@@ -233,20 +233,20 @@ pub fn replace_comment(first: &[u8], comment: &[u8]) -> anyhow::Result<(Vec<u8>,
         let len = first.get(pos..pos + 2).ok_or_else(bad)?;
         pos += 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
     }
-    if flags & FNAME != 0 {
-        pos += first
-            .get(pos..)
+    // Past the NUL that ends a zero-terminated field starting at `at`.
+    let past_field = |at: usize| {
+        first
+            .get(at..)
             .and_then(|r| r.iter().position(|&b| b == 0))
-            .ok_or_else(bad)?
-            + 1;
+            .map(|n| at + n + 1)
+            .ok_or_else(bad)
+    };
+    if flags & FNAME != 0 {
+        pos = past_field(pos)?;
     }
     let kept = pos;
     if flags & FCOMMENT != 0 {
-        pos += first
-            .get(pos..)
-            .and_then(|r| r.iter().position(|&b| b == 0))
-            .ok_or_else(bad)?
-            + 1;
+        pos = past_field(pos)?;
     }
     if pos > first.len() {
         return Err(bad());
