@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use synapse_backup::cli::{Cli, Command};
+use synapse_backup::cli::{Cli, Command, SigningKeyAction};
 use synapse_backup::config::Config;
 use synapse_backup::error::{self, exit};
 use synapse_backup::repo::{Access, Repository};
@@ -71,6 +71,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await;
     }
+    if let Command::SigningKey {
+        action: SigningKeyAction::Generate { out },
+    } = &cli.command
+    {
+        return commands::signing_key::generate(out);
+    }
     let config = Config::load(cli.config.as_deref())?;
     let cluster = config.cluster(cli.cluster.as_deref())?;
     // Read-only commands never create a repository: a wrong `url` is an error, not an empty
@@ -129,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::restore::run(&config, cluster, &repo, &settings).await
         }
         Command::Agent => unreachable!("handled above: the agent needs no --cluster"),
+        Command::SigningKey { .. } => unreachable!("handled above: needs no config"),
         Command::Verify(args) => {
             let settings = settings::verify_settings(&args, &config)?;
             commands::verify::run(&config, cluster, &repo, &settings).await
