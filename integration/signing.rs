@@ -243,10 +243,17 @@ async fn forged_and_unsigned_objects_are_refused() {
         ),
     ] {
         std::fs::write(&manifest_path, &bytes).unwrap();
-        assert_refused(
-            &cfg.run(&["list"]),
-            &format!("list ({case} manifest)"),
-            &manifest_name,
+        // `list` skips a backup whose manifest fails its signature, and says so (issue 13
+        // item 6: one damaged manifest never blocks the others).
+        let out = cfg.run(&["list"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("{id} DAMAGED")) || text.contains("DAMAGED (skipped)"),
+            "list ({case} manifest) must mark the backup damaged: {text}"
+        );
+        assert!(
+            text.contains(&manifest_name),
+            "list ({case} manifest) must name {manifest_name}: {text}"
         );
         let out = restore(&cfg, &target, &["--backup", &id, "--latest"]);
         assert_refused(
