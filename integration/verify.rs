@@ -22,7 +22,11 @@ use crate::harness::{
 const IMAGE: &str = "synapse-verify-pg15:test";
 
 /// Append `[verify]` settings (and probes for the cluster) to the test config.
-fn add_verify_config(cfg: &TestConfig, scratch_base: &Path, probes: &[(&str, &str, &str)]) {
+pub(crate) fn add_verify_config(
+    cfg: &TestConfig,
+    scratch_base: &Path,
+    probes: &[(&str, &str, &str)],
+) {
     let mut text = String::new();
     for (name, sql, expect) in probes {
         text.push_str(&format!(
@@ -44,7 +48,11 @@ fn toml_str(s: &str) -> String {
 }
 
 /// `verify ARGS --json`: output, and the report(s) parsed from stdout.
-fn verify(cfg: &TestConfig, args: &[&str], env: &[(&str, &str)]) -> (Output, Option<Value>) {
+pub(crate) fn verify(
+    cfg: &TestConfig,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Output, Option<Value>) {
     let mut all = vec!["verify", "--json"];
     all.extend_from_slice(args);
     let started = Instant::now();
@@ -63,7 +71,7 @@ fn verify(cfg: &TestConfig, args: &[&str], env: &[(&str, &str)]) -> (Output, Opt
     (out, report)
 }
 
-fn checks(report: &Value) -> Vec<(String, bool, f64, String)> {
+pub(crate) fn checks(report: &Value) -> Vec<(String, bool, f64, String)> {
     report["checks"]
         .as_array()
         .unwrap()
@@ -79,7 +87,7 @@ fn checks(report: &Value) -> Vec<(String, bool, f64, String)> {
         .collect()
 }
 
-fn check<'a>(
+pub(crate) fn check<'a>(
     list: &'a [(String, bool, f64, String)],
     name: &str,
 ) -> &'a (String, bool, f64, String) {
@@ -103,7 +111,7 @@ fn print_durations(label: &str, report: &Value) {
 }
 
 /// Whether the docker runtime can be tested here; builds the test image once.
-fn docker_ready(test: &str) -> bool {
+pub(crate) fn docker_ready(test: &str) -> bool {
     let info = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .output();
@@ -140,7 +148,7 @@ fn docker_ready(test: &str) -> bool {
 }
 
 /// The scratch base is empty again (no directory left behind).
-fn assert_scratch_clean(base: &Path) {
+pub(crate) fn assert_scratch_clean(base: &Path) {
     let left: Vec<String> = std::fs::read_dir(base)
         .map(|d| {
             d.filter_map(Result::ok)
