@@ -77,7 +77,7 @@ async fn verify_probes_reach_neither_the_primary_nor_docker_nor_credentials() {
     // psql through the primary's socket, as the instance's OS user (peer/trust auth).
     let reach = format!(
         "create temp table reach(line text); copy reach from program \
-         'test -x {PG_BIN}/psql && echo has-psql; {PG_BIN}/psql -X -h {sock} -p {port} -U postgres -d postgres -Atc \"select 4242*1000\" 2>&1' {CSV}; \
+         'test -x {PG_BIN}/psql && echo has-psql; {PG_BIN}/psql -X -h {sock} -p {port} -U postgres -d postgres -Atc \"select 4242*1000\" 2>&1; echo end' {CSV}; \
          select count(*) filter (where line = 'has-psql') || ' psql, ' || count(*) filter (where line = '4242000') || ' reached, ' \
          || count(*) filter (where line ~ 'connection to server on socket .* failed') || ' refused' from reach"
     );
@@ -107,22 +107,45 @@ async fn verify_probes_reach_neither_the_primary_nor_docker_nor_credentials() {
         runtimes.push("docker");
     }
     let pgpass_env = pgpass.display().to_string();
+    // First as the `postgres` OS user, as the agent runs it (the namespace runtime then nests
+    // user namespaces), into a scratch base that user owns; then as root with each runtime.
+    let base = s.scratch.subdir("verify-scratch");
+    let as_postgres = harness::as_postgres(BIN)
+        .arg("--config")
+        .arg(&s.cfg.path)
+        .args(["verify", "--json", "--runtime", "namespace"])
+        .env("PGPASSFILE", &pgpass)
+        .current_dir(s.scratch.path())
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&as_postgres.stdout).ok();
+    assert_verified("namespace as postgres", &as_postgres, report);
+    assert_scratch_clean(&base);
     for runtime in runtimes {
         let (out, report) = verify(
             &s.cfg,
             &["--runtime", runtime],
             &[("PGPASSFILE", pgpass_env.as_str())],
         );
-        let list = checks(report.as_ref().expect("a report"));
-        for (name, ok, _, detail) in &list {
-            assert!(ok, "{runtime}: {name}: {detail}");
-        }
-        assert_eq!(code(&out), 0, "{runtime}: {}", stderr(&out));
-        assert!(check(&list, "probe \"the primary's socket is unreachable\"").1);
+        assert_verified(runtime, &out, report);
         assert_scratch_clean(&s.base);
     }
     s.pg.stop();
     drop(s);
+}
+
+/// Every check of the report passed, the probe among them, and `verify` exited 0.
+fn assert_verified(label: &str, out: &Output, report: Option<serde_json::Value>) {
+    let list = checks(
+        report
+            .as_ref()
+            .unwrap_or_else(|| panic!("{label}: no report: {}", stderr(out))),
+    );
+    for (name, ok, _, detail) in &list {
+        assert!(ok, "{label}: {name}: {detail}");
+    }
+    assert_eq!(code(out), 0, "{label}: {}", stderr(out));
+    assert!(check(&list, "probe \"the primary's socket is unreachable\"").1);
 }
 
 /// Build `evil.so` from C at test time: its constructor runs at `dlopen`, before PostgreSQL
