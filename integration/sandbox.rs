@@ -12,39 +12,16 @@ use synapse_backup::codec::Sha256;
 use synapse_backup::repo::manifest::{self, DirEntry, FileEntry};
 
 use crate::harness::{
-    self, archiving_cluster, backup, code, create_status, give_to_postgres, set_marker, stderr,
-    PgCluster, RepoTarget, Scratch, TestConfig, BIN, PG_BIN,
+    self, code, give_to_postgres, stderr, PgCluster, Scratch, TestConfig, BIN, PG_BIN,
 };
-use crate::verify::{add_verify_config, assert_scratch_clean, check, checks, docker_ready, verify};
+use crate::verify::{
+    add_verify_config, assert_scratch_clean, check, checks, docker_ready, verify, Fixture,
+};
 
 /// A cluster archiving into a local repository, one backup and a later commit archived; the
 /// test adds the `[verify]` settings (probes need the cluster's socket).
-struct Setup {
-    scratch: Scratch,
-    repo: PathBuf,
-    pg: PgCluster,
-    cfg: TestConfig,
-    id: String,
-    base: PathBuf,
-}
-
-fn setup(tag: &str) -> Setup {
-    let scratch = Scratch::new(tag);
-    let repo = scratch.subdir("repo");
-    let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo.clone()), "");
-    let base = scratch.path().join("verify-scratch");
-    create_status(&pg, "backup");
-    let id = backup(&cfg);
-    set_marker(&pg, "latest");
-    pg.archive_everything();
-    Setup {
-        scratch,
-        repo,
-        pg,
-        cfg,
-        id,
-        base,
-    }
+fn setup(tag: &str) -> Fixture {
+    Fixture::build(tag, |_| {}, |_| {})
 }
 
 /// Whether the primary has a table named `name`.
@@ -303,13 +280,18 @@ async fn a_library_in_a_forged_backup_never_runs_and_never_reaches_the_primary()
 
 /// The one scratch directory a `SYNAPSE_VERIFY_KEEP=1` run left in `base`.
 fn kept_scratch(base: &Path) -> PathBuf {
-    let kept: Vec<PathBuf> = std::fs::read_dir(base)
+    let kept = entries(base);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    kept.into_iter().next().unwrap()
+}
+
+/// The paths in `dir`.
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    kept.into_iter().next().unwrap()
+        .collect()
 }
 
 /// `verify --json` under umask 022, as a shell or cron would run it, keeping the scratch dir.
@@ -350,10 +332,8 @@ async fn verify_scratch_files_are_private_under_umask_022() {
     for f in ["server.log", "pg_hba.conf", "pg_ident.conf"] {
         expect(root.join(f), 0o600);
     }
-    let staged: Vec<PathBuf> = std::fs::read_dir(root.join("wal"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
+    let staged: Vec<PathBuf> = entries(&root.join("wal"))
+        .into_iter()
         .filter(|p| p.is_file())
         .collect();
     assert!(!staged.is_empty(), "no WAL staged in {}", root.display());

@@ -182,39 +182,59 @@ fn wal_listing(repo: &Path) -> Vec<String> {
 }
 
 /// A cluster with a `status` table, a pgbench database, a backup, and later commits archived.
-struct Fixture {
-    scratch: Scratch,
-    repo: PathBuf,
-    pg: PgCluster,
-    cfg: TestConfig,
-    id: String,
-    base: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) scratch: Scratch,
+    pub(crate) repo: PathBuf,
+    pub(crate) pg: PgCluster,
+    pub(crate) cfg: TestConfig,
+    pub(crate) id: String,
+    pub(crate) base: PathBuf,
+}
+
+impl Fixture {
+    /// A cluster archiving into a local repository, with a `status` table; `before` runs
+    /// before the backup and `after` after it, then the latest commit is archived. The
+    /// `[verify]` settings are the caller's (`base` is the scratch base to name).
+    pub(crate) fn build(
+        tag: &str,
+        before: impl FnOnce(&PgCluster),
+        after: impl FnOnce(&PgCluster),
+    ) -> Fixture {
+        let scratch = Scratch::new(tag);
+        let repo = scratch.subdir("repo");
+        let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo.clone()), "");
+        let base = scratch.path().join("verify-scratch");
+        create_status(&pg, "backup");
+        before(&pg);
+        let id = backup(&cfg);
+        after(&pg);
+        set_marker(&pg, "latest");
+        pg.archive_everything();
+        Fixture {
+            scratch,
+            repo,
+            pg,
+            cfg,
+            id,
+            base,
+        }
+    }
 }
 
 fn fixture(tag: &str, probes: &[(&str, &str, &str)]) -> Fixture {
-    let scratch = Scratch::new(tag);
-    let repo = scratch.subdir("repo");
-    let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo.clone()), "");
-    let base = scratch.path().join("verify-scratch");
-    add_verify_config(&cfg, &base, probes);
-    create_status(&pg, "backup");
-    pg.pgbench(&["-i", "-s", "2", "-q"]);
-    let id = backup(&cfg);
-    for i in 0..3 {
-        set_marker(&pg, &format!("after {i}"));
-        pg.pgbench(&["-c", "1", "-t", "100", "-n"]);
-        pg.switch_wal();
-    }
-    set_marker(&pg, "latest");
-    pg.archive_everything();
-    Fixture {
-        scratch,
-        repo,
-        pg,
-        cfg,
-        id,
-        base,
-    }
+    let f = Fixture::build(
+        tag,
+        |pg| pg.pgbench(&["-i", "-s", "2", "-q"]),
+        |pg| {
+            for i in 0..3 {
+                set_marker(pg, &format!("after {i}"));
+                pg.pgbench(&["-c", "1", "-t", "100", "-n"]);
+                pg.switch_wal();
+            }
+        },
+    );
+    add_verify_config(&f.cfg, &f.base, probes);
+    f
 }
 
 #[tokio::test(flavor = "multi_thread")]
