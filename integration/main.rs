@@ -13,6 +13,7 @@ mod harness;
 mod kill_campaign;
 mod restore;
 mod robustness;
+mod sandbox;
 mod signing;
 mod standby;
 mod storage_suite;

@@ -22,7 +22,11 @@ use crate::harness::{
 const IMAGE: &str = "synapse-verify-pg15:test";
 
 /// Append `[verify]` settings (and probes for the cluster) to the test config.
-fn add_verify_config(cfg: &TestConfig, scratch_base: &Path, probes: &[(&str, &str, &str)]) {
+pub(crate) fn add_verify_config(
+    cfg: &TestConfig,
+    scratch_base: &Path,
+    probes: &[(&str, &str, &str)],
+) {
     let mut text = String::new();
     for (name, sql, expect) in probes {
         text.push_str(&format!(
@@ -44,7 +48,11 @@ fn toml_str(s: &str) -> String {
 }
 
 /// `verify ARGS --json`: output, and the report(s) parsed from stdout.
-fn verify(cfg: &TestConfig, args: &[&str], env: &[(&str, &str)]) -> (Output, Option<Value>) {
+pub(crate) fn verify(
+    cfg: &TestConfig,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Output, Option<Value>) {
     let mut all = vec!["verify", "--json"];
     all.extend_from_slice(args);
     let started = Instant::now();
@@ -63,7 +71,7 @@ fn verify(cfg: &TestConfig, args: &[&str], env: &[(&str, &str)]) -> (Output, Opt
     (out, report)
 }
 
-fn checks(report: &Value) -> Vec<(String, bool, f64, String)> {
+pub(crate) fn checks(report: &Value) -> Vec<(String, bool, f64, String)> {
     report["checks"]
         .as_array()
         .unwrap()
@@ -79,7 +87,7 @@ fn checks(report: &Value) -> Vec<(String, bool, f64, String)> {
         .collect()
 }
 
-fn check<'a>(
+pub(crate) fn check<'a>(
     list: &'a [(String, bool, f64, String)],
     name: &str,
 ) -> &'a (String, bool, f64, String) {
@@ -103,7 +111,7 @@ fn print_durations(label: &str, report: &Value) {
 }
 
 /// Whether the docker runtime can be tested here; builds the test image once.
-fn docker_ready(test: &str) -> bool {
+pub(crate) fn docker_ready(test: &str) -> bool {
     let info = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .output();
@@ -140,7 +148,7 @@ fn docker_ready(test: &str) -> bool {
 }
 
 /// The scratch base is empty again (no directory left behind).
-fn assert_scratch_clean(base: &Path) {
+pub(crate) fn assert_scratch_clean(base: &Path) {
     let left: Vec<String> = std::fs::read_dir(base)
         .map(|d| {
             d.filter_map(Result::ok)
@@ -174,39 +182,59 @@ fn wal_listing(repo: &Path) -> Vec<String> {
 }
 
 /// A cluster with a `status` table, a pgbench database, a backup, and later commits archived.
-struct Fixture {
-    scratch: Scratch,
-    repo: PathBuf,
-    pg: PgCluster,
-    cfg: TestConfig,
-    id: String,
-    base: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) scratch: Scratch,
+    pub(crate) repo: PathBuf,
+    pub(crate) pg: PgCluster,
+    pub(crate) cfg: TestConfig,
+    pub(crate) id: String,
+    pub(crate) base: PathBuf,
+}
+
+impl Fixture {
+    /// A cluster archiving into a local repository, with a `status` table; `before` runs
+    /// before the backup and `after` after it, then the latest commit is archived. The
+    /// `[verify]` settings are the caller's (`base` is the scratch base to name).
+    pub(crate) fn build(
+        tag: &str,
+        before: impl FnOnce(&PgCluster),
+        after: impl FnOnce(&PgCluster),
+    ) -> Fixture {
+        let scratch = Scratch::new(tag);
+        let repo = scratch.subdir("repo");
+        let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo.clone()), "");
+        let base = scratch.path().join("verify-scratch");
+        create_status(&pg, "backup");
+        before(&pg);
+        let id = backup(&cfg);
+        after(&pg);
+        set_marker(&pg, "latest");
+        pg.archive_everything();
+        Fixture {
+            scratch,
+            repo,
+            pg,
+            cfg,
+            id,
+            base,
+        }
+    }
 }
 
 fn fixture(tag: &str, probes: &[(&str, &str, &str)]) -> Fixture {
-    let scratch = Scratch::new(tag);
-    let repo = scratch.subdir("repo");
-    let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo.clone()), "");
-    let base = scratch.path().join("verify-scratch");
-    add_verify_config(&cfg, &base, probes);
-    create_status(&pg, "backup");
-    pg.pgbench(&["-i", "-s", "2", "-q"]);
-    let id = backup(&cfg);
-    for i in 0..3 {
-        set_marker(&pg, &format!("after {i}"));
-        pg.pgbench(&["-c", "1", "-t", "100", "-n"]);
-        pg.switch_wal();
-    }
-    set_marker(&pg, "latest");
-    pg.archive_everything();
-    Fixture {
-        scratch,
-        repo,
-        pg,
-        cfg,
-        id,
-        base,
-    }
+    let f = Fixture::build(
+        tag,
+        |pg| pg.pgbench(&["-i", "-s", "2", "-q"]),
+        |pg| {
+            for i in 0..3 {
+                set_marker(pg, &format!("after {i}"));
+                pg.pgbench(&["-c", "1", "-t", "100", "-n"]);
+                pg.switch_wal();
+            }
+        },
+    );
+    add_verify_config(&f.cfg, &f.base, probes);
+    f
 }
 
 #[tokio::test(flavor = "multi_thread")]

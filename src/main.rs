@@ -137,7 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent => unreachable!("handled above: the agent needs no --cluster"),
         Command::SigningKey { .. } => unreachable!("handled above: needs no config"),
         Command::Verify(args) => {
-            let settings = settings::verify_settings(&args, &config)?;
+            let settings = settings::verify_settings(&args, &config, cli.config.as_deref())?;
             commands::verify::run(&config, cluster, &repo, &settings).await
         }
     }

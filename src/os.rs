@@ -71,6 +71,16 @@ fn postgres_user() -> Option<Owner> {
     passwd_entry(&passwd, |name, _| name == POSTGRES).map(|(_, uid, gid)| Owner { uid, gid })
 }
 
+/// The home directory of the user with `uid`, from `/etc/passwd`.
+pub fn home_dir(uid: u32) -> Option<PathBuf> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse() == Ok(uid) && f[5].starts_with('/'))
+            .then(|| PathBuf::from(f[5]))
+    })
+}
+
 /// Who restored files in `pgdata` belong to. As root: the owner of an existing, non-root
 /// target directory, else the `postgres` user (PostgreSQL refuses to run as root). Otherwise
 /// files are simply ours (`None`).

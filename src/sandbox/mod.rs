@@ -5,16 +5,29 @@
 //! * **No network.** The instance listens on a unix socket in its own scratch directory only
 //!   (`listen_addresses = ''`), inside a new network namespace (`namespace`: only a loopback
 //!   device that is down) or `--network none` (`docker`).
+//! * **Nothing of the host but binaries.** The namespace runtime runs the server in a minimal
+//!   root (see [`namespace`]): no unix socket of production or Docker, no credentials, no
+//!   config file; docker mounts only the scratch directory. A unix socket is reachable by
+//!   path whatever the network namespace, and the server runs as production's OS user, so
+//!   this is what keeps a restored backup away from the production cluster (review F1).
 //! * **No store credentials.** The instance's environment is built from nothing: `PATH`,
 //!   `LANG=C` and `TZ=UTC` for the namespace runtime, the image's own `ENV` for docker. The
 //!   namespace runtime also gets a private `/proc` (the verifier's environment cannot be read
-//!   through `/proc/<pid>/environ`) and masks the configured credentials file.
+//!   through `/proc/<pid>/environ`).
+//! * **No code or command from the backup.** The restored configuration (postgresql.conf,
+//!   postgresql.auto.conf, includes) is attacker-controlled for a forged backup: every
+//!   setting that loads a library or runs a command is overridden on the command line
+//!   ([`server_settings`]), and the verifier's sessions override the library settings a role
+//!   or database may carry ([`SESSION_OPTIONS`]).
 //! * **No archiving.** `archive_mode = off`, so a promoted scratch instance never pushes a new
 //!   timeline into the real archive (pg-reference §0 item 8). Its `restore_command` only copies
 //!   from the staging directory, which the verifier filled from the repository (every file
 //!   checked against its SHA-256) and which is mounted read-only.
 //! * **Only scratch is writable** (namespace: every other mount is remounted read-only inside
 //!   the mount namespace; docker: `--read-only` with the scratch directory mounted).
+//! * **Private files.** The scratch directory and everything the verifier writes in it are
+//!   0700/0600 whatever the umask (staged production WAL, server log), owned by the
+//!   instance's user.
 //! * **Always cleaned up.** [`Instance`] kills the instance when dropped, [`ScratchDirs`]
 //!   removes its directory when dropped, and [`remove_stale`] removes what a killed verifier
 //!   left behind (directories and containers are named after the verifier's pid).
@@ -51,6 +64,14 @@ pub const CLEAN_ENV: [(&str, &str); 3] = [
     ("LANG", "C"),
     ("TZ", "UTC"),
 ];
+
+/// Options of every session the verifier opens on a scratch instance: no timeouts or
+/// read-only default from the original's role or database settings, and no library a role or
+/// database setting (`ALTER ROLE … SET session_preload_libraries`) would load: a client's
+/// options take precedence over those.
+pub const SESSION_OPTIONS: &str = "-c statement_timeout=0 -c lock_timeout=0 \
+     -c idle_in_transaction_session_timeout=0 -c default_transaction_read_only=off \
+     -c session_preload_libraries= -c local_preload_libraries= -c jit=off";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -98,6 +119,8 @@ pub struct ScratchDirs {
     pub log: PathBuf,
     pub hba_file: PathBuf,
     pub ident_file: PathBuf,
+    /// Who the instance runs as: owns the directories and the files it must read.
+    owner: RunAs,
     keep: bool,
 }
 
@@ -136,34 +159,43 @@ impl ScratchDirs {
             hba_file: root.join("pg_hba.conf"),
             ident_file: root.join("pg_ident.conf"),
             root,
+            owner: run_as.clone(),
             keep: false,
         };
-        set_mode(&dirs.root, 0o755)?;
-        for (dir, mode, theirs) in [
-            (&dirs.data, 0o700, true),
-            (&dirs.wal, 0o755, false),
-            (&dirs.run, 0o700, true),
-            (&dirs.tablespaces, 0o755, true),
-        ] {
+        // Everything private (0700/0600) whatever the umask, and owned by the instance's
+        // user, who must reach it; the verifier is that user or root.
+        dirs.private_dir(&dirs.root)?;
+        for dir in [&dirs.data, &dirs.wal, &dirs.run, &dirs.tablespaces] {
             fs::create_dir(dir).with_context(|| format!("create {}", dir.display()))?;
-            set_mode(dir, mode)?;
-            if theirs {
-                run_as.chown(dir)?;
-            }
+            dirs.private_dir(dir)?;
         }
         // The verifier connects over the socket as a superuser without a password: trust is
         // safe because the socket directory is private to the instance's user.
-        fs::write(
+        dirs.write_private(
             &dirs.hba_file,
-            "# synapse-backup verify: unix socket only\nlocal all all trust\n",
-        )
-        .context("write pg_hba.conf")?;
-        fs::write(&dirs.ident_file, "").context("write pg_ident.conf")?;
-        for f in [&dirs.hba_file, &dirs.ident_file] {
-            set_mode(f, 0o644)?;
-        }
-        fs::write(&dirs.log, "").context("create the server log")?;
+            b"# synapse-backup verify: unix socket only\nlocal all all trust\n",
+        )?;
+        dirs.write_private(&dirs.ident_file, b"")?;
+        // The server log is the verifier's: the instance writes it through its stderr.
+        write_new_private(&dirs.log, b"")?;
         Ok(dirs)
+    }
+
+    /// Make `dir` 0700 and the instance user's.
+    pub fn private_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        set_mode(dir, 0o700)?;
+        self.owner.chown(dir)
+    }
+
+    /// Hand `path` to the instance's user (when the verifier is root).
+    pub fn give(&self, path: &Path) -> anyhow::Result<()> {
+        self.owner.chown(path)
+    }
+
+    /// Write a new file 0600 (whatever the umask), owned by the instance's user.
+    pub fn write_private(&self, path: &Path, data: &[u8]) -> anyhow::Result<()> {
+        write_new_private(path, data)?;
+        self.owner.chown(path)
     }
 
     /// The socket file name's directory and port, for a connection.
@@ -201,6 +233,23 @@ impl Drop for ScratchDirs {
             }
         }
     }
+}
+
+/// Create `path` (replacing nothing) with mode 0600 from the start, and write `data`.
+fn write_new_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("write {}", path.display()))?;
+    // The mode given to open is masked by the umask; 0600 has nothing a usual umask removes,
+    // but say it explicitly.
+    set_mode(path, 0o600)
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
@@ -309,6 +358,19 @@ pub fn server_settings(
         ("ident_file", path(&dirs.ident_file)),
         ("external_pid_file", String::new()),
         ("ssl", "off".into()),
+        // The data directory is the one given with -D, whatever the restored config says.
+        ("data_directory", path(&dirs.data)),
+        // Never load a library named by the restored config (a forged backup may ship one:
+        // its constructor runs at dlopen), never run a command from it.
+        ("shared_preload_libraries", String::new()),
+        ("session_preload_libraries", String::new()),
+        ("local_preload_libraries", String::new()),
+        ("dynamic_library_path", "$libdir".into()),
+        ("jit", "off".into()),
+        ("jit_provider", "llvmjit".into()),
+        ("ssl_passphrase_command", String::new()),
+        // No subscription connects anywhere.
+        ("max_logical_replication_workers", "0".into()),
         // Never archive, never stream, never run another command from the original config.
         ("archive_mode", "off".into()),
         ("archive_command", String::new()),
@@ -592,11 +654,9 @@ impl Sql {
             .dbname(dbname)
             .application_name("synapse-backup verify")
             .connect_timeout(Duration::from_secs(10))
-            // Role or database settings of the original must not make the checks fail.
-            .options(
-                "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
-                 -c default_transaction_read_only=off",
-            );
+            // Role or database settings of the original must not make the checks fail, nor
+            // load a library.
+            .options(SESSION_OPTIONS);
         let (client, connection) =
             config
                 .connect(tokio_postgres::NoTls)
@@ -700,6 +760,10 @@ mod tests {
         assert!(!dead.exists() && ours.exists() && other.exists());
     }
 
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
     #[test]
     fn settings_isolate_the_instance() {
         let run_as = RunAs {
@@ -715,6 +779,22 @@ mod tests {
         assert_eq!(get("archive_mode"), Some("off"));
         assert_eq!(get("restore_command"), Some("cp /x/%f %p"));
         assert_eq!(get("archive_library"), Some(""));
+        for library_setting in [
+            "shared_preload_libraries",
+            "session_preload_libraries",
+            "local_preload_libraries",
+            "ssl_passphrase_command",
+        ] {
+            assert_eq!(get(library_setting), Some(""), "{library_setting}");
+        }
+        assert_eq!(get("dynamic_library_path"), Some("$libdir"));
+        assert_eq!(get("data_directory"), Some(dirs.data.to_str().unwrap()));
+        for private in [&dirs.root, &dirs.wal, &dirs.run, &dirs.tablespaces] {
+            assert_eq!(mode_of(private), 0o700, "{}", private.display());
+        }
+        for private in [&dirs.log, &dirs.hba_file, &dirs.ident_file] {
+            assert_eq!(mode_of(private), 0o600, "{}", private.display());
+        }
         assert_eq!(
             get("unix_socket_directories"),
             Some(dirs.run.to_str().unwrap())

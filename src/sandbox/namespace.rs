@@ -9,18 +9,36 @@
 //!        prlimit --core=0 -- <bin>/postgres -D <scratch>/data -c …
 //! ```
 //!
-//! * The network namespace has only a loopback device, and it is down: nothing is reachable.
-//! * The mount namespace makes every mount read-only except the scratch directory, mounts the
-//!   staged WAL read-only, puts a private tmpfs on `/dev/shm`, and hides the credentials file.
-//!   `--mount-proc` gives the PID namespace its own `/proc`: the verifier's environment (which
+//! * The network namespace has only a loopback device, and it is down: nothing is reachable
+//!   over IP, and abstract unix sockets belong to the network namespace too.
+//! * **A minimal root.** A network namespace does not isolate *filesystem* unix sockets, and
+//!   the server runs as the same OS user as production (`postgres`), so peer authentication
+//!   on production's socket would succeed (review F1). Masking the known socket directories
+//!   is not enough: `unix_socket_directories` may name any path. So the mount namespace
+//!   builds a new root on an empty tmpfs and `pivot_root`s into it; the old root is detached.
+//!   Only this is in it: the read-only system trees PostgreSQL and `restore_command` need
+//!   ([`SYSTEM_PATHS`]: `/usr/bin`, `/usr/lib*`, `/usr/share/postgresql`, the time zone
+//!   database, the merged-`/usr` links `/bin` `/lib*`, and from `/etc` only `passwd`, `group`,
+//!   `nsswitch.conf`, `localtime` and the dynamic loader's cache), the PostgreSQL install prefix
+//!   when it is outside `/usr`, the devices `null zero full random urandom`, a private `/proc`
+//!   and `/dev/shm`, an empty `/tmp`, the scratch directory (writable) and the staged WAL
+//!   (read-only). No `/run`, `/var`, `/home`, `/root`, `/tmp` of the host, no socket
+//!   (`/dev/log`, `/var/run/docker.sock`, `/var/run/postgresql`, any cluster's socket
+//!   directory), no pgdata of another cluster, no credential and no config file.
+//! * Belt and braces: the paths the verifier names as secret (credentials, password files,
+//!   the config file and its directory, every configured cluster's socket directory and
+//!   pgdata, the Docker socket) are masked as well should a bound tree hold one.
+//! * `--mount-proc` gives the PID namespace its own `/proc`: the verifier's environment (which
 //!   may hold `AWS_*` credentials) is not visible through `/proc/<pid>/environ`.
 //! * `postgres` is pid 1 of the PID namespace: when it dies, the kernel kills everything in
 //!   the namespace. `--kill-child` kills it when `unshare` dies, and `--pdeathsig` kills
 //!   `unshare` when the verifier dies, so a killed verifier leaves no server running.
-//! * As root, the server runs as `postgres`. As another user (the agent runs as `postgres`),
-//!   an unprivileged user namespace maps that user to root for the mounts, and a nested one
-//!   maps it back to itself to run the server (PostgreSQL refuses to run as root). Debian
-//!   allows unprivileged user namespaces by default.
+//! * As root, the server runs as `postgres` with no supplementary groups (`--clear-groups`:
+//!   a `postgres` in group `docker` must not take it along). As another user (the agent runs
+//!   as `postgres`), an unprivileged user namespace maps that user to root for the mounts, and
+//!   a nested one maps it back to itself to run the server (PostgreSQL refuses to run as
+//!   root); its supplementary groups cannot be dropped there, but nothing they open is in the
+//!   new root. Debian allows unprivileged user namespaces by default.
 //! * Resource limits: no core dumps (`prlimit --core=0`), `shared_buffers` from
 //!   `[verify]`. Memory and CPU limits need cgroups; use the docker runtime for those.
 
@@ -33,33 +51,86 @@ use anyhow::Context;
 use super::{env_error, Instance, InstanceKind, RunAs, ScratchDirs, ToolOutput, CLEAN_ENV};
 
 /// Runs inside the new namespaces as (namespace) root: `$1` scratch root, `$2` staged WAL,
-/// then paths to hide up to `--`, then the command to exec.
+/// `$3` the (empty) mount point of the new root; then the system paths to bind read-only up
+/// to `--`, the paths to mask up to `--`, and the command to exec in the new root.
 const MOUNT_SCRIPT: &str = r#"set -e
-root=$1; wal=$2; shift 2
-# The scratch directory stays writable: a mount point of its own, skipped below.
-mount --bind "$root" "$root"
-mount --bind "$wal" "$wal"
+root=$1; wal=$2; new=$3; shift 3
+mount -t tmpfs -o mode=0755,nosuid,nodev,size=16m synapse-verify "$new"
+bind_ro() {
+    mount --rbind "$1" "$new$1"
+    mount -o remount,bind,ro,nosuid,nodev "$new$1" 2>/dev/null || mount -o remount,bind,ro "$new$1"
+}
 while [ "$1" != "--" ]; do
-    if [ -d "$1" ]; then
-        mount -t tmpfs -o ro,size=4k,mode=0 none "$1"
+    if [ -L "$1" ]; then
+        mkdir -p "$new${1%/*}"; ln -s "$(readlink "$1")" "$new$1"
+    elif [ -d "$1" ]; then
+        mkdir -p "$new$1"; bind_ro "$1"
     elif [ -e "$1" ]; then
-        mount --bind /dev/null "$1"
+        mkdir -p "$new${1%/*}"; : > "$new$1"; bind_ro "$1"
     fi
     shift
 done
 shift
+mkdir -p "$new/dev/shm" "$new/proc" "$new/tmp"
+for d in null zero full random urandom; do
+    : > "$new/dev/$d"; mount --bind "/dev/$d" "$new/dev/$d"
+done
 # PostgreSQL's dynamic shared memory: private, and gone with the namespace.
-mount -t tmpfs -o mode=1777 none /dev/shm
-# Everything else read-only.
-while read -r _ _ _ _ mp _; do
-    case "$mp" in
-        "$root"|/proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;;
-    esac
-    mount -o remount,bind,ro "$mp" 2>/dev/null || echo "synapse-verify: could not make $mp read-only" >&2
-done < /proc/self/mountinfo
-mount -o remount,bind,ro "$wal"
+mount -t tmpfs -o mode=1777,nosuid,nodev none "$new/dev/shm"
+chmod 1777 "$new/tmp"
+mount --rbind /proc "$new/proc"
+while [ "$1" != "--" ]; do
+    if [ -d "$new$1" ]; then
+        mount -t tmpfs -o ro,size=4k,mode=0 none "$new$1"
+    elif [ -e "$new$1" ]; then
+        mount --bind /dev/null "$new$1"
+    fi
+    shift
+done
+shift
+# The scratch directory stays writable; the staged WAL in it is read-only.
+mkdir -p "$new$root"
+mount --bind "$root" "$new$root"
+mount --bind "$wal" "$new$wal"
+mount -o remount,bind,ro,nosuid,nodev "$new$wal" 2>/dev/null || mount -o remount,bind,ro "$new$wal"
+cd "$new"
+mkdir .old
+pivot_root . .old
+umount -l /.old
+rmdir /.old
+cd "$root"
 exec "$@"
 "#;
+
+/// What the new root holds of the host, read-only (each where it exists): the binaries
+/// `restore_command` and probes use, the libraries, PostgreSQL's share directory, the time
+/// zone database, and the few `/etc` files the C library reads. Symlinks (merged `/usr`) are
+/// copied as symlinks.
+pub const SYSTEM_PATHS: [&str; 20] = [
+    "/bin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/lib32",
+    "/usr/lib64",
+    "/usr/libx32",
+    "/usr/libexec",
+    "/usr/share/postgresql",
+    "/usr/share/zoneinfo",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/localtime",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+];
+
+/// The mount point of the new root, in the scratch directory (empty outside the namespace).
+const NEW_ROOT: &str = "newroot";
 
 const UNSHARE_FLAGS: [&str; 9] = [
     "--net",
@@ -93,7 +164,14 @@ impl Namespace {
                 )));
             }
         }
-        for tool in ["unshare", "setpriv", "prlimit", "mount"] {
+        for tool in [
+            "unshare",
+            "setpriv",
+            "prlimit",
+            "mount",
+            "pivot_root",
+            "umount",
+        ] {
             if which(tool).is_none() {
                 return Err(env_error(format!(
                     "the namespace runtime needs `{tool}` (util-linux), which is not installed; or {hint}"
@@ -162,8 +240,19 @@ impl Namespace {
         vec![
             format!("--reuid={}", self.run_as.uid),
             format!("--regid={}", self.run_as.gid),
-            "--init-groups".into(),
+            "--clear-groups".into(),
         ]
+    }
+
+    /// [`SYSTEM_PATHS`], and the PostgreSQL install prefix (the parent of `bin/`) when it is
+    /// outside them.
+    fn system_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = SYSTEM_PATHS.iter().map(PathBuf::from).collect();
+        let prefix = self.bin_dir.parent().unwrap_or(&self.bin_dir);
+        if !paths.iter().any(|p| prefix.starts_with(p)) {
+            paths.push(prefix.to_path_buf());
+        }
+        paths
     }
 
     /// For the server: the uid change clears the parent-death signal that `--kill-child`
@@ -184,6 +273,14 @@ impl Namespace {
             .append(true)
             .open(&dirs.log)
             .context("open the server log")?;
+        let system = self.system_paths();
+        // A mask over a path that holds a bound tree or the scratch directory would hide it.
+        let hide: Vec<&PathBuf> = hide
+            .iter()
+            .filter(|h| !system.iter().chain([&dirs.root]).any(|s| s.starts_with(h)))
+            .collect();
+        let new_root = dirs.root.join(NEW_ROOT);
+        std::fs::create_dir(&new_root).with_context(|| format!("create {}", new_root.display()))?;
         let mut cmd = tokio::process::Command::new("setpriv");
         cmd.args(["--pdeathsig", "KILL", "--", "unshare"]);
         if !self.run_as.is_root_verifier() {
@@ -193,6 +290,9 @@ impl Namespace {
             .args(["--", "/bin/sh", "-c", MOUNT_SCRIPT, "synapse-verify"])
             .arg(&dirs.root)
             .arg(&dirs.wal)
+            .arg(&new_root)
+            .args(&system)
+            .arg("--")
             .args(hide)
             .arg("--");
         if self.run_as.is_root_verifier() {

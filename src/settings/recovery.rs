@@ -54,8 +54,13 @@ pub fn restore_settings(
     })
 }
 
-/// `verify`'s arguments, with the configured defaults.
-pub fn verify_settings(args: &VerifyArgs, config: &Config) -> anyhow::Result<VerifySettings> {
+/// `verify`'s arguments, with the configured defaults. `config_path` is the `--config` given:
+/// the scratch instance must not see that file.
+pub fn verify_settings(
+    args: &VerifyArgs,
+    config: &Config,
+    config_path: Option<&Path>,
+) -> anyhow::Result<VerifySettings> {
     let to = match &args.to {
         Some(s) => {
             if args.all_unverified {
@@ -81,6 +86,7 @@ pub fn verify_settings(args: &VerifyArgs, config: &Config) -> anyhow::Result<Ver
         to,
         runtime: args.runtime.map_or(config.verify.runtime, Into::into),
         json: args.json,
+        config_path: crate::config::config_path(config_path),
     })
 }
 

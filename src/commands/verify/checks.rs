@@ -87,11 +87,6 @@ pub(super) fn amcheck_output(stdout: &str, stderr: &str) -> (Option<String>, Str
     (progress, messages.join("\n"))
 }
 
-/// Options for every session with the scratch instance: role or database settings of the
-/// original (timeouts, read-only defaults) must not fail the checks.
-pub(super) const SESSION_OPTIONS: &str = "-c statement_timeout=0 -c lock_timeout=0 \
-     -c idle_in_transaction_session_timeout=0 -c default_transaction_read_only=off";
-
 /// Run one probe; `Ok(result)` when it returned what it should.
 pub(super) async fn run_probe(
     dirs: &ScratchDirs,

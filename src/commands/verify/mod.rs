@@ -39,7 +39,7 @@ mod report;
 mod scratch;
 mod stage;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -69,6 +69,8 @@ pub struct VerifySettings {
     pub runtime: VerifyRuntime,
     /// Print the report as JSON on stdout.
     pub json: bool,
+    /// The config file (hidden from the scratch instance).
+    pub config_path: PathBuf,
 }
 
 /// Which backups to verify.
@@ -87,6 +89,8 @@ pub struct Options {
     /// Recover to this time instead of the default target.
     pub to: Option<DateTime<Utc>>,
     pub runtime: VerifyRuntime,
+    /// The config file (hidden from the scratch instance).
+    pub config_path: PathBuf,
 }
 
 pub async fn run(
@@ -101,6 +105,7 @@ pub async fn run(
     let opts = Options {
         to: settings.to.map(|t| t.utc),
         runtime: settings.runtime,
+        config_path: settings.config_path.clone(),
     };
     let all = repo.backups().await.context("list backups")?;
     for d in &all.damaged {
@@ -241,6 +246,7 @@ pub async fn verify_backup(
     if std::env::var(crate::env::VERIFY_KEEP).as_deref() == Ok("1") {
         dirs.keep();
     }
+    let hide = scratch::hidden_paths(config, &opts.config_path, &run_as);
     let verification = Verification {
         config,
         cluster,
@@ -249,6 +255,7 @@ pub async fn verify_backup(
         plan: &plan,
         runtime: &runtime,
         dirs: &dirs,
+        hide: &hide,
         deadline,
     };
     let mut found = Findings::default();

@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
@@ -22,7 +22,7 @@ use crate::pg::recovery_conf::{RecoverySettings, TargetAction};
 use crate::pg::serverlog::ServerLog;
 use crate::repo::manifest::BackupManifest;
 use crate::repo::Repository;
-use crate::sandbox::{self, Instance, Runtime, ScratchDirs, Sql};
+use crate::sandbox::{self, Instance, RunAs, Runtime, ScratchDirs, Sql};
 
 /// One verification: what is verified, where, and until when.
 pub(super) struct Verification<'a> {
@@ -33,6 +33,8 @@ pub(super) struct Verification<'a> {
     pub plan: &'a Plan,
     pub runtime: &'a Runtime,
     pub dirs: &'a ScratchDirs,
+    /// What the instance must not see ([`hidden_paths`]).
+    pub hide: &'a [PathBuf],
     pub deadline: Instant,
 }
 
@@ -54,7 +56,7 @@ impl Verification<'_> {
         // (Staging beside the restore would only compete with it for the CPU: both decompress
         // and hash.)
         let restore_command = stage::staged_restore_command(&dirs.wal);
-        stage::prepare_staging(plan, &dirs.wal)?;
+        stage::prepare_staging(plan, dirs)?;
         let (progress, progress_rx) = tokio::sync::watch::channel(StageProgress::default());
         let (restored_tx, restored_rx) = tokio::sync::oneshot::channel::<bool>();
         let stop = AtomicBool::new(false);
@@ -65,16 +67,16 @@ impl Verification<'_> {
             let t0 = Instant::now();
             let r = tokio::time::timeout_at(
                 self.deadline,
-                stage::stage_wal(self.repo, plan, &dirs.wal, &progress, &stop),
+                stage::stage_wal(self.repo, plan, dirs, &progress, &stop),
             )
             .await;
             // Whatever happened, waiting restore_commands give up now.
-            let marked = std::fs::write(dirs.wal.join(STAGED_MARKER), b"");
+            let marked = dirs.write_private(&dirs.wal.join(STAGED_MARKER), b"");
             progress.send_modify(|p| p.done = true);
             let r = flatten_timeout(r, "stage WAL");
             let r = match marked {
                 Ok(()) => r,
-                Err(e) => Err(format!("write {STAGED_MARKER}: {e}")),
+                Err(e) => Err(format!("write {STAGED_MARKER}: {e:#}")),
             };
             Some((r, t0.elapsed()))
         };
@@ -190,10 +192,7 @@ impl Verification<'_> {
             &self.config.verify.shared_buffers,
         );
         let t = Instant::now();
-        let mut instance = self
-            .runtime
-            .start(dirs, &settings, &hidden_paths(self.config))
-            .await?;
+        let mut instance = self.runtime.start(dirs, &settings, self.hide).await?;
         let result = self.after_start(found, &mut instance, t).await;
         instance.stop().await;
         result
@@ -363,7 +362,7 @@ impl Verification<'_> {
                 Some(instance),
                 "pg_amcheck",
                 &args,
-                &[("PGOPTIONS", checks::SESSION_OPTIONS)],
+                &[("PGOPTIONS", sandbox::SESSION_OPTIONS)],
             ),
         )
         .await
@@ -467,16 +466,45 @@ async fn connect_retrying(
     }
 }
 
-/// Files the instance must not read: the store credentials file, and the instance user's
-/// password file and AWS configuration (the namespace runtime shares the file system).
-fn hidden_paths(config: &Config) -> Vec<PathBuf> {
+/// What the instance must not see. The namespace runtime's minimal root holds none of these
+/// unless a bound system tree does; they are masked there too (belt and braces): the store
+/// credentials file; password files (`$PGPASSFILE`, the verifier's and the instance user's
+/// `~/.pgpass`) and AWS configuration; the config file and its directory; every configured
+/// cluster's data directory and socket directories; the usual PostgreSQL and Docker sockets.
+pub(super) fn hidden_paths(config: &Config, config_path: &Path, run_as: &RunAs) -> Vec<PathBuf> {
     let mut hide: Vec<PathBuf> = config.repository.credentials_file.iter().cloned().collect();
-    if let Some(home) = std::env::var_os("HOME") {
-        let home = PathBuf::from(home);
+    hide.extend(std::env::var_os("PGPASSFILE").map(PathBuf::from));
+    let homes = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(crate::os::home_dir(run_as.uid));
+    for home in homes {
         hide.push(home.join(".pgpass"));
         hide.push(home.join(".aws"));
     }
+    hide.push(config_path.to_path_buf());
+    hide.extend(config_path.parent().map(Path::to_path_buf));
+    for cluster in &config.clusters {
+        hide.push(cluster.pgdata.clone());
+        if let Ok(conn) = conninfo::parse(&cluster.connection) {
+            hide.extend(conn.get_hosts().iter().filter_map(|h| match h {
+                tokio_postgres::config::Host::Unix(dir) => Some(dir.clone()),
+                tokio_postgres::config::Host::Tcp(_) => None,
+            }));
+        }
+    }
+    hide.extend(
+        [
+            "/run/postgresql",
+            "/var/run/postgresql",
+            "/run/docker.sock",
+            "/var/run/docker.sock",
+        ]
+        .map(PathBuf::from),
+    );
     hide.retain(|p| p.is_absolute() && p.exists());
+    hide.sort();
+    hide.dedup();
     hide
 }
 
@@ -497,13 +525,7 @@ async fn prepare_config(runtime: &Runtime, dirs: &ScratchDirs) -> anyhow::Result
             &[],
         )
         .await?;
-    let text = generated_conf(&out.stdout);
-    std::fs::write(&conf, text).context("write postgresql.conf")?;
-    let owner = std::fs::metadata(&dirs.data).context("inspect the data directory")?;
-    use std::os::unix::fs::MetadataExt;
-    std::os::unix::fs::chown(&conf, Some(owner.uid()), Some(owner.gid()))
-        .context("chown postgresql.conf")?;
-    Ok(())
+    dirs.write_private(&conf, generated_conf(&out.stdout).as_bytes())
 }
 
 /// A minimal `postgresql.conf` with the hot-standby minimums from `pg_controldata` output.

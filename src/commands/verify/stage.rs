@@ -11,6 +11,7 @@ use futures::StreamExt;
 use super::plan::Plan;
 use crate::format;
 use crate::repo::Repository;
+use crate::sandbox::ScratchDirs;
 
 /// Created in the staging directory when staging has ended (done or failed).
 pub(super) const STAGED_MARKER: &str = ".staged";
@@ -35,23 +36,26 @@ pub(super) fn staged_restore_command(wal: &Path) -> String {
     )
 }
 
-pub(super) fn prepare_staging(plan: &Plan, wal: &Path) -> anyhow::Result<()> {
-    let expected = wal.join(EXPECTED_DIR);
+/// Mark the files of the plan as expected. Like everything in the staging directory, owned
+/// by the instance's user (its restore_command reads them) and private (0700/0600).
+pub(super) fn prepare_staging(plan: &Plan, dirs: &ScratchDirs) -> anyhow::Result<()> {
+    let expected = dirs.wal.join(EXPECTED_DIR);
     std::fs::create_dir(&expected).with_context(|| format!("create {}", expected.display()))?;
+    dirs.private_dir(&expected)?;
     for name in &plan.segments {
-        let p = expected.join(name.to_string());
-        std::fs::write(&p, b"").with_context(|| format!("create {}", p.display()))?;
+        dirs.write_private(&expected.join(name.to_string()), b"")?;
     }
     Ok(())
 }
 
 /// Fetch every file of the plan from the repository (each checked against its SHA-256) into
 /// the staging directory, in plan order, each under a temporary name first so that
-/// restore_command never sees a partial file. Stops early when `stop` is set.
+/// restore_command never sees a partial file; 0600 from the start, and the instance user's.
+/// Stops early when `stop` is set.
 pub(super) async fn stage_wal(
     repo: &Repository,
     plan: &Plan,
-    dir: &Path,
+    dirs: &ScratchDirs,
     progress: &tokio::sync::watch::Sender<StageProgress>,
     stop: &AtomicBool,
 ) -> anyhow::Result<String> {
@@ -59,12 +63,11 @@ pub(super) async fn stage_wal(
         let Some((content, _)) = repo.get_wal(name).await? else {
             return Ok(None); // removed since the listing (expire): recovery will say so
         };
-        let path = dir.join(name.to_string());
-        let tmp = dir.join(format!(".tmp-{name}"));
+        let path = dirs.wal.join(name.to_string());
+        let tmp = dirs.wal.join(format!(".tmp-{name}"));
         let len = content.len() as u64;
-        tokio::fs::write(&tmp, content)
-            .await
-            .with_context(|| format!("write {}", tmp.display()))?;
+        write_private(&tmp, &content).await?;
+        dirs.give(&tmp)?;
         tokio::fs::rename(&tmp, &path)
             .await
             .with_context(|| format!("rename {}", tmp.display()))?;
@@ -101,4 +104,23 @@ pub(super) async fn stage_wal(
             format!(";{}", plan.missing_note())
         }
     ))
+}
+
+/// Write `data` to a new 0600 file (whatever the umask) and flush it.
+async fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(data)
+        .await
+        .with_context(|| format!("write {}", path.display()))?;
+    f.flush()
+        .await
+        .with_context(|| format!("write {}", path.display()))
 }
