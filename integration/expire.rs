@@ -154,7 +154,10 @@ async fn expire_killed_mid_delete_leaves_a_consistent_repository() {
         .unwrap()
         .unwrap();
     let now = (m_b.stop_time + chrono::Duration::days(31)).to_rfc3339();
-    let mut child = cfg.command(&["expire", "--apply-now", "--now", &now]).spawn().unwrap();
+    let mut child = cfg
+        .command(&["expire", "--apply-now", "--now", &now])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let _ = child.kill();
     let _ = child.wait();

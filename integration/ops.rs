@@ -16,7 +16,14 @@ use crate::harness::{
 fn offline_config(scratch: &Scratch, extra: &str) -> TestConfig {
     let repo = RepoTarget::Local(scratch.subdir("repo"));
     let pgdata = scratch.path().join("pgdata");
-    TestConfig::write(scratch.path(), &repo, "core", &pgdata, "host=/nonexistent", extra)
+    TestConfig::write(
+        scratch.path(),
+        &repo,
+        "core",
+        &pgdata,
+        "host=/nonexistent",
+        extra,
+    )
 }
 
 fn output_text(out: &std::process::Output) -> String {
@@ -75,7 +82,10 @@ fn check_never_prints_a_password_or_an_s3_secret() {
             "the connection line is printed: {text}"
         );
         assert!(!text.contains(secret), "check printed {secret}: {text}");
-        assert!(!text.contains("one two"), "check printed a password: {text}");
+        assert!(
+            !text.contains("one two"),
+            "check printed a password: {text}"
+        );
     }
     // An S3 URL with user-info: refused, and the secret is never echoed.
     let s3 = scratch.path().join("s3.toml");
@@ -115,12 +125,21 @@ fn expire_now_only_plans_and_retention_under_a_day_is_refused() {
     let scratch = Scratch::new("ops-expire");
     let cfg = offline_config(&scratch, "");
     let out = cfg.run(&["expire", "--now", "2099-01-01 00:00"]);
-    assert_eq!(code(&out), 2, "a future --now without --dry-run: {}", stderr(&out));
+    assert_eq!(
+        code(&out),
+        2,
+        "a future --now without --dry-run: {}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
     let out = cfg.run(&["expire", "--dry-run", "--now", "2099-01-01 00:00"]);
     assert_eq!(code(&out), 0, "--dry-run plans: {}", stderr(&out));
 
-    let out = cfg.command(&["list"]).env("BACKUP_RETENTION_DAYS", "0").output().unwrap();
+    let out = cfg
+        .command(&["list"])
+        .env("BACKUP_RETENTION_DAYS", "0")
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 2, "BACKUP_RETENTION_DAYS=0: {}", stderr(&out));
     assert!(stderr(&out).contains("retention"), "{}", stderr(&out));
     let zero = offline_config(&scratch, "retention_days = 0\n");
@@ -156,7 +175,12 @@ fn list_json_into_a_closed_pipe_exits_quietly() {
         .output()
         .unwrap();
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -209,7 +233,10 @@ fn spawn_backup(cfg: &TestConfig, log: &Path) -> Child {
 fn wait_for_line(log: &Path, line: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if std::fs::read_to_string(log).unwrap_or_default().contains(line) {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(line)
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -231,7 +258,10 @@ fn holder_pid(lock: &serde_json::Value) -> u32 {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(st.success(), "kill {sig} {pid}");
 }
 
@@ -303,7 +333,11 @@ async fn a_stalled_lock_holder_that_lost_the_lock_aborts() {
     let mut id_c = String::new();
     std::io::Read::read_to_string(&mut c.stdout.take().unwrap(), &mut id_c).unwrap();
     let ids = backup_ids(&repository(&cfg)).await;
-    assert_eq!(ids, [id_c.trim().to_string()], "only the new holder's backup is listed");
+    assert_eq!(
+        ids,
+        [id_c.trim().to_string()],
+        "only the new holder's backup is listed"
+    );
     assert!(!repo_dir.join("core/lock.json").exists());
 }
 
@@ -327,7 +361,13 @@ async fn a_killed_backups_lock_is_taken_over_at_once_but_not_another_hosts() {
 
     // The same dead holder, but on another host: its lock still counts until the TTL.
     let mut forged = lock.clone();
-    let host = lock["holder"].as_str().unwrap().rsplit_once(" pid ").unwrap().0.to_string();
+    let host = lock["holder"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(" pid ")
+        .unwrap()
+        .0
+        .to_string();
     forged["holder"] = lock["holder"]
         .as_str()
         .unwrap()
@@ -340,7 +380,11 @@ async fn a_killed_backups_lock_is_taken_over_at_once_but_not_another_hosts() {
     std::fs::write(&path, serde_json::to_vec(&forged).unwrap()).unwrap();
     let out = backup_output(&cfg);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(stderr(&out).contains("another backup holds"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another backup holds"),
+        "{}",
+        stderr(&out)
+    );
 
     std::fs::write(&path, serde_json::to_vec(&lock).unwrap()).unwrap();
     let started = Instant::now();

@@ -59,7 +59,7 @@ pub async fn run(
             .await?,
         )
     };
-    let result = expire(config, repo, dry_run, now).await;
+    let result = expire(config, repo, lock.as_ref(), now).await;
     if let Some(lock) = lock {
         lock.release().await?;
     }
@@ -109,9 +109,12 @@ pub async fn run(
 async fn expire(
     config: &Config,
     repo: &Repository,
-    dry_run: bool,
+    lock: Option<&RepoLock>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Report> {
+    // Without the lock (a dry run) nothing is deleted; with it, each deletion first makes
+    // sure the lock is still ours (a run stalled past the TTL stops there).
+    let dry_run = lock.is_none();
     let manifests = repo.list_backups().await?;
     let facts: Vec<BackupFacts> = manifests
         .iter()
@@ -134,7 +137,8 @@ async fn expire(
             .filter(|d| d.name == id.as_str())
             .map(|d| d.bytes)
             .sum::<u64>();
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_backup(id).await?;
         }
     }
@@ -157,7 +161,8 @@ async fn expire(
     }
     for (name, bytes) in &leftovers {
         bytes_freed += bytes;
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_backup_dir(name).await?;
         }
     }
@@ -182,7 +187,8 @@ async fn expire(
             }
         }
         wal_removed = doomed.len();
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_wal(&doomed).await?;
         }
     }
