@@ -306,6 +306,8 @@ async fn a_stalled_lock_holder_that_lost_the_lock_aborts() {
     let pid_c = holder_pid(&lock_json(&repo_dir));
     assert_ne!(pid_a, pid_c, "C took the lock over");
     signal(pid_a, "-CONT");
+    // runuser stopped itself when its child stopped; it waits for A again once continued.
+    signal(a.id(), "-CONT");
     let status_a = wait_exit(&mut a, Duration::from_secs(20));
     let log_text_a = std::fs::read_to_string(&log_a).unwrap();
     if status_a.is_none() {
@@ -373,8 +375,8 @@ async fn a_killed_backups_lock_is_taken_over_at_once_but_not_another_hosts() {
         .unwrap()
         .replacen(&host, "elsewhere.example", 1)
         .into();
-    if forged.get("host").is_some() {
-        forged["host"] = "elsewhere.example".into();
+    if let Some(process) = forged.get_mut("process").and_then(|p| p.as_object_mut()) {
+        process.insert("host".into(), "elsewhere.example".into());
     }
     let path = repo_dir.join("core/lock.json");
     std::fs::write(&path, serde_json::to_vec(&forged).unwrap()).unwrap();
