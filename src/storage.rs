@@ -27,6 +27,9 @@ pub enum Put {
     AlreadyExists,
 }
 
+/// How long a conditional update of a local object waits for another one of the same key.
+const MUTEX_WAIT: Duration = Duration::from_secs(10);
+
 /// An object as read, with the version a conditional update compares against.
 #[derive(Debug, Clone)]
 pub struct Versioned {
@@ -214,11 +217,19 @@ impl Storage {
         data: Bytes,
         expected: &Versioned,
     ) -> anyhow::Result<Option<Versioned>> {
-        if let Some(_mutex) = self.local_mutex(key).await? {
+        if let Some(mutex) = self.local_mutex(key).await? {
             if self.get(key).await?.as_ref() != Some(&expected.bytes) {
                 return Ok(None);
             }
-            self.put(key, data.clone()).await?;
+            // Written (renamed into place) under the mutex, made durable after it: the
+            // critical section stays a read and a rename, so a holder stopped (SIGSTOP, a
+            // frozen VM) is very unlikely to be stopped inside it.
+            self.store
+                .put(&self.path(key), PutPayload::from(data.clone()))
+                .await
+                .with_context(|| format!("store {key}"))?;
+            drop(mutex);
+            self.sync_local(key).await?;
             let version = UpdateVersion {
                 e_tag: None,
                 version: None,
@@ -298,13 +309,31 @@ impl Storage {
                 }
                 other => other?,
             };
-            file.lock()?;
             Ok(file)
         })
         .await
-        .expect("lock task does not panic")
-        .with_context(|| format!("lock {key} for a conditional update"))?;
-        Ok(Some(file))
+        .expect("open task does not panic")
+        .with_context(|| format!("open the mutex of {key}"))?;
+        // Bounded: a holder stopped inside its critical section must not hang everyone.
+        let deadline = tokio::time::Instant::now() + MUTEX_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(file)),
+                Err(std::fs::TryLockError::WouldBlock)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                    "{key} is being changed by another process that does not progress (stopped?) — \
+                     its mutex {key}#0 stayed locked for {} s; try again",
+                    MUTEX_WAIT.as_secs()
+                ),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("lock {key} for a conditional update"))
+                }
+            }
+        }
     }
 
     /// A streaming multipart upload for large objects (backup parts).
