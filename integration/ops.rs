@@ -230,6 +230,14 @@ fn spawn_backup(cfg: &TestConfig, log: &Path) -> Child {
         .unwrap()
 }
 
+/// A `backup` that holds the lock and waits for its WAL (archiving is paused); its log.
+fn backup_waiting_for_wal(cfg: &TestConfig, scratch: &Scratch, name: &str) -> (Child, PathBuf) {
+    let log = scratch.path().join(format!("{name}.log"));
+    let child = spawn_backup(cfg, &log);
+    wait_for_line(&log, "waiting for its WAL", Duration::from_secs(60));
+    (child, log)
+}
+
 fn wait_for_line(log: &Path, line: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -294,15 +302,11 @@ async fn a_stalled_lock_holder_that_lost_the_lock_aborts() {
     let scratch = Scratch::new("ops-stall");
     let (pg, cfg, repo_dir) = lock_test_cluster(&scratch, 3);
     set_archiving(&pg, false);
-    let log_a = scratch.path().join("a.log");
-    let mut a = spawn_backup(&cfg, &log_a);
-    wait_for_line(&log_a, "waiting for its WAL", Duration::from_secs(60));
+    let (mut a, log_a) = backup_waiting_for_wal(&cfg, &scratch, "a");
     let pid_a = holder_pid(&lock_json(&repo_dir));
     signal(pid_a, "-STOP");
     std::thread::sleep(Duration::from_secs(5));
-    let log_c = scratch.path().join("c.log");
-    let mut c = spawn_backup(&cfg, &log_c);
-    wait_for_line(&log_c, "waiting for its WAL", Duration::from_secs(60));
+    let (mut c, log_c) = backup_waiting_for_wal(&cfg, &scratch, "c");
     let pid_c = holder_pid(&lock_json(&repo_dir));
     assert_ne!(pid_a, pid_c, "C took the lock over");
     signal(pid_a, "-CONT");
@@ -352,9 +356,7 @@ async fn a_killed_backups_lock_is_taken_over_at_once_but_not_another_hosts() {
     // The default TTL: ten minutes.
     let (pg, cfg, repo_dir) = lock_test_cluster(&scratch, 600);
     set_archiving(&pg, false);
-    let log = scratch.path().join("killed.log");
-    let mut killed = spawn_backup(&cfg, &log);
-    wait_for_line(&log, "waiting for its WAL", Duration::from_secs(60));
+    let (mut killed, _) = backup_waiting_for_wal(&cfg, &scratch, "killed");
     let lock = lock_json(&repo_dir);
     signal(holder_pid(&lock), "-KILL");
     let _ = killed.wait();
