@@ -13,6 +13,8 @@ mod harness;
 mod kill_campaign;
 mod ops;
 mod restore;
+mod robustness;
+mod signing;
 mod standby;
 mod storage_suite;
 mod tls;

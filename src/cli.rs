@@ -183,8 +183,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Repository signing keys (see the README's "Signed repository").
+    SigningKey {
+        #[command(subcommand)]
+        action: SigningKeyAction,
+    },
     /// Run the service: every cluster's scheduled backup, expire and verify, and Prometheus
     /// metrics on `[agent] listen` (/metrics, /healthz). SIGHUP reloads the config;
     /// SIGTERM/SIGINT stop it.
     Agent,
+}
+
+/// `signing-key` actions.
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyAction {
+    /// Make a new Ed25519 key pair: the private key goes into FILE (created 0600, never
+    /// replacing a file) for the writers' `signing_key_file`; the `verify_key` line for the
+    /// readers' `[repository]` is printed. Needs no config.
+    Generate {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }

@@ -198,13 +198,65 @@ impl Write for ChunkWriter {
 
 /// Read the header from the start of a compressed object (a few hundred bytes suffice).
 pub fn read_header(object: &[u8], name: &str) -> anyhow::Result<ObjectHeader> {
-    let gz = flate2::read::GzDecoder::new(object);
-    let comment = gz
-        .header()
-        .and_then(|h| h.comment())
-        .with_context(|| format!("{name}: not a synapse-backup object (no gzip header comment)"))?;
-    serde_json::from_slice(comment)
+    serde_json::from_slice(&read_comment(object, name)?)
         .with_context(|| format!("{name}: unreadable checksum header in gzip comment"))
+}
+
+/// The raw gzip comment of a stored object (the header JSON, exactly as stored: its signature
+/// covers these bytes).
+pub fn read_comment(object: &[u8], name: &str) -> anyhow::Result<Vec<u8>> {
+    let gz = flate2::read::GzDecoder::new(object);
+    gz.header()
+        .and_then(|h| h.comment())
+        .map(<[u8]>::to_vec)
+        .with_context(|| format!("{name}: not a synapse-backup object (no gzip header comment)"))
+}
+
+/// Put `comment` in place of the gzip comment of the object whose first chunk is `first`;
+/// the compressed data and trailer are untouched (they do not cover the header). Returns the
+/// new header and where the old one ended in `first`.
+pub fn replace_comment(first: &[u8], comment: &[u8]) -> anyhow::Result<(Vec<u8>, usize)> {
+    const FHCRC: u8 = 2;
+    const FEXTRA: u8 = 4;
+    const FNAME: u8 = 8;
+    const FCOMMENT: u8 = 16;
+    let bad = || anyhow::anyhow!("not a gzip object with a header this program wrote");
+    if first.len() < 10 || first[..3] != [0x1f, 0x8b, 8] || first[3] & FHCRC != 0 {
+        return Err(bad());
+    }
+    if comment.contains(&0) {
+        bail!("a gzip comment cannot hold a NUL byte");
+    }
+    let flags = first[3];
+    let mut pos = 10;
+    if flags & FEXTRA != 0 {
+        let len = first.get(pos..pos + 2).ok_or_else(bad)?;
+        pos += 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
+    }
+    // Past the NUL that ends a zero-terminated field starting at `at`.
+    let past_field = |at: usize| {
+        first
+            .get(at..)
+            .and_then(|r| r.iter().position(|&b| b == 0))
+            .map(|n| at + n + 1)
+            .ok_or_else(bad)
+    };
+    if flags & FNAME != 0 {
+        pos = past_field(pos)?;
+    }
+    let kept = pos;
+    if flags & FCOMMENT != 0 {
+        pos = past_field(pos)?;
+    }
+    if pos > first.len() {
+        return Err(bad());
+    }
+    let mut header = Vec::with_capacity(kept + comment.len() + 1);
+    header.extend_from_slice(&first[..kept]);
+    header[3] = flags | FCOMMENT;
+    header.extend_from_slice(comment);
+    header.push(0);
+    Ok((header, pos))
 }
 
 /// Decompress an archived object and check it against the SHA-256 and size in its header.
@@ -279,6 +331,22 @@ mod tests {
         let err = decompress_verified(&gz, "X.gz").unwrap_err();
         assert!(format!("{err:#}").contains("X.gz"), "{err:#}");
         assert!(decompress_verified(b"not gzip", "k").is_err());
+    }
+
+    #[test]
+    fn a_replaced_comment_keeps_the_content() {
+        let data = b"some wal".repeat(500);
+        let (gz, _) = compress(&data, 6, Default::default());
+        let (header, end) = replace_comment(&gz, br#"{"new":1}"#).unwrap();
+        let object = [header, gz[end..].to_vec()].concat();
+        assert_eq!(read_comment(&object, "x").unwrap(), br#"{"new":1}"#);
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&object[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, data);
+        assert!(replace_comment(b"not gzip at all", b"{}").is_err());
+        assert!(replace_comment(&gz, b"a\0b").is_err());
     }
 
     #[test]

@@ -150,6 +150,10 @@ pub struct RepositoryConfig {
     /// Timeout of one store request, and of all its retries together.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// Writers: the 0600 file of the Ed25519 key that signs what is stored (see `repo::signing`).
+    pub signing_key_file: Option<PathBuf>,
+    /// Readers: the public key every stored object must be signed by (`ed25519:…`).
+    pub verify_key: Option<crate::repo::signing::VerifyKey>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use synapse_backup::cli::{Cli, Command};
+use synapse_backup::cli::{Cli, Command, SigningKeyAction};
 use synapse_backup::config::Config;
 use synapse_backup::error::{self, exit};
-use synapse_backup::repo::Repository;
+use synapse_backup::repo::{Access, Repository};
 use synapse_backup::settings::{
     self, CheckSettings, ExpireSettings, ListSettings, WalFetchSettings, WalPrefetchSettings,
     WalPushSettings,
@@ -71,9 +71,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await;
     }
+    if let Command::SigningKey {
+        action: SigningKeyAction::Generate { out },
+    } = &cli.command
+    {
+        return commands::signing_key::generate(out);
+    }
     let config = Config::load(cli.config.as_deref())?;
     let cluster = config.cluster(cli.cluster.as_deref())?;
-    let repo = Repository::open(&config.repository, &cluster.name)?;
+    // Read-only commands never create a repository: a wrong `url` is an error, not an empty
+    // repository.
+    let access = match cli.command {
+        Command::List { .. }
+        | Command::Restore(_)
+        | Command::Verify(_)
+        | Command::WalFetch { .. }
+        | Command::WalPrefetch { .. } => Access::Existing,
+        _ => Access::Create,
+    };
+    let repo = Repository::open_with(&config.repository, &cluster.name, access)?;
     match cli.command {
         Command::WalPush { path, file_name } => {
             let push = WalPushSettings::from_args(path, file_name)?;
@@ -128,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::restore::run(&config, cluster, &repo, &settings).await
         }
         Command::Agent => unreachable!("handled above: the agent needs no --cluster"),
+        Command::SigningKey { .. } => unreachable!("handled above: needs no config"),
         Command::Verify(args) => {
             let settings = settings::verify_settings(&args, &config)?;
             commands::verify::run(&config, cluster, &repo, &settings).await

@@ -1,7 +1,7 @@
 //! The object store behind a prefix. Knows nothing about PostgreSQL.
 //!
-//! Local storage is made durable here: after a put, the file and its directory are fsynced
-//! (object_store's `LocalFileSystem` renames into place but does not fsync).
+//! Local storage is written here, not through object_store's `LocalFileSystem` (which
+//! creates files and directories with the process umask and does not fsync): see `local`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +19,18 @@ use object_store::{
 };
 
 use crate::config::{RepositoryConfig, S3Credentials};
+use crate::error::Failure;
+
+mod local;
+
+/// Whether opening a local repository may create its root directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read-only commands: a missing root is an error naming the URL (exit 3).
+    Existing,
+    /// Commands that write: a missing root is created, mode 0700.
+    Create,
+}
 
 /// Outcome of a create-only put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,17 +73,34 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// Open the repository's store. For S3, credentials come from the environment (or the
-    /// configured 0600 file) and are never logged.
+    /// Open the repository's store, creating a missing local root (0700).
     pub fn open(cfg: &RepositoryConfig) -> anyhow::Result<Self> {
+        Self::open_with(cfg, Access::Create)
+    }
+
+    /// Open the repository's store. For S3, credentials come from the environment (or the
+    /// configured 0600 file) and are never logged. A missing local root is created (0700)
+    /// only with [`Access::Create`].
+    pub fn open_with(cfg: &RepositoryConfig, access: Access) -> anyhow::Result<Self> {
         let url = &cfg.url;
         match url.scheme() {
             "file" => {
                 let root = url
                     .to_file_path()
                     .map_err(|()| anyhow!("repository url {url}: not a local path"))?;
-                std::fs::create_dir_all(&root)
-                    .with_context(|| format!("create repository directory {}", root.display()))?;
+                if !root.exists() {
+                    if access == Access::Existing {
+                        return Err(Failure::NotFound(format!(
+                            "no repository at {url}: {} does not exist; check `url` in the config \
+                             (only wal-push, backup, expire and check create a repository)",
+                            root.display()
+                        ))
+                        .into());
+                    }
+                    local::make_private_dirs(&root).with_context(|| {
+                        format!("create repository directory {}", root.display())
+                    })?;
+                }
                 let store = LocalFileSystem::new_with_prefix(&root)
                     .with_context(|| format!("open repository directory {}", root.display()))?;
                 Ok(Storage { store: Arc::new(store), prefix: Path::default(), local_root: Some(root) })
@@ -164,6 +193,9 @@ impl Storage {
         key: &str,
         data: impl Into<PutPayload>,
     ) -> anyhow::Result<Put> {
+        if let Some(file) = self.local_file(key) {
+            return self.local_put(key, file, data.into(), true).await;
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -173,10 +205,7 @@ impl Storage {
             .put_opts(&self.path(key), data.into(), opts)
             .await
         {
-            Ok(_) => {
-                self.sync_local(key).await?;
-                Ok(Put::Stored)
-            }
+            Ok(_) => Ok(Put::Stored),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::AlreadyExists),
             Err(e) => Err(e).with_context(|| format!("store {key}")),
         }
@@ -184,11 +213,17 @@ impl Storage {
 
     /// Store `data` under `key`, replacing what is there. Durable on return.
     pub async fn put(&self, key: &str, data: Bytes) -> anyhow::Result<()> {
+        if let Some(file) = self.local_file(key) {
+            return self
+                .local_put(key, file, data.into(), false)
+                .await
+                .map(|_| ());
+        }
         self.store
             .put(&self.path(key), PutPayload::from(data))
             .await
             .with_context(|| format!("store {key}"))?;
-        self.sync_local(key).await
+        Ok(())
     }
 
     /// The object and its version (ETag), for a later `replace_if_unchanged`.
@@ -221,15 +256,8 @@ impl Storage {
             if self.get(key).await?.as_ref() != Some(&expected.bytes) {
                 return Ok(None);
             }
-            // Written (renamed into place) under the mutex, made durable after it: the
-            // critical section stays a read and a rename, so a holder stopped (SIGSTOP, a
-            // frozen VM) is very unlikely to be stopped inside it.
-            self.store
-                .put(&self.path(key), PutPayload::from(data.clone()))
-                .await
-                .with_context(|| format!("store {key}"))?;
+            self.put(key, data.clone()).await?;
             drop(mutex);
-            self.sync_local(key).await?;
             let version = UpdateVersion {
                 e_tag: None,
                 version: None,
@@ -296,13 +324,16 @@ impl Storage {
             let file = match std::fs::File::open(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir)?;
+                        local::make_private_dirs(dir)?;
                     }
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(&path)?;
+                    std::os::unix::fs::OpenOptionsExt::mode(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false),
+                        0o600,
+                    )
+                    .open(&path)?;
                     match_owner(&root, &rel)?;
                     // Read-only is enough to lock, and works for every user.
                     std::fs::File::open(&path)?
@@ -338,13 +369,24 @@ impl Storage {
 
     /// A streaming multipart upload for large objects (backup parts).
     pub async fn writer(&self, key: &str) -> anyhow::Result<ObjectWriter> {
+        if let Some(file) = self.local_file(key) {
+            let upload = tokio::task::spawn_blocking(move || local::LocalUpload::start(file))
+                .await
+                .expect("open task does not panic")
+                .with_context(|| format!("start upload of {key}"))?;
+            return Ok(ObjectWriter {
+                inner: Upload::Local(upload),
+                key: key.to_string(),
+                storage: self.clone(),
+            });
+        }
         let upload = self
             .store
             .put_multipart(&self.path(key))
             .await
             .with_context(|| format!("start upload of {key}"))?;
         Ok(ObjectWriter {
-            inner: WriteMultipart::new_with_chunk_size(upload, 16 << 20),
+            inner: Upload::Remote(WriteMultipart::new_with_chunk_size(upload, 16 << 20)),
             key: key.to_string(),
             storage: self.clone(),
         })
@@ -391,7 +433,12 @@ impl Storage {
                 r.bytes().await.with_context(|| format!("read {key}"))?,
             )),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("read {key}")),
+            // A range of an empty object is refused (local: "Requested range was invalid",
+            // S3: 416): the object is there and empty, which the caller names as such.
+            Err(e) => match self.store.head(&self.path(key)).await {
+                Ok(meta) if meta.size == 0 => Ok(Some(Bytes::new())),
+                _ => Err(e).with_context(|| format!("read {key}")),
+            },
         }
     }
 
@@ -421,6 +468,19 @@ impl Storage {
         }
     }
 
+    /// Remove the local directory that held `key` if it is now empty (nothing for remote
+    /// stores, which have no directories). Never the store's root.
+    pub fn remove_empty_dir(&self, key: &str) {
+        let Some(file) = self.local_file(key) else {
+            return;
+        };
+        if let Some(dir) = file.parent() {
+            if self.local_root.as_deref() != Some(dir) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+
     /// Delete many objects in batches (bulk delete where the store has it).
     pub async fn delete_many(&self, keys: Vec<String>) -> anyhow::Result<()> {
         let paths: Vec<_> = keys.iter().map(|k| Ok(self.path(k))).collect();
@@ -443,26 +503,37 @@ impl Storage {
         Some(root.join(self.path(key).as_ref()))
     }
 
-    /// fsync a local object and its directory so a put survives a crash. When running as
-    /// root, hand what was created to the repository directory's owner, so that an operator's
-    /// `backup` as root never leaves directories that `archive_command` (the postgres user)
-    /// cannot write into.
-    async fn sync_local(&self, key: &str) -> anyhow::Result<()> {
+    /// A local put, 0600 from the first byte whatever the umask (object_store's
+    /// `LocalFileSystem` creates its staging file with the process umask): written to a
+    /// staging file, fsynced, then renamed (or hard-linked, for a create-only put) into place.
+    async fn local_put(
+        &self,
+        key: &str,
+        file: PathBuf,
+        data: PutPayload,
+        create_only: bool,
+    ) -> anyhow::Result<Put> {
+        let put = tokio::task::spawn_blocking(move || local::put(&file, &data, create_only))
+            .await
+            .expect("put task does not panic")
+            .with_context(|| format!("store {key}"))?;
+        if put == Put::Stored {
+            self.match_owner_local(key).await?;
+        }
+        Ok(put)
+    }
+
+    /// As root, hand a new local object (and the directories above it) to the repository
+    /// directory's owner; see [`match_owner`].
+    async fn match_owner_local(&self, key: &str) -> anyhow::Result<()> {
         let Some(root) = self.local_root.clone() else {
             return Ok(());
         };
         let rel = PathBuf::from(self.path(key).as_ref());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let file = root.join(&rel);
-            std::fs::File::open(&file)?.sync_all()?;
-            if let Some(dir) = file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            match_owner(&root, &rel)
-        })
-        .await
-        .expect("fsync task does not panic")
-        .with_context(|| format!("fsync {key}"))
+        tokio::task::spawn_blocking(move || match_owner(&root, &rel))
+            .await
+            .expect("chown task does not panic")
+            .with_context(|| format!("chown {key}"))
     }
 }
 
@@ -494,31 +565,58 @@ fn running_as_root() -> bool {
 
 /// A streaming upload. Nothing is visible under the key until `finish` returns.
 pub struct ObjectWriter {
-    inner: WriteMultipart,
+    inner: Upload,
     key: String,
     storage: Storage,
+}
+
+enum Upload {
+    Remote(WriteMultipart),
+    /// A local file, 0600 from its creation (see [`local::LocalUpload`]).
+    Local(local::LocalUpload),
 }
 
 impl ObjectWriter {
     /// Queue bytes, waiting while too many parts are in flight (bounds memory).
     pub async fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        self.inner
-            .wait_for_capacity(2)
-            .await
-            .with_context(|| format!("upload {}", self.key))?;
-        self.inner.write(data);
+        match &mut self.inner {
+            Upload::Remote(w) => {
+                w.wait_for_capacity(2)
+                    .await
+                    .with_context(|| format!("upload {}", self.key))?;
+                w.write(data);
+            }
+            Upload::Local(w) => w
+                .write(data)
+                .await
+                .with_context(|| format!("upload {}", self.key))?,
+        }
         Ok(())
     }
 
     pub async fn finish(self) -> anyhow::Result<()> {
-        self.inner
-            .finish()
-            .await
-            .with_context(|| format!("complete upload of {}", self.key))?;
-        self.storage.sync_local(&self.key).await
+        match self.inner {
+            Upload::Remote(w) => {
+                w.finish()
+                    .await
+                    .with_context(|| format!("complete upload of {}", self.key))?;
+                Ok(())
+            }
+            Upload::Local(w) => {
+                w.finish()
+                    .await
+                    .with_context(|| format!("complete upload of {}", self.key))?;
+                self.storage.match_owner_local(&self.key).await
+            }
+        }
     }
 
     pub async fn abort(self) {
-        let _ = self.inner.abort().await;
+        match self.inner {
+            Upload::Remote(w) => {
+                let _ = w.abort().await;
+            }
+            Upload::Local(w) => w.abort().await,
+        }
     }
 }

@@ -203,6 +203,17 @@ pub fn archiving_cluster(
     target: &RepoTarget,
     extra_conf: &str,
 ) -> (PgCluster, TestConfig) {
+    archiving_cluster_with(scratch, target, extra_conf, "")
+}
+
+/// [`archiving_cluster`] whose config's `[repository]` also holds `repository_conf` (set
+/// before the first WAL file is archived, e.g. a signing key).
+pub fn archiving_cluster_with(
+    scratch: &Scratch,
+    target: &RepoTarget,
+    extra_conf: &str,
+    repository_conf: &str,
+) -> (PgCluster, TestConfig) {
     let dir = scratch.path();
     // The config must exist before the cluster starts archiving; the connection needs the port,
     // which `init` picks, so write the config after init and before start.
@@ -213,7 +224,7 @@ pub fn archiving_cluster(
         "core",
         &pg.pgdata,
         &pg.connection(),
-        "[archive]\npush_parallelism = 4\n",
+        &format!("{repository_conf}\n[archive]\npush_parallelism = 4\n"),
     );
     let conf = format!(
         "archive_mode = on\narchive_command = '{BIN} --config {} wal-push %p'\narchive_timeout = 0\nwal_keep_size = '2GB'\n{extra_conf}\n",

@@ -11,11 +11,11 @@ use chrono::{DateTime, Utc};
 use super::metrics::{NewestBackup, RepoFacts, VerifyResult};
 use crate::pg::client::{ArchiveBacklog, ArchiverStats};
 use crate::pg::history::TimelinePath;
-use crate::pg::{Lsn, TimelineId, WalSegmentSize};
+use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupId;
 use crate::repo::reports::ReportRef;
 use crate::repo::timelines::Timelines;
-use crate::repo::window::{self, BackupEnd, WalIndex, Window};
+use crate::repo::window::{self, BackupEnd, BackupSpan, WalIndex};
 use crate::repo::Repository;
 
 /// What the agent keeps of a manifest (a manifest lists every file; it is not kept whole).
@@ -89,12 +89,20 @@ impl RepoReader {
             }
             facts.last_verify = self.last_report.as_ref().map(|(_, r)| r.clone());
         }
-        // Forget removed backups; read new manifests.
+        // Forget removed backups; read new manifests (a damaged one is counted, and read
+        // again next time: it may have been repaired).
         self.manifests.retain(|id, _| ids.contains(id));
         for id in &ids {
             if !self.manifests.contains_key(id) {
-                if let Some(m) = repo.get_manifest(id).await? {
-                    self.manifests.insert(id.clone(), BackupSummary::of(&m));
+                match repo.read_manifest(id).await? {
+                    Some(Ok(m)) => {
+                        self.manifests.insert(id.clone(), BackupSummary::of(&m));
+                    }
+                    Some(Err(d)) => {
+                        tracing::warn!("{}", d.message());
+                        facts.damaged_backups += 1;
+                    }
+                    None => {}
                 }
             }
         }
@@ -109,51 +117,64 @@ impl RepoReader {
             stored_bytes: b.stored_bytes,
         });
 
-        // The recoverable window (repo::window): the earliest backup's end to the last
-        // archived commit, found by reading segment headers back from the newest segment —
-        // no further back than the earliest backup's start.
-        let earliest = backups
-            .iter()
-            .min_by_key(|b| (b.stop_time, b.stop_lsn))
-            .map(|b| (*b).clone());
-        if let Some(first) = earliest {
+        if let Some(first) = backups.first() {
             let size =
                 WalSegmentSize::new(first.wal_segment_size).unwrap_or(WalSegmentSize::DEFAULT);
-            let timelines = Timelines::reload(repo, &wal_names, &self.timelines)
-                .await
-                .context("read the archive's timeline history files")?;
-            facts.timeline = Some(timelines.latest().0);
-            let path = timelines
-                .path(timelines.latest())
-                .unwrap_or_else(|_| TimelinePath::root(TimelineId(1)));
-            self.timelines = timelines;
-            let index = WalIndex::new(wal_names.iter(), size, &path);
-            let last_commit = match index.newest() {
-                None => None,
-                Some(newest_seg) => match self.last_commit {
-                    Some((seg, found)) if seg == newest_seg && found.is_some() => found,
-                    _ => {
-                        let down_to = first.start_lsn.segno(size);
-                        let found =
-                            window::last_commit_down(repo, &index, newest_seg, down_to).await?;
-                        self.last_commit = Some((newest_seg, found));
-                        found
-                    }
-                },
-            };
-            let w = Window {
-                earliest: Some(BackupEnd {
-                    id: first.id.clone(),
-                    time: first.stop_time,
-                    lsn: first.stop_lsn,
-                }),
-                last_commit,
-                wal_end: index.end_lsn(),
-            };
-            facts.window_start = w.earliest.as_ref().map(|e| unix(e.time));
-            facts.window_end = w.last_commit.map(unix);
+            let spans: Vec<BackupSpan> = backups
+                .iter()
+                .map(|b| BackupSpan {
+                    start_lsn: b.start_lsn,
+                    end: BackupEnd {
+                        id: b.id.clone(),
+                        time: b.stop_time,
+                        lsn: b.stop_lsn,
+                    },
+                })
+                .collect();
+            self.read_window(repo, size, &spans, &wal_names, &mut facts)
+                .await?;
         }
         Ok(RepoRead { facts, newest })
+    }
+}
+
+impl RepoReader {
+    /// The recoverable window (repo::window): from the earliest backup whose WAL is complete
+    /// to the last commit archived before any gap, found by reading segment headers back
+    /// from the end of that run — no further back than that backup's start.
+    async fn read_window(
+        &mut self,
+        repo: &Repository,
+        size: WalSegmentSize,
+        spans: &[BackupSpan],
+        wal_names: &[WalFileName],
+        facts: &mut RepoFacts,
+    ) -> anyhow::Result<()> {
+        let timelines = Timelines::reload(repo, wal_names, &self.timelines)
+            .await
+            .context("read the archive's timeline history files")?;
+        facts.timeline = Some(timelines.latest().0);
+        let path = timelines
+            .path(timelines.latest())
+            .unwrap_or_else(|_| TimelinePath::root(TimelineId(1)));
+        self.timelines = timelines;
+        let index = WalIndex::new(wal_names.iter(), size, &path);
+        let reach = window::reach(&index, spans, window::pushed_but_gone(repo).await?);
+        let last_commit = match reach.last_segno {
+            None => None,
+            Some(last) => match self.last_commit {
+                Some((seg, found)) if seg == last && found.is_some() => found,
+                _ => {
+                    let found = window::last_commit_down(repo, &index, last, reach.down_to).await?;
+                    self.last_commit = Some((last, found));
+                    found
+                }
+            },
+        };
+        facts.window_start = reach.earliest.as_ref().map(|e| unix(e.time));
+        facts.window_end = last_commit.map(unix);
+        facts.wal_gap = reach.missing.map(|s| s.to_string());
+        Ok(())
     }
 }
 

@@ -87,6 +87,10 @@ pub struct RepoFacts {
     pub wal_conflicts: u64,
     /// The newest timeline in the archive.
     pub timeline: Option<u32>,
+    /// Backups whose manifest is stored but cannot be read (skipped by every command).
+    pub damaged_backups: u64,
+    /// The first WAL segment missing inside the window (see `repo::window::Window::missing`).
+    pub wal_gap: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -383,7 +387,7 @@ impl Collector for Snapshot {
         family(
             &mut enc,
             "synapse_backup_recoverable_window_end_timestamp_seconds",
-            "The latest moment a restore can reach: the last archived commit (Unix time).",
+            "The latest moment a restore can reach: the last commit archived before any WAL gap (Unix time).",
             Gauge,
             per_cluster(&|c| repo(c).and_then(|r| r.window_end)),
         )?;
@@ -393,6 +397,20 @@ impl Collector for Snapshot {
             "WAL files refused because different content is archived under the same name (split brain: two servers archive as one); kept under conflicts/ in the repository.",
             Gauge,
             per_cluster(&|c| repo(c).map(|r| r.wal_conflicts as f64)),
+        )?;
+        family(
+            &mut enc,
+            "synapse_backup_damaged_backups",
+            "Backups whose manifest is stored but cannot be read (damaged or edited): skipped by list, restore, verify and expire; repair or remove them.",
+            Gauge,
+            per_cluster(&|c| repo(c).map(|r| r.damaged_backups as f64)),
+        )?;
+        family(
+            &mut enc,
+            "synapse_backup_wal_gap",
+            "1 when a WAL segment is missing from the archive after the earliest backup's start while newer WAL was archived: the recoverable window ends before it (list and check name it).",
+            Gauge,
+            per_cluster(&|c| repo(c).map(|r| flag(r.wal_gap.is_some()))),
         )?;
         family(
             &mut enc,
@@ -521,6 +539,8 @@ mod tests {
                 }),
                 wal_conflicts: 1,
                 timeline: Some(2),
+                damaged_backups: 1,
+                wal_gap: Some("000000020000000000000007".into()),
             }),
             repo_up: Some(true),
             verify: Some(VerifyResult {
@@ -629,12 +649,18 @@ synapse_backup_repository_created_timestamp_seconds{cluster="core"} 1690000000.0
 # HELP synapse_backup_recoverable_window_start_timestamp_seconds The earliest moment a restore can reach: the end of the earliest backup (Unix time).
 # TYPE synapse_backup_recoverable_window_start_timestamp_seconds gauge
 synapse_backup_recoverable_window_start_timestamp_seconds{cluster="core"} 1699000000.0
-# HELP synapse_backup_recoverable_window_end_timestamp_seconds The latest moment a restore can reach: the last archived commit (Unix time).
+# HELP synapse_backup_recoverable_window_end_timestamp_seconds The latest moment a restore can reach: the last commit archived before any WAL gap (Unix time).
 # TYPE synapse_backup_recoverable_window_end_timestamp_seconds gauge
 synapse_backup_recoverable_window_end_timestamp_seconds{cluster="core"} 1700000500.0
 # HELP synapse_backup_wal_conflicts WAL files refused because different content is archived under the same name (split brain: two servers archive as one); kept under conflicts/ in the repository.
 # TYPE synapse_backup_wal_conflicts gauge
 synapse_backup_wal_conflicts{cluster="core"} 1.0
+# HELP synapse_backup_damaged_backups Backups whose manifest is stored but cannot be read (damaged or edited): skipped by list, restore, verify and expire; repair or remove them.
+# TYPE synapse_backup_damaged_backups gauge
+synapse_backup_damaged_backups{cluster="core"} 1.0
+# HELP synapse_backup_wal_gap 1 when a WAL segment is missing from the archive after the earliest backup's start while newer WAL was archived: the recoverable window ends before it (list and check name it).
+# TYPE synapse_backup_wal_gap gauge
+synapse_backup_wal_gap{cluster="core"} 1.0
 # HELP synapse_backup_timeline The newest timeline in the WAL archive (rises with every promotion).
 # TYPE synapse_backup_timeline gauge
 synapse_backup_timeline{cluster="core"} 2.0

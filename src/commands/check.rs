@@ -33,6 +33,7 @@ pub async fn run(
     let mut out = Outcome { failed: Vec::new() };
     out.report("store", check_store(repo).await);
     out.report("archive conflicts", check_conflicts(repo).await);
+    out.report("backups and WAL continuity", check_backups(repo).await);
     // The server a backup would read (per backup_from), and the primary that archives: the
     // same session unless backups come from a standby.
     let from_primary = cluster.backup_from == crate::config::BackupFrom::Primary;
@@ -114,6 +115,21 @@ async fn check_identity(
             server.system_id
         )),
     }
+}
+
+/// Every manifest reads, and the archive has no gap inside the recoverable window.
+async fn check_backups(repo: &Repository) -> anyhow::Result<String> {
+    let backups = repo.backups().await?;
+    let mut problems: Vec<String> = backups.damaged.iter().map(|d| d.message()).collect();
+    let win = crate::commands::list::latest_window(repo, &backups.intact).await?;
+    problems.extend(win.gap_note());
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    Ok(format!(
+        "{} backup(s) readable; no WAL segment missing inside the window",
+        backups.intact.len()
+    ))
 }
 
 /// WAL files another server tried to archive under names that hold different content.

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::pg::{WalFileName, WalSegmentSize};
 use crate::policy::{self, BackupFacts};
 use crate::repo::lock::RepoLock;
-use crate::repo::Repository;
+use crate::repo::{DamagedBackup, Repository};
 use crate::settings::ExpireSettings;
 
 /// Parts of a backup without a manifest are an interrupted backup's leftovers once the
@@ -27,6 +27,10 @@ struct Report {
     dry_run: bool,
     backups: Vec<BackupReport>,
     leftovers_removed: Vec<String>,
+    /// Backups whose manifest cannot be read: never removed by expire, never counted.
+    damaged_backups: Vec<DamagedBackup>,
+    /// The damaged backup that kept this run from removing WAL, if one did.
+    wal_kept_for_damaged: Option<String>,
     wal_horizon: Option<String>,
     wal_objects_removed: usize,
     bytes_freed: u64,
@@ -84,6 +88,9 @@ pub async fn run(
                 b.reason
             );
         }
+        for d in &report.damaged_backups {
+            println!("keep   {} — DAMAGED, not read: {}", d.id, d.error);
+        }
         for l in &report.leftovers_removed {
             println!(
                 "{} leftover of an interrupted backup: {l}",
@@ -115,7 +122,8 @@ async fn expire(
     // Without the lock (a dry run) nothing is deleted; with it, each deletion first makes
     // sure the lock is still ours (a run stalled past the TTL stops there).
     let dry_run = lock.is_none();
-    let manifests = repo.list_backups().await?;
+    let all = repo.backups().await?;
+    let (manifests, damaged) = (all.intact, all.damaged);
     let facts: Vec<BackupFacts> = manifests
         .iter()
         .map(|m| BackupFacts {
@@ -143,9 +151,11 @@ async fn expire(
         }
     }
 
-    // Leftovers: backup directories without a manifest, started long enough ago.
-    let with_manifest: std::collections::HashSet<&str> =
-        manifests.iter().map(|m| m.id.as_str()).collect();
+    // Leftovers: backup directories without a manifest, started long enough ago. A damaged
+    // manifest is not "without": the operator decides about it.
+    let with_manifest: std::collections::HashSet<&str> = (manifests.iter().map(|m| m.id.as_str()))
+        .chain(damaged.iter().map(|d| d.id.as_str()))
+        .collect();
     let mut leftovers: std::collections::BTreeMap<String, u64> = Default::default();
     for d in &dirs {
         let id = d.name.as_str();
@@ -167,9 +177,19 @@ async fn expire(
         }
     }
 
-    // WAL below the horizon; history files are kept forever.
+    // WAL below the horizon; history files are kept forever. Not while a damaged backup
+    // older than the horizon's backup exists: its start is unknown, and its WAL is what
+    // makes it usable again once its manifest is repaired.
+    let held = wal_held_by_damaged(&damaged, &plan, &manifests);
+    if let Some(d) = held {
+        tracing::warn!(
+            "expire: no WAL removed: backup {} is damaged and older than the oldest kept backup;              repair or remove it by hand ({})",
+            d.id,
+            d.error
+        );
+    }
     let mut wal_removed = 0;
-    if let (Some(horizon), Some(first)) = (plan.wal_horizon, manifests.first()) {
+    if let (Some(horizon), Some(first), None) = (plan.wal_horizon, manifests.first(), held) {
         let size = WalSegmentSize::new(first.wal_segment_size)
             .context("manifest has an invalid wal_segment_size")?;
         let horizon_segno = horizon.segno(size);
@@ -208,9 +228,28 @@ async fn expire(
             })
             .collect(),
         leftovers_removed: leftovers.keys().cloned().collect(),
+        wal_kept_for_damaged: held.map(|d| d.id.to_string()),
+        damaged_backups: damaged,
         wal_horizon: plan.wal_horizon.map(|l| l.to_string()),
         wal_objects_removed: wal_removed,
         bytes_freed,
         window_start: plan.window_start,
     })
+}
+
+/// The damaged backup, if any, that started before the oldest backup retention keeps: the
+/// WAL below the horizon may be its WAL.
+fn wal_held_by_damaged<'a>(
+    damaged: &'a [DamagedBackup],
+    plan: &policy::RetentionPlan,
+    manifests: &[crate::repo::manifest::BackupManifest],
+) -> Option<&'a DamagedBackup> {
+    let oldest_kept = plan
+        .kept()
+        .filter_map(|id| manifests.iter().find(|m| &m.id == id))
+        .map(|m| m.start_time)
+        .min();
+    damaged
+        .iter()
+        .find(|d| oldest_kept.is_none_or(|t| d.id.time() <= t))
 }

@@ -12,7 +12,7 @@ use crate::repo::manifest::BackupManifest;
 use crate::repo::reports::LastVerification;
 use crate::repo::timelines::Timelines;
 use crate::repo::window;
-use crate::repo::Repository;
+use crate::repo::{Backups, DamagedBackup, Repository};
 use crate::settings::ListSettings;
 
 /// One backup in `list --json` (format documented in the README).
@@ -37,6 +37,9 @@ pub struct BackupSummary {
 pub struct Listing {
     pub cluster: String,
     pub backups: Vec<BackupSummary>,
+    /// Backups whose manifest cannot be read (id and why): left out of `backups` and of
+    /// the window.
+    pub damaged_backups: Vec<DamagedBackup>,
     /// The window along the newest timeline (what `restore` uses by default).
     pub window: WindowSummary,
     /// Every timeline in the archive, oldest first, with where it branched off and its own
@@ -62,6 +65,9 @@ pub struct WindowSummary {
     pub start_lsn: Option<String>,
     pub end_time: Option<String>,
     pub wal_end_lsn: Option<String>,
+    /// The first WAL segment missing inside the window (`null`: none): the window ends
+    /// before it.
+    pub missing_wal: Option<String>,
 }
 
 pub fn summarize(m: &BackupManifest) -> BackupSummary {
@@ -93,18 +99,18 @@ fn window_summary(win: &window::Window) -> WindowSummary {
         start_lsn: win.earliest.as_ref().map(|e| e.lsn.to_string()),
         end_time: win.last_commit.map(rfc),
         wal_end_lsn: win.wal_end.map(|l| l.to_string()),
+        missing_wal: win.missing.map(|s| s.to_string()),
     }
 }
 
 pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> anyhow::Result<()> {
     let json = settings.json;
-    let backups = repo.list_backups().await?;
+    let Backups {
+        intact: backups,
+        damaged,
+    } = repo.backups().await?;
     let (latest, timelines) = load_windows(repo, &backups).await?;
-    let win = timelines
-        .iter()
-        .find(|(t, _, _)| *t == latest)
-        .and_then(|(_, _, w)| w.clone())
-        .unwrap_or_else(|| window::Window::new(&backups, None, None));
+    let win = latest_of(latest, &timelines, &backups);
     let mut summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
     for (s, b) in summaries.iter_mut().zip(&backups) {
         s.last_verification = repo.last_verification(&b.id).await?;
@@ -112,6 +118,7 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
     let listing = Listing {
         cluster: repo.cluster().to_string(),
         backups: summaries,
+        damaged_backups: damaged,
         window: window_summary(&win),
         timelines: timelines
             .iter()
@@ -163,6 +170,9 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
     } else {
         writeln!(out, "{}", win.describe(zone))?;
     }
+    for d in &listing.damaged_backups {
+        println!("{:<17} DAMAGED (skipped): {}", d.id.as_str(), d.error);
+    }
     if listing.backups.is_empty() {
         return super::print_stdout(&out);
     }
@@ -202,6 +212,28 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
         )?;
     }
     super::print_stdout(&out)
+}
+
+/// The window along the newest timeline (what `restore` uses by default), as `list` shows
+/// it; `check` judges it.
+pub async fn latest_window(
+    repo: &Repository,
+    backups: &[BackupManifest],
+) -> anyhow::Result<window::Window> {
+    let (latest, timelines) = load_windows(repo, backups).await?;
+    Ok(latest_of(latest, &timelines, backups))
+}
+
+fn latest_of(
+    latest: TimelineId,
+    timelines: &[TimelineWindow],
+    backups: &[BackupManifest],
+) -> window::Window {
+    timelines
+        .iter()
+        .find(|(t, _, _)| *t == latest)
+        .and_then(|(_, _, w)| w.clone())
+        .unwrap_or_else(|| window::Window::new(backups, None, None))
 }
 
 /// One timeline: where it branched off (none for the first), and its window (none when its

@@ -78,7 +78,16 @@ pub async fn run(
     }
     let result = push_one(repo, &limits, &name, path, cfg.compress_level).await;
     while tasks.join_next().await.is_some() {}
-    result.map(|_| ())
+    result?;
+    // The archiver's position (the file PostgreSQL asked for, in its order): lets `list`,
+    // `check` and the agent notice the newest segments deleted later. Best effort: the
+    // segment is safely archived whatever happens here.
+    if let WalFileName::Segment(seg) = name {
+        if let Err(e) = repo.record_pushed(&seg).await {
+            tracing::warn!(file = %name, "could not record the archiver position: {e:#}");
+        }
+    }
+    Ok(())
 }
 
 /// Bounds on memory and CPU for one call: whole segments are held in memory one at a time,

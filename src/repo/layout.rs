@@ -8,6 +8,9 @@ pub(super) const FORMAT_VERSION: u32 = 1;
 pub(super) const REPOSITORY_INFO: &str = "repository.json";
 pub(super) const WAL_DIR: &str = "wal";
 pub(super) const BACKUPS_DIR: &str = "backups";
+/// The newest segment `wal-push` archived for PostgreSQL's archiver (see
+/// `Repository::record_pushed`).
+pub(super) const ARCHIVER_POSITION: &str = "archiver-position.json";
 
 /// `wal/<first 16 hex>/<segment>.gz`, `wal/<tli>.history.gz`.
 pub(super) fn wal_key(name: &WalFileName) -> String {

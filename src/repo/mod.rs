@@ -6,6 +6,7 @@ mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod reports;
+pub mod signing;
 pub mod timelines;
 pub mod window;
 
@@ -18,9 +19,11 @@ use chrono::{DateTime, Utc};
 use crate::codec::{self, ObjectHeader};
 use crate::config::RepositoryConfig;
 use crate::error::Failure;
-use crate::pg::{SystemId, WalFileName, WalSegmentSize};
+use crate::pg::{SystemId, WalFileName, WalSegmentName, WalSegmentSize};
+pub use crate::storage::Access;
 use crate::storage::{Put, Storage};
 use manifest::{BackupId, BackupManifest};
+use signing::Signing;
 
 pub use backups::{BackupDir, PartReader, PartSource, PartWriter, CONTROL_PART};
 
@@ -31,6 +34,10 @@ pub struct RepositoryInfo {
     pub system_identifier: SystemId,
     pub pg_version: u32,
     pub wal_segment_size: u32,
+    /// The key everything in the repository is signed by (`ed25519:…`); absent when the
+    /// repository is not signed. Set by the first write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_key: Option<String>,
 }
 
 impl RepositoryInfo {
@@ -41,6 +48,7 @@ impl RepositoryInfo {
             system_identifier,
             pg_version,
             wal_segment_size,
+            verify_key: None,
         }
     }
 
@@ -64,17 +72,17 @@ pub enum Archived {
 
 /// A compressed WAL object (its header first), as built by `codec`, ready to store.
 #[derive(Debug, Clone, Default)]
-pub struct WalObject(object_store::PutPayload);
+pub struct WalObject(Vec<Bytes>);
 
 impl From<Vec<u8>> for WalObject {
     fn from(v: Vec<u8>) -> Self {
-        WalObject(v.into())
+        WalObject(vec![v.into()])
     }
 }
 
 impl From<Bytes> for WalObject {
     fn from(b: Bytes) -> Self {
-        WalObject(b.into())
+        WalObject(vec![b])
     }
 }
 
@@ -141,6 +149,40 @@ impl From<&crate::storage::Entry> for ObjectInfo {
     }
 }
 
+/// A backup whose manifest is stored but cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedBackup {
+    pub id: BackupId,
+    /// Why, naming the manifest.
+    pub error: String,
+}
+
+impl DamagedBackup {
+    /// Why a command that chose this backup cannot use it.
+    pub fn message(&self) -> String {
+        format!("backup {} cannot be used: {}", self.id, self.error)
+    }
+
+    /// The error for `restore` when this backup was chosen (exit 3).
+    pub fn refuse(&self) -> anyhow::Error {
+        Failure::NotFound(self.message()).into()
+    }
+}
+
+/// The backups of a repository: those that read, and those whose manifest is damaged.
+#[derive(Debug, Clone, Default)]
+pub struct Backups {
+    pub intact: Vec<BackupManifest>,
+    pub damaged: Vec<DamagedBackup>,
+}
+
+impl Backups {
+    /// The damaged backup `id`, if it is one.
+    pub fn damaged(&self, id: &BackupId) -> Option<&DamagedBackup> {
+        self.damaged.iter().find(|d| &d.id == id)
+    }
+}
+
 /// Keys per bulk delete request.
 const DELETE_BATCH: usize = 1000;
 
@@ -148,25 +190,49 @@ const DELETE_BATCH: usize = 1000;
 pub struct Repository {
     storage: Storage,
     cluster: String,
+    /// What is signed with, and what every object read must be signed by.
+    signing: Signing,
 }
 
 impl Repository {
-    /// Open the store `cfg` names and scope it to one cluster's repository.
+    /// Open the store `cfg` names and scope it to one cluster's repository (a missing local
+    /// root is created, 0700), with the signing key or verify key `cfg` names.
     pub fn open(cfg: &RepositoryConfig, cluster: &str) -> anyhow::Result<Self> {
-        Ok(Self::new(&Storage::open(cfg)?, cluster))
+        Self::open_with(cfg, cluster, Access::Create)
     }
 
-    fn new(storage: &Storage, cluster: &str) -> Self {
+    /// As [`Repository::open`]; with [`Access::Existing`] (read-only commands) a missing local
+    /// root is an error naming the URL instead.
+    pub fn open_with(
+        cfg: &RepositoryConfig,
+        cluster: &str,
+        access: Access,
+    ) -> anyhow::Result<Self> {
+        let signing = Signing::from_config(cfg)?;
+        Ok(Self::new(
+            &Storage::open_with(cfg, access)?,
+            cluster,
+            signing,
+        ))
+    }
+
+    fn new(storage: &Storage, cluster: &str, signing: Signing) -> Self {
         Repository {
             storage: storage.scoped(cluster),
             cluster: cluster.to_string(),
+            signing,
         }
     }
 
     /// A repository in memory, for unit tests.
     #[cfg(test)]
     pub fn in_memory(cluster: &str) -> Self {
-        Self::new(&Storage::in_memory(), cluster)
+        Self::new(&Storage::in_memory(), cluster, Signing::default())
+    }
+
+    /// `key` as errors name it and signatures bind it: `<cluster>/<key>`.
+    fn object_name(&self, key: &str) -> String {
+        format!("{}/{key}", self.cluster)
     }
 
     pub fn cluster(&self) -> &str {
@@ -177,9 +243,13 @@ impl Repository {
         let Some(bytes) = self.storage.get(layout::REPOSITORY_INFO).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .with_context(|| format!("{}/{}: unreadable", self.cluster, layout::REPOSITORY_INFO))
+        let name = self.object_name(layout::REPOSITORY_INFO);
+        let info: RepositoryInfo =
+            serde_json::from_slice(&bytes).with_context(|| format!("{name}: unreadable"))?;
+        self.signing
+            .check_recorded(&name, info.verify_key.as_deref())?;
+        self.signing.check(&name, &bytes)?;
+        Ok(Some(info))
     }
 
     /// Check that this repository belongs to the cluster described by `ours`; the first
@@ -189,13 +259,18 @@ impl Repository {
         let existing = match self.info().await? {
             Some(info) => info,
             None => {
-                let body = Bytes::from(serde_json::to_vec_pretty(ours).expect("serializes"));
+                let mut record = ours.clone();
+                record.verify_key = self.signing.verify_key().map(|k| k.to_string());
+                let body = self.signing.seal(
+                    &self.object_name(layout::REPOSITORY_INFO),
+                    serde_json::to_vec_pretty(&record).expect("serializes"),
+                )?;
                 match self
                     .storage
-                    .put_if_absent(layout::REPOSITORY_INFO, body)
+                    .put_if_absent(layout::REPOSITORY_INFO, Bytes::from(body))
                     .await?
                 {
-                    Put::Stored => return Ok(ours.clone()),
+                    Put::Stored => return Ok(record),
                     Put::AlreadyExists => self.info().await?.context("repository.json vanished")?,
                 }
             }
@@ -229,7 +304,7 @@ impl Repository {
         header: &ObjectHeader,
     ) -> anyhow::Result<Archived> {
         let key = layout::wal_key(name);
-        let object = object.0;
+        let object = self.sign_wal(&key, object, header)?;
         match self.storage.put_if_absent(&key, object.clone()).await? {
             Put::Stored => Ok(Archived::Stored),
             Put::AlreadyExists => {
@@ -238,8 +313,12 @@ impl Repository {
                     .get(&key)
                     .await?
                     .with_context(|| format!("{key} existed a moment ago but is gone"))?;
-                let (_, stored) = codec::decompress_verified(&existing, &key)
-                    .with_context(|| format!("{name} is already archived, but the stored copy is damaged; it was NOT replaced — inspect {key}"))?;
+                let stored = match self.check_wal(&key, &existing).await {
+                    Ok(()) => codec::decompress_verified(&existing, &key),
+                    Err(e) => Err(e),
+                };
+                let (_, stored) = stored
+                    .with_context(|| format!("{name} is already archived, but the stored copy is damaged or not validly signed; it was NOT replaced — inspect {key}"))?;
                 if stored.sha256 == header.sha256 && stored.size == header.size {
                     Ok(Archived::AlreadyArchived)
                 } else {
@@ -271,11 +350,51 @@ impl Repository {
         let Some(object) = self.storage.get(&key).await? else {
             return Ok(None);
         };
-        let key2 = format!("{}/{key}", self.cluster);
+        self.refuse_empty(&key, &object)?;
+        self.check_wal(&key, &object).await?;
+        let key2 = self.object_name(&key);
         tokio::task::spawn_blocking(move || codec::decompress_verified(&object, &key2))
             .await
             .expect("decompress task does not panic")
-            .map(Some)
+            .map(|(content, header)| Some((content, unsigned(header))))
+    }
+
+    /// Sign a WAL object's header: the same object with the signed header in its gzip comment.
+    fn sign_wal(
+        &self,
+        key: &str,
+        object: WalObject,
+        header: &ObjectHeader,
+    ) -> anyhow::Result<object_store::PutPayload> {
+        let mut chunks = object.0;
+        let comment = serde_json::to_vec(header).expect("header serializes");
+        let sealed = self.signing.seal(&self.object_name(key), comment.clone())?;
+        if sealed != comment {
+            let first = chunks.first().cloned().unwrap_or_default();
+            let (new_header, end) = codec::replace_comment(&first, &sealed)
+                .with_context(|| format!("sign {}", self.object_name(key)))?;
+            chunks[0] = first.slice(end..);
+            chunks.insert(0, Bytes::from(new_header));
+        }
+        Ok(chunks.into_iter().collect())
+    }
+
+    /// Check the signature of a WAL object's header (its first bytes suffice).
+    async fn check_wal(&self, key: &str, object: &[u8]) -> anyhow::Result<()> {
+        let name = self.object_name(key);
+        self.check_signature(&name, &codec::read_comment(object, &name)?)
+            .await
+    }
+
+    /// Check an object's signature. When it fails, a mismatch between the configuration and
+    /// `repository.json` is the clearer error (no verify key for a signed repository, another
+    /// key), so that is reported when there is one.
+    async fn check_signature(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let checked = self.signing.check(name, bytes);
+        if checked.is_err() {
+            self.info().await?;
+        }
+        checked
     }
 
     /// Every archived WAL file name, sorted by key.
@@ -306,11 +425,10 @@ impl Repository {
     /// Store a backup's manifest: the moment the backup starts to exist.
     pub async fn put_manifest(&self, m: &BackupManifest) -> anyhow::Result<()> {
         let key = layout::manifest_key(&m.id);
-        match self
-            .storage
-            .put_if_absent(&key, Bytes::from(manifest::to_checked_json(m)))
-            .await?
-        {
+        let body = self
+            .signing
+            .seal(&self.object_name(&key), manifest::to_checked_json(m))?;
+        match self.storage.put_if_absent(&key, Bytes::from(body)).await? {
             Put::Stored => Ok(()),
             Put::AlreadyExists => {
                 anyhow::bail!("{key} already exists; refusing to replace a backup's manifest")
@@ -324,19 +442,56 @@ impl Repository {
         let Some(bytes) = self.storage.get(&key).await? else {
             return Ok(None);
         };
-        manifest::from_checked_json(&bytes, &format!("{}/{key}", self.cluster)).map(Some)
+        let name = self.object_name(&key);
+        self.check_signature(&name, &bytes).await?;
+        manifest::from_checked_json(&bytes, &name).map(Some)
     }
 
-    /// Every complete backup (one with a manifest), oldest first.
-    pub async fn list_backups(&self) -> anyhow::Result<Vec<BackupManifest>> {
-        let ids = self.backup_ids().await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(m) = self.get_manifest(&id).await? {
-                out.push(m);
+    /// A backup's manifest: `Some(Err)` when it is stored but unreadable (damaged,
+    /// truncated, edited: the error names it). The outer error is the store's.
+    pub async fn read_manifest(
+        &self,
+        id: &BackupId,
+    ) -> anyhow::Result<Option<Result<BackupManifest, DamagedBackup>>> {
+        let key = layout::manifest_key(id);
+        let Some(bytes) = self.storage.get(&key).await? else {
+            return Ok(None);
+        };
+        let name = self.object_name(&key);
+        // A forged or unsigned manifest in a signed repository is damaged like a corrupt one;
+        // a configuration that does not match the repository (no verify key for a signed
+        // repository, another key) is an error of its own, reported by `info`.
+        let read = match self.signing.check(&name, &bytes) {
+            Ok(()) => manifest::from_checked_json(&bytes, &name),
+            Err(e) => {
+                self.info().await?;
+                Err(e)
+            }
+        };
+        Ok(Some(read.map_err(|e| DamagedBackup {
+            id: id.clone(),
+            error: format!("{e:#}"),
+        })))
+    }
+
+    /// Every complete backup (one with a manifest), oldest first, and apart those whose
+    /// manifest cannot be read: one damaged manifest never hides the others.
+    pub async fn backups(&self) -> anyhow::Result<Backups> {
+        let mut out = Backups::default();
+        for id in self.backup_ids().await? {
+            match self.read_manifest(&id).await? {
+                Some(Ok(m)) => out.intact.push(m),
+                Some(Err(d)) => out.damaged.push(d),
+                None => {}
             }
         }
         Ok(out)
+    }
+
+    /// Every backup whose manifest reads, oldest first (damaged ones are left out: see
+    /// [`Repository::backups`]).
+    pub async fn list_backups(&self) -> anyhow::Result<Vec<BackupManifest>> {
+        Ok(self.backups().await?.intact)
     }
 
     /// WAL files refused because different content was archived under their names: the
@@ -371,6 +526,7 @@ impl Repository {
         let second = s.put_if_absent(&key, Bytes::from_static(b"two")).await;
         let back = s.get(&key).await?;
         s.delete(&key).await?;
+        s.remove_empty_dir(&key);
         if second? != Put::AlreadyExists || back.as_deref() != Some(b"one".as_slice()) {
             anyhow::bail!(
                 "the store ignores create-only puts (If-None-Match): an archived WAL file could be silently overwritten; use a store that supports conditional writes"
@@ -385,8 +541,61 @@ impl Repository {
         let Some(head) = self.storage.get_head_bytes(&key, 1024).await? else {
             return Ok(None);
         };
-        codec::read_header(&head, &key).map(Some)
+        self.refuse_empty(&key, &head)?;
+        self.check_wal(&key, &head).await?;
+        codec::read_header(&head, &key).map(|h| Some(unsigned(h)))
     }
+
+    /// Record `seg` as the archiver's position if it is newer than the one recorded (by
+    /// name: timeline first, then position). Parallel writers may leave an older one, which
+    /// only ever makes the check weaker, never wrong.
+    pub async fn record_pushed(&self, seg: &WalSegmentName) -> anyhow::Result<()> {
+        if let Some(old) = self.pushed_position().await? {
+            if old.to_string() >= seg.to_string() {
+                return Ok(());
+            }
+        }
+        let body = serde_json::json!({ "newest_pushed": seg.to_string() });
+        self.storage
+            .put(layout::ARCHIVER_POSITION, Bytes::from(body.to_string()))
+            .await
+    }
+
+    /// The newest segment `wal-push` recorded archiving (`None`: never recorded, or
+    /// unreadable — the position only adds a check, so damage to it is not an error).
+    pub async fn pushed_position(&self) -> anyhow::Result<Option<WalSegmentName>> {
+        let Some(bytes) = self.storage.get(layout::ARCHIVER_POSITION).await? else {
+            return Ok(None);
+        };
+        let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+        Ok(value
+            .as_ref()
+            .and_then(|v| v["newest_pushed"].as_str())
+            .and_then(|s| s.parse().ok()))
+    }
+
+    /// Whether an archived WAL file is there (a 1-byte read).
+    pub async fn has_wal(&self, name: &WalFileName) -> anyhow::Result<bool> {
+        let key = layout::wal_key(name);
+        Ok(self.storage.get_head_bytes(&key, 1).await?.is_some())
+    }
+
+    /// An empty object is damage (a truncated upload, a full disk): say so, naming it.
+    fn refuse_empty(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        if bytes.is_empty() {
+            anyhow::bail!(
+                "{}/{key}: the object is empty (0 bytes); it is damaged",
+                self.cluster
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A header as read, without its signature field (checked already).
+fn unsigned(mut header: ObjectHeader) -> ObjectHeader {
+    header.extra.remove("signature");
+    header
 }
 
 #[cfg(test)]
@@ -399,6 +608,7 @@ mod tests {
             system_identifier: SystemId(sysid),
             pg_version: 15,
             wal_segment_size: 16 << 20,
+            verify_key: None,
         }
     }
 
@@ -430,6 +640,90 @@ mod tests {
         assert_eq!(WalCommits::of(&header), commits);
         let (_, none) = codec::compress(b"x", 1, WalCommits::default().to_extra());
         assert_eq!(WalCommits::of(&none), WalCommits::default());
+    }
+
+    #[tokio::test]
+    async fn a_signed_repository_signs_what_it_writes_and_refuses_the_rest() {
+        let storage = Storage::in_memory();
+        let writer = Repository::new(&storage, "core", Signing::with_seed([3; 32]));
+        let key = writer.signing.verify_key().unwrap();
+        let reader = Repository::new(&storage, "core", Signing::verifying(key));
+        let keyless = Repository::new(&storage, "core", Signing::default());
+        let stranger = Repository::new(&storage, "core", Signing::with_seed([4; 32]));
+
+        let stored = writer.ensure_identity(&info(1)).await.unwrap();
+        assert_eq!(stored.verify_key, Some(key.to_string()));
+        assert_eq!(reader.info().await.unwrap(), Some(stored));
+        let err = keyless.info().await.unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), crate::error::exit::USAGE);
+        assert!(format!("{err:#}").contains(&key.to_string()), "{err:#}");
+        assert!(stranger.info().await.is_err());
+        assert!(keyless.ensure_identity(&info(1)).await.is_err());
+
+        let name: WalFileName = "000000010000000000000003".parse().unwrap();
+        let commits = WalCommits {
+            first_commit: Some("2024-01-01T10:00:00Z".parse().unwrap()),
+            last_commit: Some("2024-01-01T12:00:00Z".parse().unwrap()),
+        };
+        let (object, header) = codec::compress(b"segment", 1, commits.to_extra());
+        writer
+            .put_wal(&name, object.clone().into(), &header)
+            .await
+            .unwrap();
+        let (content, got) = reader.get_wal(&name).await.unwrap().unwrap();
+        assert_eq!((content.as_slice(), &got), (&b"segment"[..], &header));
+        assert_eq!(
+            reader.wal_header(&name).await.unwrap(),
+            Some(header.clone())
+        );
+        // Idempotent: the same content again is already archived.
+        assert_eq!(
+            writer
+                .put_wal(&name, object.clone().into(), &header)
+                .await
+                .unwrap(),
+            Archived::AlreadyArchived
+        );
+        // The genuine object under another name (a bucket writer's swap) is refused.
+        let other: WalFileName = "000000010000000000000004".parse().unwrap();
+        let genuine = storage
+            .scoped("core")
+            .get(&layout::wal_key(&name))
+            .await
+            .unwrap()
+            .unwrap();
+        storage
+            .scoped("core")
+            .put(&layout::wal_key(&other), genuine)
+            .await
+            .unwrap();
+        let err = format!("{:#}", reader.get_wal(&other).await.unwrap_err());
+        assert!(
+            err.contains("000000010000000000000004.gz") && err.contains("wrong signature"),
+            "{err}"
+        );
+        // An unsigned object (a writer without the key).
+        let unsigned_name: WalFileName = "000000010000000000000005".parse().unwrap();
+        keyless_put(&storage, &unsigned_name, object).await;
+        let err = format!("{:#}", reader.wal_header(&unsigned_name).await.unwrap_err());
+        assert!(err.contains("not signed"), "{err}");
+
+        let m = manifest::tests::sample();
+        assert!(
+            reader.put_manifest(&m).await.is_err(),
+            "a reader cannot write"
+        );
+        writer.put_manifest(&m).await.unwrap();
+        assert_eq!(reader.get_manifest(&m.id).await.unwrap(), Some(m.clone()));
+        assert!(stranger.get_manifest(&m.id).await.is_err());
+    }
+
+    async fn keyless_put(storage: &Storage, name: &WalFileName, object: Vec<u8>) {
+        storage
+            .scoped("core")
+            .put(&layout::wal_key(name), Bytes::from(object))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -95,7 +95,10 @@ impl Repository {
         for _ in 0..60 {
             report.time = report_time(at);
             let key = layout::verify_report_key(&id, &report.time);
-            let body = Bytes::from(serde_json::to_vec_pretty(&*report).expect("report serializes"));
+            let body = Bytes::from(self.signing.seal(
+                &self.object_name(&key),
+                serde_json::to_vec_pretty(&*report).expect("report serializes"),
+            )?);
             match self
                 .storage
                 .put_if_absent(&key, body)
@@ -151,8 +154,11 @@ impl Repository {
         let Some(bytes) = self.storage.get(&r.key).await? else {
             return Ok(None);
         };
-        Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-            format!("{}/{}: unreadable verification report", self.cluster, r.key)
+        let name = self.object_name(&r.key);
+        let checked = self.check_signature(&name, &bytes).await;
+        Ok(Some(checked.and_then(|()| {
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{name}: unreadable verification report"))
         })))
     }
 }

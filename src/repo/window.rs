@@ -41,8 +41,13 @@ pub struct Window {
     pub earliest: Option<BackupEnd>,
     /// The last commit (or abort) time recorded in the archive.
     pub last_commit: Option<DateTime<Utc>>,
-    /// The end of the newest archived segment.
+    /// The end of the archived WAL a restore can replay: the newest segment of the longest
+    /// unbroken run from a backup's start (not beyond a gap).
     pub wal_end: Option<Lsn>,
+    /// The first segment missing from the archive after the earliest backup's start while
+    /// newer WAL is archived (or `wal-push` recorded archiving newer WAL): the window ends
+    /// before it.
+    pub missing: Option<WalSegmentName>,
 }
 
 impl Window {
@@ -64,7 +69,18 @@ impl Window {
             earliest,
             last_commit,
             wal_end,
+            missing: None,
         }
+    }
+
+    /// The note on a gap, for `describe`, `check` and errors.
+    pub fn gap_note(&self) -> Option<String> {
+        self.missing.map(|seg| {
+            format!(
+                "WAL segment {seg} is missing from the archive: nothing from it on can be recovered \
+                 (newer WAL was archived); restore the segment from another copy, or take a new backup"
+            )
+        })
     }
 
     /// One line for errors and `list`: both ends, in UTC and (if different) in `zone`.
@@ -77,8 +93,17 @@ impl Window {
             }
         };
         let Some(first) = &self.earliest else {
-            return "recoverable window: empty (the repository has no backups)".into();
+            return match self.gap_note() {
+                Some(gap) => {
+                    format!("recoverable window: empty (no backup has all the WAL it needs); {gap}")
+                }
+                None => "recoverable window: empty (the repository has no backups)".into(),
+            };
         };
+        let gap = self
+            .gap_note()
+            .map(|g| format!("; {g}"))
+            .unwrap_or_default();
         let end = match (self.last_commit, self.wal_end) {
             (Some(c), Some(w)) => format!(
                 "{} (last archived commit; WAL archived up to LSN {w})",
@@ -94,7 +119,7 @@ impl Window {
             _ => "",
         };
         format!(
-            "recoverable window: from {} (end of backup {}, LSN {}) to {end}{note}",
+            "recoverable window: from {} (end of backup {}, LSN {}) to {end}{note}{gap}",
             at(first.time),
             first.id,
             first.lsn
@@ -272,8 +297,12 @@ impl WalIndex {
 
     /// The end of the newest archived segment.
     pub fn end_lsn(&self) -> Option<Lsn> {
-        self.newest()
-            .map(|s| Lsn((s + 1) * u64::from(self.size.bytes())))
+        self.newest().map(|s| self.segment_end(s))
+    }
+
+    /// The LSN just after segment `segno`.
+    pub fn segment_end(&self, segno: u64) -> Lsn {
+        Lsn((segno + 1) * u64::from(self.size.bytes()))
     }
 
     /// The first segment number in `from..=through` that is not archived.
@@ -450,19 +479,120 @@ pub async fn last_commit_down(
     Ok(None)
 }
 
-/// The window along the index's timeline path: the backups on it, plus the newest commit
-/// archived on it.
+/// A backup as the window sees it: where its WAL starts, and its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSpan {
+    pub start_lsn: Lsn,
+    pub end: BackupEnd,
+}
+
+impl BackupSpan {
+    pub fn of(b: &BackupManifest) -> Self {
+        BackupSpan {
+            start_lsn: b.start_lsn,
+            end: BackupEnd {
+                id: b.id.clone(),
+                time: b.stop_time,
+                lsn: b.stop_lsn,
+            },
+        }
+    }
+}
+
+/// How far the archive truly reaches along an index's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// The earliest backup whose WAL from its start through its end is all archived.
+    pub earliest: Option<BackupEnd>,
+    /// The newest segment of the longest unbroken run from such a backup's start (with no
+    /// backups: the newest archived segment).
+    pub last_segno: Option<u64>,
+    /// How far back commit times are searched: the earliest such backup's start segment.
+    pub down_to: u64,
+    /// See [`Window::missing`].
+    pub missing: Option<WalSegmentName>,
+}
+
+/// The truly recoverable reach: contiguous WAL from a backup's start. `pushed`: the newest
+/// segment `wal-push` recorded archiving; newer than anything archived on the path, it means
+/// the newest segments were deleted after they were archived.
+pub fn reach(index: &WalIndex, spans: &[BackupSpan], pushed: Option<WalSegmentName>) -> Reach {
+    let size = index.size;
+    let newest = index.newest();
+    let bounds = |s: &BackupSpan| {
+        let start = s.start_lsn.segno(size);
+        (start, s.end.lsn.end_segno(size).max(start))
+    };
+    let mut sorted: Vec<&BackupSpan> = spans.iter().collect();
+    sorted.sort_by_key(|s| (s.end.time, s.end.lsn));
+    let mut out = Reach {
+        earliest: None,
+        last_segno: if spans.is_empty() { newest } else { None },
+        down_to: 0,
+        missing: None,
+    };
+    for span in &sorted {
+        let (start, stop) = bounds(span);
+        let (Some(newest), None) = (newest, index.first_missing(start, stop)) else {
+            continue; // its own WAL is incomplete: it cannot be restored
+        };
+        let run_end = index
+            .first_missing(start, newest)
+            .map_or(newest, |gap| gap - 1);
+        if out.earliest.is_none() {
+            out.earliest = Some(span.end.clone());
+            out.down_to = start;
+        }
+        out.last_segno = out.last_segno.max(Some(run_end));
+    }
+    let first_start = sorted.iter().map(|s| bounds(s).0).min();
+    out.missing = match (first_start, newest) {
+        (Some(start), Some(newest)) => index.first_missing(start, newest),
+        _ => None,
+    }
+    .map(|gap| index.expected(gap))
+    .or_else(|| {
+        let pushed = pushed.filter(|p| p.fits(size) && index.path().uses(p, size))?;
+        let after = newest.map_or(0, |n| n + 1);
+        (pushed.segno(size) >= after && index.get(pushed.segno(size)).is_none())
+            .then(|| index.expected(after))
+    });
+    out
+}
+
+/// The archiver position `wal-push` recorded, when that segment is no longer archived (it
+/// is recorded only after the segment is stored, so a segment pushed after the caller's
+/// listing is never taken for a deleted one).
+pub async fn pushed_but_gone(repo: &Repository) -> anyhow::Result<Option<WalSegmentName>> {
+    match repo.pushed_position().await? {
+        Some(seg) if !repo.has_wal(&WalFileName::Segment(seg)).await? => Ok(Some(seg)),
+        _ => Ok(None),
+    }
+}
+
+/// The window along the index's timeline path: the backups on it whose WAL is complete, to
+/// the newest commit archived before any gap.
 pub async fn load_window(
     repo: &Repository,
     backups: &[BackupManifest],
     index: &WalIndex,
 ) -> anyhow::Result<Window> {
-    let last_commit = match index.newest() {
-        Some(newest) => last_commit_down(repo, index, newest, 0).await?,
+    let spans: Vec<BackupSpan> = backups
+        .iter()
+        .filter(|b| on_path(b, index.path()).is_ok())
+        .map(BackupSpan::of)
+        .collect();
+    let reach = reach(index, &spans, pushed_but_gone(repo).await?);
+    let last_commit = match reach.last_segno {
+        Some(last) => last_commit_down(repo, index, last, reach.down_to).await?,
         None => None,
     };
-    let on = backups.iter().filter(|b| on_path(b, index.path()).is_ok());
-    Ok(Window::new(on, last_commit, index.end_lsn()))
+    Ok(Window {
+        earliest: reach.earliest,
+        last_commit,
+        wal_end: reach.last_segno.map(|s| index.segment_end(s)),
+        missing: reach.missing,
+    })
 }
 
 #[cfg(test)]
@@ -532,6 +662,55 @@ pub(crate) mod tests {
             &crate::pg::history::TimelineHistory::parse(TimelineId(2), "1\t0/4000100\tx\n")
                 .unwrap(),
         )
+    }
+
+    #[test]
+    fn reach_ends_at_the_first_gap_and_names_it() {
+        let a = BackupSpan::of(&backup("20240101T000000Z", 2, 2, "2024-01-01T00:01:00Z"));
+        let b = BackupSpan::of(&backup("20240102T000000Z", 8, 8, "2024-01-02T00:01:00Z"));
+        let seg = |n: u64| WalSegmentName::new(TimelineId(1), n, WalSegmentSize::DEFAULT);
+        // Unbroken: everything archived is reachable from A.
+        let r = reach(
+            &index(&names(1, &[2, 3, 4, 5])),
+            std::slice::from_ref(&a),
+            None,
+        );
+        assert_eq!((r.last_segno, r.missing, r.down_to), (Some(5), None, 2));
+        assert_eq!(
+            r.earliest.as_ref().map(|e| e.id.as_str()),
+            Some("20240101T000000Z")
+        );
+        // Segment 4 gone with newer WAL archived: the window ends at 3 and names 4.
+        let r = reach(
+            &index(&names(1, &[2, 3, 5, 6])),
+            std::slice::from_ref(&a),
+            None,
+        );
+        assert_eq!((r.last_segno, r.missing), (Some(3), Some(seg(4))));
+        // A later backup past the gap reaches further; the gap is still named.
+        let r = reach(
+            &index(&names(1, &[2, 3, 5, 6, 7, 8, 9])),
+            &[a.clone(), b.clone()],
+            None,
+        );
+        assert_eq!((r.last_segno, r.missing), (Some(9), Some(seg(4))));
+        // A backup whose own WAL is incomplete does not start the window.
+        let r = reach(&index(&names(1, &[3, 8, 9])), &[a.clone(), b], None);
+        assert_eq!(
+            r.earliest.map(|e| e.id.to_string()).as_deref(),
+            Some("20240102T000000Z")
+        );
+        // The newest segments deleted: only the archiver position shows it.
+        let r = reach(
+            &index(&names(1, &[2, 3])),
+            std::slice::from_ref(&a),
+            Some(seg(5)),
+        );
+        assert_eq!((r.last_segno, r.missing), (Some(3), Some(seg(4))));
+        // A position on another timeline's branch says nothing about this path.
+        let other = WalSegmentName::new(TimelineId(3), 9, WalSegmentSize::DEFAULT);
+        let r = reach(&index(&names(1, &[2, 3])), &[a], Some(other));
+        assert_eq!(r.missing, None);
     }
 
     #[test]

@@ -575,20 +575,6 @@ async fn wait_gone(pid: u32, limit: Duration) {
     }
 }
 
-/// Wait until `path` exists (or `limit` passes).
-pub async fn wait_for_path(path: &Path, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if path.exists() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A SQL session with the scratch instance over its unix socket (no TLS, no password).
 pub struct Sql {
     client: tokio_postgres::Client,

@@ -37,7 +37,14 @@ pub(super) async fn choose(
     settings: &RestoreSettings,
     target: &RecoveryTarget,
 ) -> anyhow::Result<Chosen> {
-    let mut backups = repo.list_backups().await.context("list backups")?;
+    let all = repo.backups().await.context("list backups")?;
+    if let Some(d) = settings.backup.as_ref().and_then(|id| all.damaged(id)) {
+        return Err(d.refuse());
+    }
+    for d in &all.damaged {
+        eprintln!("warning: skipping damaged backup {}: {}", d.id, d.error);
+    }
+    let mut backups = all.intact;
     if backups.is_empty() {
         return Err(Failure::NotFound(format!(
             "the repository of cluster {:?} has no backups to restore",

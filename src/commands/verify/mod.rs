@@ -102,7 +102,11 @@ pub async fn run(
         to: settings.to.map(|t| t.utc),
         runtime: settings.runtime,
     };
-    let backups = repo.list_backups().await.context("list backups")?;
+    let all = repo.backups().await.context("list backups")?;
+    for d in &all.damaged {
+        eprintln!("warning: skipping damaged backup {}: {}", d.id, d.error);
+    }
+    let backups = all.intact;
     let Some(newest) = backups.iter().max_by_key(|b| (b.stop_lsn, b.stop_time)) else {
         return Err(Failure::NotFound(format!(
             "the repository of cluster {:?} has no backups to verify",
@@ -195,7 +199,11 @@ pub async fn verify_backup(
     id: &BackupId,
     opts: &Options,
 ) -> anyhow::Result<Report> {
-    let backups = repo.list_backups().await.context("list backups")?;
+    let all = repo.backups().await.context("list backups")?;
+    if let Some(d) = all.damaged(id) {
+        return Err(Failure::VerifyFailed(d.message()).into());
+    }
+    let backups = all.intact;
     let backup = backups
         .iter()
         .find(|b| &b.id == id)
