@@ -171,9 +171,14 @@ pub enum Command {
         /// Print what would be removed and why; remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Plan as if it were this time ("what would expire on the 1st?").
+        /// Plan as if it were this time ("what would expire on the 1st?"). A time in the
+        /// future needs --dry-run (or --apply-now).
         #[arg(long, value_name = "TIME")]
         now: Option<String>,
+        /// With a future --now: really delete as of that time (a rehearsal on a copy of a
+        /// repository). Without it a future --now only plans, with --dry-run.
+        #[arg(long, requires = "now")]
+        apply_now: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

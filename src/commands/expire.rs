@@ -63,7 +63,7 @@ pub async fn run(
             .await?,
         )
     };
-    let result = expire(config, repo, dry_run, now).await;
+    let result = expire(config, repo, lock.as_ref(), now).await;
     if let Some(lock) = lock {
         lock.release().await?;
     }
@@ -116,9 +116,12 @@ pub async fn run(
 async fn expire(
     config: &Config,
     repo: &Repository,
-    dry_run: bool,
+    lock: Option<&RepoLock>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Report> {
+    // Without the lock (a dry run) nothing is deleted; with it, each deletion first makes
+    // sure the lock is still ours (a run stalled past the TTL stops there).
+    let dry_run = lock.is_none();
     let all = repo.backups().await?;
     let (manifests, damaged) = (all.intact, all.damaged);
     let facts: Vec<BackupFacts> = manifests
@@ -142,7 +145,8 @@ async fn expire(
             .filter(|d| d.name == id.as_str())
             .map(|d| d.bytes)
             .sum::<u64>();
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_backup(id).await?;
         }
     }
@@ -167,7 +171,8 @@ async fn expire(
     }
     for (name, bytes) in &leftovers {
         bytes_freed += bytes;
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_backup_dir(name).await?;
         }
     }
@@ -202,7 +207,8 @@ async fn expire(
             }
         }
         wal_removed = doomed.len();
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_wal(&doomed).await?;
         }
     }

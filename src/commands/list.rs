@@ -1,5 +1,7 @@
 //! `list` (alias `info`): backups and the recoverable window. `--json` is stable (README).
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 use crate::config::Config;
@@ -129,24 +131,28 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
             })
             .collect(),
     };
+    let mut out = String::new();
     if json {
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&listing).expect("listing serializes")
-        );
-        return Ok(());
+        )?;
+        return super::print_stdout(&out);
     }
-    println!(
+    writeln!(
+        out,
         "cluster {}: {} backup(s)",
         listing.cluster,
         listing.backups.len()
-    );
+    )?;
     let zone = config.timezone();
     if timelines.len() > 1 {
-        println!(
+        writeln!(
+            out,
             "timelines (restore follows timeline {} unless told --timeline N):",
             latest.0
-        );
+        )?;
         for (tli, branch, w) in &timelines {
             let from = match branch {
                 Some(b) => format!(
@@ -159,18 +165,19 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
                 Some(w) => w.describe(zone),
                 None => format!("its history file {tli}.history is missing from the archive"),
             };
-            println!("  {:>3}  {from}\n       {w}", tli.0);
+            writeln!(out, "  {:>3}  {from}\n       {w}", tli.0)?;
         }
     } else {
-        println!("{}", win.describe(zone));
+        writeln!(out, "{}", win.describe(zone))?;
     }
     for d in &listing.damaged_backups {
         println!("{:<17} DAMAGED (skipped): {}", d.id.as_str(), d.error);
     }
     if listing.backups.is_empty() {
-        return Ok(());
+        return super::print_stdout(&out);
     }
-    println!(
+    writeln!(
+        out,
         "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}  VERIFIED",
         "ID",
         "START (UTC)",
@@ -182,13 +189,14 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
         "STORED",
         "SECS",
         "BADPG",
-    );
+    )?;
     for (b, s) in backups.iter().zip(&listing.backups) {
         let verified = match &s.last_verification {
             Some(v) => format!("{} {}", if v.ok { "ok" } else { "FAILED" }, v.time),
             None => "never".into(),
         };
-        println!(
+        writeln!(
+            out,
             "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7.1} {:>6}  {}",
             b.id.as_str(),
             b.start_time.format("%Y-%m-%d %H:%M:%S"),
@@ -201,9 +209,9 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
             b.duration_seconds(),
             b.page_problems.len(),
             verified
-        );
+        )?;
     }
-    Ok(())
+    super::print_stdout(&out)
 }
 
 /// The window along the newest timeline (what `restore` uses by default), as `list` shows

@@ -66,7 +66,7 @@ pub async fn take_backup(
         Duration::from_secs(config.backup.lock_ttl_seconds),
     )
     .await?;
-    let result = backup_locked(config, cluster, repo, &session, &server, seg_size).await;
+    let result = backup_locked(config, cluster, repo, &session, &server, seg_size, &lock).await;
     let released = lock.release().await;
     session.close().await;
     let manifest = result?;
@@ -108,7 +108,14 @@ pub fn check_pgdata(
     session: &Session,
     server: &pg::client::ServerInfo,
 ) -> anyhow::Result<()> {
-    let on_disk = pg::control::read_system_id(&cluster.pgdata)?;
+    let on_disk = pg::control::read_system_id(&cluster.pgdata).map_err(|e| {
+        Failure::Conflict(format!(
+            "{e:#}: pgdata {} is not the data directory of the server at {}; refusing to back it up \
+             (check [[cluster]] pgdata and connection)",
+            cluster.pgdata.display(),
+            session.endpoint()
+        ))
+    })?;
     if on_disk != server.system_id {
         return Err(Failure::Conflict(format!(
             "pgdata {} belongs to database system {on_disk}, but the server at {} is system {}; \
@@ -135,6 +142,7 @@ async fn backup_locked(
     session: &pg::client::Session,
     server: &pg::client::ServerInfo,
     seg_size: WalSegmentSize,
+    lock: &RepoLock,
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
     let start_time = Utc::now();
@@ -199,6 +207,7 @@ async fn backup_locked(
         switcher,
         &needed,
         config.backup.archive_wait_seconds,
+        lock,
     )
     .await
     {
@@ -254,6 +263,11 @@ async fn backup_locked(
             .collect(),
         page_problems: copy_result.page_problems,
     };
+    // The backup becomes visible with its manifest: only while the lock is still ours.
+    if let Err(e) = lock.ensure_held().await {
+        cleanup_parts(repo, &id).await;
+        return Err(e);
+    }
     repo.put_manifest(&manifest)
         .await
         .context("store the backup manifest")?;
@@ -391,12 +405,14 @@ async fn wait_for_wal(
     mut switcher: Option<WalSwitcher<'_>>,
     needed: &NeededWal,
     wait_seconds: u64,
+    lock: &RepoLock,
 ) -> anyhow::Result<()> {
     let stop_name = needed.stop_segment();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(wait_seconds);
     let mut next_switch = started + SWITCH_AFTER;
     loop {
+        lock.check()?;
         if repo
             .wal_header(&WalFileName::Segment(stop_name))
             .await?
