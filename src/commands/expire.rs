@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::pg::{WalFileName, WalSegmentSize};
-use crate::policy::{self, BackupFacts};
+use crate::policy::{self, BackupFacts, RetentionPlan};
 use crate::repo::lock::RepoLock;
-use crate::repo::{DamagedBackup, Repository};
+use crate::repo::manifest::BackupManifest;
+use crate::repo::{BackupDir, DamagedBackup, Repository};
 use crate::settings::ExpireSettings;
 
 /// Parts of a backup without a manifest are an interrupted backup's leftovers once the
@@ -151,24 +152,7 @@ async fn expire(
         }
     }
 
-    // Leftovers: backup directories without a manifest, started long enough ago. A damaged
-    // manifest is not "without": the operator decides about it.
-    let with_manifest: std::collections::HashSet<&str> = (manifests.iter().map(|m| m.id.as_str()))
-        .chain(damaged.iter().map(|d| d.id.as_str()))
-        .collect();
-    let mut leftovers: std::collections::BTreeMap<String, u64> = Default::default();
-    for d in &dirs {
-        let id = d.name.as_str();
-        if with_manifest.contains(id) || plan.removed().any(|r| r.as_str() == id) {
-            continue;
-        }
-        let started = d.id().map(|i| i.time());
-        let old_enough =
-            started.is_none_or(|t| now - t > chrono::Duration::hours(LEFTOVER_GRACE_HOURS));
-        if old_enough {
-            leftovers.insert(id.to_string(), d.bytes);
-        }
-    }
+    let leftovers = leftovers(&dirs, &manifests, &damaged, &plan, now);
     for (name, bytes) in &leftovers {
         bytes_freed += bytes;
         if let Some(lock) = lock {
@@ -235,6 +219,34 @@ async fn expire(
         bytes_freed,
         window_start: plan.window_start,
     })
+}
+
+/// Leftovers: backup directories without a manifest, started long enough ago (name →
+/// bytes). A damaged manifest is not "without": the operator decides about it.
+fn leftovers(
+    dirs: &[BackupDir],
+    manifests: &[BackupManifest],
+    damaged: &[DamagedBackup],
+    plan: &RetentionPlan,
+    now: DateTime<Utc>,
+) -> std::collections::BTreeMap<String, u64> {
+    let with_manifest: std::collections::HashSet<&str> = (manifests.iter().map(|m| m.id.as_str()))
+        .chain(damaged.iter().map(|d| d.id.as_str()))
+        .collect();
+    let mut leftovers = std::collections::BTreeMap::new();
+    for d in dirs {
+        let id = d.name.as_str();
+        if with_manifest.contains(id) || plan.removed().any(|r| r.as_str() == id) {
+            continue;
+        }
+        let started = d.id().map(|i| i.time());
+        let old_enough =
+            started.is_none_or(|t| now - t > chrono::Duration::hours(LEFTOVER_GRACE_HOURS));
+        if old_enough {
+            leftovers.insert(id.to_string(), d.bytes);
+        }
+    }
+    leftovers
 }
 
 /// The damaged backup, if any, that started before the oldest backup retention keeps: the
