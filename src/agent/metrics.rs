@@ -87,6 +87,9 @@ pub struct RepoFacts {
     pub wal_conflicts: u64,
     /// The newest timeline in the archive.
     pub timeline: Option<u32>,
+    /// Pairs of timelines that both received WAL after their branch point
+    /// (`repo::timelines::split_brains`): `restore` without `--timeline` refuses.
+    pub split_brains: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -403,6 +406,13 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut enc,
+            "synapse_backup_split_brain_timelines",
+            "Pairs of timelines that both received WAL after their branch point (a restored copy or an old primary archiving beside the primary); restore needs --timeline N until resolved.",
+            Gauge,
+            per_cluster(&|c| repo(c).map(|r| r.split_brains as f64)),
+        )?;
+        family(
+            &mut enc,
             "synapse_backup_retention_target_seconds",
             "The configured retention (retention_days): the window every moment of which should stay recoverable.",
             Gauge,
@@ -521,6 +531,7 @@ mod tests {
                 }),
                 wal_conflicts: 1,
                 timeline: Some(2),
+                split_brains: 1,
             }),
             repo_up: Some(true),
             verify: Some(VerifyResult {
@@ -638,6 +649,9 @@ synapse_backup_wal_conflicts{cluster="core"} 1.0
 # HELP synapse_backup_timeline The newest timeline in the WAL archive (rises with every promotion).
 # TYPE synapse_backup_timeline gauge
 synapse_backup_timeline{cluster="core"} 2.0
+# HELP synapse_backup_split_brain_timelines Pairs of timelines that both received WAL after their branch point (a restored copy or an old primary archiving beside the primary); restore needs --timeline N until resolved.
+# TYPE synapse_backup_split_brain_timelines gauge
+synapse_backup_split_brain_timelines{cluster="core"} 1.0
 # HELP synapse_backup_retention_target_seconds The configured retention (retention_days): the window every moment of which should stay recoverable.
 # TYPE synapse_backup_retention_target_seconds gauge
 synapse_backup_retention_target_seconds{cluster="core"} 2592000.0
