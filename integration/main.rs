@@ -12,6 +12,7 @@ mod failover;
 mod harness;
 mod kill_campaign;
 mod restore;
+mod restore_safety;
 mod standby;
 mod storage_suite;
 mod tls;
