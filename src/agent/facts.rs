@@ -128,7 +128,7 @@ impl RepoReader {
                 .context("read the archive's timeline history files")?;
             facts.timeline = Some(timelines.latest().0);
             let listing: Vec<(WalFileName, ObjectInfo)> =
-                wal_names.iter().cloned().zip(wal_infos).collect();
+                wal_names.iter().copied().zip(wal_infos).collect();
             facts.split_brains = split_brains(&timelines, &listing, size).len() as u64;
             let path = timelines
                 .path(timelines.latest())

@@ -237,7 +237,7 @@ async fn load_windows(
     backups: &[BackupManifest],
 ) -> anyhow::Result<(TimelineId, Vec<TimelineWindow>, Vec<SplitBrain>)> {
     let listing = repo.list_wal().await?;
-    let wal: Vec<WalFileName> = listing.iter().map(|(n, _)| n.clone()).collect();
+    let wal: Vec<WalFileName> = listing.iter().map(|(n, _)| *n).collect();
     let size = match (backups.first(), repo.info().await?) {
         (Some(b), _) => WalSegmentSize::new(b.wal_segment_size),
         (None, Some(info)) => WalSegmentSize::new(info.wal_segment_size),

@@ -160,7 +160,7 @@ impl Repository {
         };
         let size = info.segment_size()?;
         let listing = self.list_wal().await?;
-        let names: Vec<WalFileName> = listing.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<WalFileName> = listing.iter().map(|(n, _)| *n).collect();
         let timelines = Timelines::load(self, &names).await?;
         Ok(split_brains(&timelines, &listing, size))
     }

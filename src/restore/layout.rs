@@ -65,8 +65,8 @@ impl Layout {
         }
         let dirs: Vec<&PathBuf> = tablespaces.values().collect();
         let in_place: Vec<PathBuf> = tablespaces
-            .iter()
-            .map(|(oid, _)| in_place_dir(pgdata, *oid))
+            .keys()
+            .map(|oid| in_place_dir(pgdata, *oid))
             .collect();
         for (i, a) in dirs.iter().enumerate() {
             if (a.starts_with(pgdata) && !in_place.contains(a)) || pgdata.starts_with(a) {

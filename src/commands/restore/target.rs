@@ -48,7 +48,7 @@ pub(super) async fn choose(
     let size = WalSegmentSize::new(backups[backups.len() - 1].wal_segment_size)
         .context("the newest backup's manifest has an invalid wal_segment_size")?;
     let listing = repo.list_wal().await.context("list archived WAL")?;
-    let wal: Vec<WalFileName> = listing.iter().map(|(name, _)| name.clone()).collect();
+    let wal: Vec<WalFileName> = listing.iter().map(|(name, _)| *name).collect();
 
     // The timeline recovery follows: --timeline, else the newest one (PostgreSQL's 'latest'),
     // decided here and written explicitly, so the server follows the path checked below.
