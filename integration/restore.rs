@@ -4,8 +4,9 @@
 //!
 //! A restored copy keeps the original's postgresql.conf (same port and socket), so the original
 //! is stopped before the first `--start`, and the configured connection reaches the copy. A copy
-//! that promotes archives a new timeline into the repository (pg-reference §0 item 8), so
-//! within one repository every restore but the last uses `--target-action pause`.
+//! restored with `--as-primary` that promotes archives a new timeline into the repository
+//! (pg-reference §0 item 8; by default a copy has `archive_mode = off`, see restore_safety.rs);
+//! these tests still pause every restore but the last.
 
 use std::path::Path;
 use std::process::Output;

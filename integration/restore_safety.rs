@@ -148,6 +148,8 @@ async fn restore_writes_tablespaces_only_where_told() {
     assert!(err.contains(&format!("will write: {} (tablespace", in_place.display())));
     assert!(std::fs::symlink_metadata(&in_place).unwrap().is_dir());
     assert!(!r3.join("tablespace_map").exists());
+    let auto = std::fs::read_to_string(r3.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("allow_in_place_tablespaces = on"), "{auto}");
     let out = restore(
         &cfg,
         &scratch.path().join("r4/pgdata"),

@@ -79,6 +79,13 @@ pub fn in_recovery(pgdata: &Path) -> bool {
         .any(|f| pgdata.join(f).exists())
 }
 
+/// Appended to `postgresql.auto.conf` when tablespaces are restored in place
+/// (`pg_tblspc/<oid>` a directory, not a link): without it PostgreSQL 15 refuses them at the
+/// end of recovery ("unexpected directory entry … found in pg_tblspc/").
+pub const IN_PLACE_TABLESPACES: &str =
+    "# Tablespaces restored inside the data directory (pg_tblspc/<oid>)\n\
+allow_in_place_tablespaces = on\n";
+
 /// The mode a data directory file gets from the mode a manifest records: what PostgreSQL
 /// itself creates, 0600, or 0640 in a cluster with group access (`initdb -g`). Never set-id,
 /// sticky, executable or other-accessible, whatever the manifest says.

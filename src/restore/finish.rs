@@ -60,6 +60,13 @@ pub(super) fn finish(
         conf.push(b'\n');
     }
     conf.extend_from_slice(recovery_conf(settings, &backup.id, now).as_bytes());
+    if layout
+        .tablespaces
+        .keys()
+        .any(|oid| layout.is_in_place(*oid))
+    {
+        conf.extend_from_slice(datadir::IN_PLACE_TABLESPACES.as_bytes());
+    }
     ours.push(("postgresql.auto.conf", conf));
     ours.push((datadir::RECOVERY_SIGNAL, Vec::new()));
     for (name, content) in &ours {

@@ -4,15 +4,18 @@
 //!
 //! 1. Resolve the target and print the UTC instant it means, before anything else.
 //! 2. Refuse what must not be touched (a live server in the directory, a non-empty directory
-//!    without `--force`), choose the backup, and check the target against the recoverable
-//!    window and the archived WAL, all before a byte of backup data is downloaded
-//!    ([`target`], [`space`]).
+//!    without `--force`, a tablespace the operator gave no place, a non-empty tablespace
+//!    directory even with `--force`, two timelines receiving WAL without `--timeline`), choose
+//!    the backup, and check the target against the recoverable window and the archived WAL,
+//!    all before a byte of backup data is downloaded ([`target`], [`placement`], [`space`]).
+//!    Print every directory that will be written.
 //! 3. Mark the directory incomplete (`SYNAPSE_RESTORE_INCOMPLETE`), download the parts in
 //!    parallel, check every stored byte and every file against the manifest, and extract.
 //!    `global/pg_control` stays under a temporary name until the very end, so PostgreSQL
 //!    refuses to start a half-restored directory ([`crate::restore`], shared with `verify`).
-//! 4. Write `backup_label`, `tablespace_map`, `recovery.signal`, the recovery settings and a
-//!    PostgreSQL `backup_manifest`, sync, move `pg_control` into place, drop the marker.
+//! 4. Write `backup_label`, `tablespace_map`, `recovery.signal`, the recovery settings (with
+//!    `archive_mode = 'off'` unless `--as-primary`) and a PostgreSQL `backup_manifest`, sync,
+//!    move `pg_control` into place, drop the marker.
 //! 5. With `--start`, start the server and wait until recovery has reached the target
 //!    ([`start`]).
 
