@@ -166,7 +166,8 @@ mod tests {
     fn modes_are_masked_to_what_postgres_uses() {
         assert_eq!(file_mode(0o6777), 0o640);
         assert_eq!(file_mode(0o600), 0o600);
-        assert_eq!(file_mode(0o4755), 0o600);
+        assert_eq!(file_mode(0o4755), 0o640);
+        assert_eq!(file_mode(0o4707), 0o600);
         assert_eq!(file_mode(0), 0o600);
         assert_eq!(dir_mode(0o7777), 0o750);
         assert_eq!(dir_mode(0o700), 0o700);

@@ -34,6 +34,25 @@ impl Layout {
         backup: &BackupManifest,
         relocations: &BTreeMap<u32, PathBuf>,
     ) -> anyhow::Result<Self> {
+        if let Some(oid) = relocations
+            .keys()
+            .find(|o| !backup.tablespaces.iter().any(|t| t.oid == **o))
+        {
+            let known: Vec<String> = backup
+                .tablespaces
+                .iter()
+                .map(|t| t.oid.to_string())
+                .collect();
+            return Err(usage(format!(
+                "--tablespace-map {oid}=…: backup {} has no tablespace {oid} (it has: {})",
+                backup.id,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
         let mut tablespaces = BTreeMap::new();
         for ts in &backup.tablespaces {
             let dir = relocations.get(&ts.oid).cloned().ok_or_else(|| {
@@ -50,18 +69,6 @@ impl Layout {
                 );
             }
             tablespaces.insert(ts.oid, dir);
-        }
-        if let Some(oid) = relocations.keys().find(|o| !tablespaces.contains_key(o)) {
-            let known: Vec<String> = tablespaces.keys().map(u32::to_string).collect();
-            return Err(usage(format!(
-                "--tablespace-map {oid}=…: backup {} has no tablespace {oid} (it has: {})",
-                backup.id,
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
         }
         let dirs: Vec<&PathBuf> = tablespaces.values().collect();
         let in_place: Vec<PathBuf> = tablespaces
