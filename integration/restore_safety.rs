@@ -5,27 +5,16 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use synapse_backup::repo::manifest::{from_checked_json, to_checked_json};
 
 use crate::harness::{
     self, add_marker, append_conf, archiving_cluster, backup, code, create_status,
-    give_to_postgres, stderr, PgCluster, RepoTarget, RestoredServer, Scratch, TestConfig,
+    create_tablespace, give_to_postgres, stderr, PgCluster, RepoTarget, RestoredServer, Scratch,
+    TestConfig,
 };
-
-fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output {
-    let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = cfg.run(&all);
-    eprintln!(
-        "--- restore {args:?} (exit {}):\n{}",
-        code(&out),
-        stderr(&out)
-    );
-    out
-}
+use crate::restore::restore;
 
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -64,14 +53,7 @@ async fn restore_writes_tablespaces_only_where_told() {
     let (mut pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(repo_dir.clone()), "");
     create_status(&pg, "backup");
     let ts_original = scratch.subdir("ts-original");
-    pg.psql(&format!(
-        "create tablespace ts1 location '{}'",
-        ts_original.display()
-    ));
-    pg.psql(
-        "create table in_ts(v text) tablespace ts1; insert into in_ts values ('in tablespace')",
-    );
-    let oid = pg.psql("select oid from pg_tablespace where spcname = 'ts1'");
+    let oid = create_tablespace(&pg, &ts_original);
     let id = backup(&cfg);
     pg.archive_everything();
     pg.stop();
@@ -230,7 +212,6 @@ async fn restored_copy_does_not_archive_and_split_brain_is_caught() {
         "",
     );
     create_status(&pg, "backup");
-    pg.psql("create table status2(marker text)");
     backup(&cfg);
     add_marker(&pg, "before-copy");
     pg.archive_everything();

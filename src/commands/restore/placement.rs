@@ -31,12 +31,12 @@ pub(super) fn place_tablespaces(
             Unmapped::Original => {
                 placed.insert(ts.oid, PathBuf::from(&ts.location));
             }
-            Unmapped::Refuse => unplaced.push(format!("{} ({})", ts.oid, ts.location)),
+            Unmapped::Refuse => unplaced.push(format!("tablespace {} ({})", ts.oid, ts.location)),
         }
     }
     if !unplaced.is_empty() {
         return Err(usage(format!(
-            "backup {} has tablespaces outside the target {}: {}; nothing was written. Say where each goes: \
+            "backup {} has tablespaces outside the target {}, with no place given: {}; nothing was written. Say where each goes: \
              --tablespace-map OID=DIR (an absent or empty directory), --tablespaces-in-target (inside {}), or \
              --tablespaces-at-original-location (each location must be absent or empty)",
             backup.id,
