@@ -13,6 +13,7 @@ mod harness;
 mod kill_campaign;
 mod ops;
 mod restore;
+mod restore_safety;
 mod robustness;
 mod sandbox;
 mod signing;

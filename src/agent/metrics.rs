@@ -91,6 +91,9 @@ pub struct RepoFacts {
     pub damaged_backups: u64,
     /// The first WAL segment missing inside the window (see `repo::window::Window::missing`).
     pub wal_gap: Option<String>,
+    /// Pairs of timelines that both received WAL after their branch point
+    /// (`repo::timelines::split_brains`): `restore` without `--timeline` refuses.
+    pub split_brains: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -421,6 +424,13 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut enc,
+            "synapse_backup_split_brain_timelines",
+            "Pairs of timelines that both received WAL after their branch point (a restored copy or an old primary archiving beside the primary); restore needs --timeline N until resolved.",
+            Gauge,
+            per_cluster(&|c| repo(c).map(|r| r.split_brains as f64)),
+        )?;
+        family(
+            &mut enc,
             "synapse_backup_retention_target_seconds",
             "The configured retention (retention_days): the window every moment of which should stay recoverable.",
             Gauge,
@@ -541,6 +551,7 @@ mod tests {
                 timeline: Some(2),
                 damaged_backups: 1,
                 wal_gap: Some("000000020000000000000007".into()),
+                split_brains: 1,
             }),
             repo_up: Some(true),
             verify: Some(VerifyResult {
@@ -664,6 +675,9 @@ synapse_backup_wal_gap{cluster="core"} 1.0
 # HELP synapse_backup_timeline The newest timeline in the WAL archive (rises with every promotion).
 # TYPE synapse_backup_timeline gauge
 synapse_backup_timeline{cluster="core"} 2.0
+# HELP synapse_backup_split_brain_timelines Pairs of timelines that both received WAL after their branch point (a restored copy or an old primary archiving beside the primary); restore needs --timeline N until resolved.
+# TYPE synapse_backup_split_brain_timelines gauge
+synapse_backup_split_brain_timelines{cluster="core"} 1.0
 # HELP synapse_backup_retention_target_seconds The configured retention (retention_days): the window every moment of which should stay recoverable.
 # TYPE synapse_backup_retention_target_seconds gauge
 synapse_backup_retention_target_seconds{cluster="core"} 2592000.0

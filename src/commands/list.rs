@@ -10,7 +10,7 @@ use crate::pg::history::HistoryEntry;
 use crate::pg::{TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupManifest;
 use crate::repo::reports::LastVerification;
-use crate::repo::timelines::Timelines;
+use crate::repo::timelines::{split_brains, SplitBrain, Timelines};
 use crate::repo::window;
 use crate::repo::{Backups, DamagedBackup, Repository};
 use crate::settings::ListSettings;
@@ -45,6 +45,32 @@ pub struct Listing {
     /// Every timeline in the archive, oldest first, with where it branched off and its own
     /// window.
     pub timelines: Vec<TimelineSummary>,
+    /// Timelines that both received WAL after their branch point (empty when none): restore
+    /// then needs `--timeline N`.
+    pub split_brains: Vec<SplitBrainSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SplitBrainSummary {
+    pub parent: u32,
+    pub child: u32,
+    pub switch_lsn: String,
+    pub parent_newest_segment: String,
+    pub child_newest_segment: String,
+    pub message: String,
+}
+
+impl From<&SplitBrain> for SplitBrainSummary {
+    fn from(s: &SplitBrain) -> Self {
+        SplitBrainSummary {
+            parent: s.parent.0,
+            child: s.child.0,
+            switch_lsn: s.switchpoint.to_string(),
+            parent_newest_segment: s.parent_newest.to_string(),
+            child_newest_segment: s.child_newest.to_string(),
+            message: s.describe(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -109,7 +135,7 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
         intact: backups,
         damaged,
     } = repo.backups().await?;
-    let (latest, timelines) = load_windows(repo, &backups).await?;
+    let (latest, timelines, split) = load_windows(repo, &backups).await?;
     let win = latest_of(latest, &timelines, &backups);
     let mut summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
     for (s, b) in summaries.iter_mut().zip(&backups) {
@@ -130,6 +156,7 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
                 window: w.as_ref().map(window_summary),
             })
             .collect(),
+        split_brains: split.iter().map(SplitBrainSummary::from).collect(),
     };
     let mut out = String::new();
     if json {
@@ -172,6 +199,9 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
     }
     for d in &listing.damaged_backups {
         println!("{:<17} DAMAGED (skipped): {}", d.id.as_str(), d.error);
+    }
+    for s in &split {
+        println!("WARNING {}", s.describe());
     }
     if listing.backups.is_empty() {
         return super::print_stdout(&out);
@@ -220,7 +250,7 @@ pub async fn latest_window(
     repo: &Repository,
     backups: &[BackupManifest],
 ) -> anyhow::Result<window::Window> {
-    let (latest, timelines) = load_windows(repo, backups).await?;
+    let (latest, timelines, _) = load_windows(repo, backups).await?;
     Ok(latest_of(latest, &timelines, backups))
 }
 
@@ -240,12 +270,14 @@ fn latest_of(
 /// history file is missing).
 type TimelineWindow = (TimelineId, Option<HistoryEntry>, Option<window::Window>);
 
-/// The window along every timeline's path, and the newest timeline (restore's default).
+/// The window along every timeline's path, the newest timeline (restore's default), and the
+/// split brains.
 async fn load_windows(
     repo: &Repository,
     backups: &[BackupManifest],
-) -> anyhow::Result<(TimelineId, Vec<TimelineWindow>)> {
-    let wal: Vec<WalFileName> = repo.list_wal().await?.into_iter().map(|(n, _)| n).collect();
+) -> anyhow::Result<(TimelineId, Vec<TimelineWindow>, Vec<SplitBrain>)> {
+    let listing = repo.list_wal().await?;
+    let wal: Vec<WalFileName> = listing.iter().map(|(n, _)| *n).collect();
     let size = match (backups.first(), repo.info().await?) {
         (Some(b), _) => WalSegmentSize::new(b.wal_segment_size),
         (None, Some(info)) => WalSegmentSize::new(info.wal_segment_size),
@@ -272,5 +304,6 @@ async fn load_windows(
             Some(window::Window::new(backups, None, None)),
         ));
     }
-    Ok((timelines.latest(), out))
+    let split = split_brains(&timelines, &listing, size);
+    Ok((timelines.latest(), out, split))
 }
