@@ -35,12 +35,26 @@
 #   pgBackRest's stanza is created while the cluster is up; pushing then uses copies of its data
 #   directory, so the segments' system identifier matches the stanza.
 #
+# Comparing two builds of synapse-backup (COMPARE_BIN=/path/to/older/synapse-backup)
+#   The same segments are then also archived by the second binary in the same run, into its own
+#   repository and its own fake data directory (same settings). REPS rounds (default 1) of the
+#   synapse-backup runs, each round on fresh copies and empty repositories, the order of the two
+#   binaries alternating (new first in odd rounds); cp and pgBackRest run once, in round 1, in
+#   their usual places (cp first, pgBackRest last; its async workers are waited for before the
+#   next round). Per synapse binary the table shows the median wall time over the rounds
+#   (segments/s from it), the max peak RSS and the fast-path/other medians over all calls; a
+#   "new/<label>" line gives the ratio of each figure (wall, segments/s, peak RSS, fast-path and
+#   other median, stored bytes), marked ok when within 5 % or better, and the per-round wall
+#   ratios. The targets are checked for the new binary only, as without COMPARE_BIN.
+#
 # Usage (as root or as postgres; PostgreSQL itself runs as postgres via runuser when root):
 #   cargo build --release && bench/wal_push.sh
 # Environment:
 #   SEGMENTS=64  SCALE=10  WAL_LOAD=plain|checkpoints  GEN_TIMEOUT=1800 (s of load at most)
 #   PUSH_PARALLELISM=4  COMPRESS_LEVEL=6  CP_BASELINE=1  STRICT=0
 #   KEEP_WORKDIR=0 (1 keeps the work dir for inspection)  SYNAPSE_BIN=<path of the binary>
+#   COMPARE_BIN=<second synapse-backup binary, e.g. the build before a change; unset: no comparison>
+#   COMPARE_LABEL=old (its name in the table)  REPS=1 (rounds of the synapse-backup runs)
 #   REPO=file|s3 — with REPO=s3 and S3_ENDPOINT, S3_BUCKET, AWS_ACCESS_KEY_ID,
 #   AWS_SECRET_ACCESS_KEY set, synapse-backup pushes to s3://$S3_BUCKET/bench-<random>
 #   (endpoint = $S3_ENDPOINT, allow_http = true); pgBackRest still uses its local repository.
@@ -59,6 +73,9 @@ KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 REPO=${REPO:-file}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGPORT_BENCH=${PGPORT_BENCH:-54329}
+COMPARE_BIN=${COMPARE_BIN:-}
+COMPARE_LABEL=${COMPARE_LABEL:-old}
+REPS=${REPS:-1}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 crate=$(dirname "$here")
@@ -75,6 +92,13 @@ die() { log "ERROR: $*"; exit 1; }
 [ -x "$PGBIN/initdb" ] || die "PostgreSQL binaries not found in $PGBIN (set PGBIN)"
 [ -x "$SYNAPSE_BIN" ] || die "$SYNAPSE_BIN not found: run 'cargo build --release' in $crate"
 case $SEGMENTS in '' | *[!0-9]* | 0) die "SEGMENTS must be a positive integer" ;; esac
+case $REPS in '' | *[!0-9]* | 0) die "REPS must be a positive integer" ;; esac
+CMP=0
+if [ -n "$COMPARE_BIN" ]; then
+    CMP=1
+    [ -x "$COMPARE_BIN" ] || die "COMPARE_BIN=$COMPARE_BIN is not an executable"
+    case $COMPARE_LABEL in '' | *[!A-Za-z0-9._-]*) die "COMPARE_LABEL must be letters, digits, '.', '_' or '-'" ;; esac
+fi
 case $WAL_LOAD in plain | checkpoints) ;; *) die "WAL_LOAD must be plain or checkpoints" ;; esac
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -114,12 +138,8 @@ cleanup() {
     fi
     # pgBackRest's async worker may outlive the last foreground call: wait for the processes
     # started with our config file (found by its unique path, ended only by their PIDs).
-    local pids i
-    for i in $(seq 1 60); do
-        pids=$(pgrep -f -- "--config=$PGBR_CONF" || true)
-        [ -z "$pids" ] && break
-        sleep 0.5
-    done
+    local pids
+    pids=$(wait_pgbr_workers)
     [ -n "${pids:-}" ] && kill $pids 2>/dev/null
     if [ "$KEEP_WORKDIR" = 1 ]; then
         log "work dir kept: $WORK"
@@ -128,6 +148,17 @@ cleanup() {
     fi
     exit $rc
 }
+# Wait (30 s at most) until no process started with our pgBackRest config file is left; prints
+# the PIDs of those still there.
+wait_pgbr_workers() {
+    local pids="" i
+    for i in $(seq 1 60); do
+        pids=$(pgrep -f -- "--config=$PGBR_CONF" || true)
+        [ -z "$pids" ] && break
+        sleep 0.5
+    done
+    echo $pids
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -135,10 +166,16 @@ mkdir -p "$SOCK" "$HOLD" "$WORK/bin" "$WORK/results" "$WORK/pgbr-log" "$WORK/pgb
 # A private copy of the binary: a rebuild during the run must not change what is measured.
 cp "$SYNAPSE_BIN" "$WORK/bin/synapse-backup"
 BIN=$WORK/bin/synapse-backup
+CMP_BIN=$WORK/bin/synapse-backup-cmp
+[ "$CMP" = 1 ] && cp "$COMPARE_BIN" "$CMP_BIN"
 chown_pg "$WORK"
 
 log "work dir $WORK, running tools as $RUN_USER, $(nproc) CPUs"
 log "synapse-backup binary: $SYNAPSE_BIN ($(stat -c '%y' "$SYNAPSE_BIN" | cut -d. -f1)), $("$BIN" --version)"
+if [ "$CMP" = 1 ]; then
+    CMP_DESC="$COMPARE_BIN ($(stat -c '%y' "$COMPARE_BIN" | cut -d. -f1)), $("$CMP_BIN" --version)"
+    log "synapse-backup [$COMPARE_LABEL] (COMPARE_BIN): $CMP_DESC; REPS=$REPS"
+fi
 log "$(pgbackrest version)"
 
 # ---------------------------------------------------------------- 1. real WAL segments
@@ -226,21 +263,30 @@ make_fake_datadir() {
 }
 
 # ---------------------------------------------------------------- 2. configurations
-SYN_REPO_DIR=$WORK/synapse-repo
-if [ "$use_s3" -eq 1 ]; then
-    SYN_URL="s3://$S3_BUCKET/bench-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
-    SYN_EXTRA="endpoint = \"$S3_ENDPOINT\"
+# synapse-backup keys: "synapse" (SYNAPSE_BIN) and, with COMPARE_BIN, "cmp"; each its own
+# config file, repository and fake data directory. A round starts with an empty repository.
+syn_bin() { if [ "$1" = cmp ]; then echo "$CMP_BIN"; else echo "$BIN"; fi; }
+syn_conf_file() { echo "$WORK/$1.toml"; }
+syn_repo_dir() { if [ "$1" = cmp ]; then echo "$WORK/cmp-repo"; else echo "$WORK/synapse-repo"; fi; }
+declare -A URL
+new_syn_repo() { # key: a fresh repository and the config file pointing at it
+    local key=$1 url extra
+    if [ "$use_s3" -eq 1 ]; then
+        url="s3://$S3_BUCKET/bench-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+        extra="endpoint = \"$S3_ENDPOINT\"
 allow_http = true"
-else
-    SYN_URL="file://$SYN_REPO_DIR"
-    SYN_EXTRA=""
-    mkdir -p "$SYN_REPO_DIR"
-fi
-SYN_CONF=$WORK/synapse.toml
-cat >"$SYN_CONF" <<EOF
+    else
+        url="file://$(syn_repo_dir "$key")"
+        extra=""
+        rm -rf "$(syn_repo_dir "$key")"
+        mkdir -p "$(syn_repo_dir "$key")"
+        chown_pg "$(syn_repo_dir "$key")"
+    fi
+    URL[$key]=$url
+    cat >"$(syn_conf_file "$key")" <<EOF
 [repository]
-url = "$SYN_URL"
-$SYN_EXTRA
+url = "$url"
+$extra
 
 [archive]
 push_parallelism = $PUSH_PARALLELISM
@@ -248,28 +294,29 @@ compress_level = $COMPRESS_LEVEL
 
 [[cluster]]
 name = "bench"
-pgdata = "$WORK/fake-synapse"
+pgdata = "$WORK/fake-$key"
 EOF
+    chown_pg "$(syn_conf_file "$key")"
+}
+SYN_KEYS=(synapse)
+[ "$CMP" = 1 ] && SYN_KEYS=(synapse cmp)
+SYN_REPO_DIR=$(syn_repo_dir synapse)
+SYN_CONF=$(syn_conf_file synapse)
 sed -i "s#^pg1-path=.*#pg1-path=$WORK/fake-pgbackrest#" "$PGBR_CONF"
 CP_DEST=$WORK/cp-dest
 mkdir -p "$CP_DEST"
 chown_pg "$WORK"
 
 # ---------------------------------------------------------------- 3. the runs
-run_tool() { # key, archive_command
-    local key=$1 cmd=$2
+run_tool() { # key, archive_command, round
+    local key=$1 cmd=$2 r=$3
+    rm -rf "$WORK/fake-$key"
     make_fake_datadir "$WORK/fake-$key"
-    log "archiving $SEGMENTS segments with $key: $cmd"
-    as_pg "$SIM" "$WORK/fake-$key" "$cmd" "$WORK/results/$key" \
-        || { tail -n 20 "$WORK/results/$key.stderr" >&2; die "$key: archiving failed"; }
-    log "  done in $(awk '{printf "%.2f", $1 / 1e6}' "$WORK/results/$key.wall_us") s"
+    log "archiving $SEGMENTS segments with $key$( [ "$REPS" -gt 1 ] && echo " (round $r of $REPS)"): $cmd"
+    as_pg "$SIM" "$WORK/fake-$key" "$cmd" "$WORK/results/$key.r$r" \
+        || { tail -n 20 "$WORK/results/$key.r$r.stderr" >&2; die "$key: archiving failed"; }
+    log "  done in $(awk '{printf "%.2f", $1 / 1e6}' "$WORK/results/$key.r$r.wall_us") s"
 }
-
-if [ "$CP_BASELINE" = 1 ]; then
-    run_tool cp "cp %p $CP_DEST/%f && sync $CP_DEST/%f"
-fi
-run_tool synapse "$BIN --config $SYN_CONF --cluster bench wal-push %p"
-run_tool pgbackrest "pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p"
 
 # ---------------------------------------------------------------- 4. what was really stored
 # Every object must decompress to its segment byte for byte.
@@ -291,20 +338,17 @@ verify() { # key, objects found, function printing a segment's object path, how 
         log "  $key: $found objects, all $SEGMENTS segments stored intact"
     fi
 }
-declare -A STORED STORED_MB
-log "verifying the repositories"
+declare -A STORED STORED_MB STORED_B LEFTOVER WARNINGS
 
-if [ "$CP_BASELINE" = 1 ]; then
-    locate_cp() { [ -f "$CP_DEST/$1" ] && echo "$CP_DEST/$1"; true; }
-    verify cp "$(find "$CP_DEST" -type f | wc -l)" locate_cp cat
-    STORED_MB[cp]=$(du -sm "$CP_DEST" | cut -f1)
-fi
-
-if [ "$use_s3" -eq 1 ]; then
-    # Count the objects with boto3 when it is there; the content is checked by fetching every
-    # segment back with our own wal-fetch.
-    s3_prefix=${SYN_URL#s3://$S3_BUCKET/}
-    s3_count=$(python3 - "$S3_ENDPOINT" "$S3_BUCKET" "$s3_prefix/bench/wal/" 2>/dev/null <<'PY' || echo "?"
+verify_syn() { # key, round: its repository, look-ahead markers left over and warnings
+    local key=$1 r=$2 url s3_prefix s3_count fetch_dir dir
+    VBIN=$(syn_bin "$key") VCONF=$(syn_conf_file "$key")
+    url=${URL[$key]}
+    if [ "$use_s3" -eq 1 ]; then
+        # Count the objects with boto3 when it is there; the content is checked by fetching every
+        # segment back with our own wal-fetch.
+        s3_prefix=${url#s3://$S3_BUCKET/}
+        s3_count=$(python3 - "$S3_ENDPOINT" "$S3_BUCKET" "$s3_prefix/bench/wal/" 2>/dev/null <<'PY' || echo "?"
 import sys, boto3
 endpoint, bucket, prefix = sys.argv[1:]
 s3 = boto3.client("s3", endpoint_url=endpoint)
@@ -314,39 +358,82 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=p
 print(n)
 PY
 )
-    fetch_dir=$WORK/fetch/pg_wal
-    mkdir -p "$fetch_dir"
-    chown_pg "$WORK/fetch"
-    locate_s3() {
-        if as_pg "$BIN" --config "$SYN_CONF" --cluster bench wal-fetch "$1" "$fetch_dir/$1" 2>>"$WORK/results/fetch.stderr"; then
-            echo "$fetch_dir/$1"
+        fetch_dir=$WORK/fetch-$key/pg_wal
+        rm -rf "$WORK/fetch-$key"
+        mkdir -p "$fetch_dir"
+        chown_pg "$WORK/fetch-$key"
+        locate_s3() {
+            if as_pg "$VBIN" --config "$VCONF" --cluster bench wal-fetch "$1" "$fetch_dir/$1" 2>>"$WORK/results/fetch.stderr"; then
+                echo "$fetch_dir/$1"
+            fi
+            true
+        }
+        if [ "$s3_count" = "?" ]; then
+            log "  (boto3 not available: counting the segments wal-fetch returns instead of listing the bucket)"
+            s3_count=$SEGMENTS
         fi
-        true
-    }
-    if [ "$s3_count" = "?" ]; then
-        log "  (boto3 not available: counting the segments wal-fetch returns instead of listing the bucket)"
-        s3_count=$SEGMENTS
+        verify "$key" "$s3_count" locate_s3 cat
+        STORED_MB[$key]="-"
+        STORED_B[$key]="-"
+        rm -rf "$WORK/fetch-$key"
+    else
+        dir=$(syn_repo_dir "$key")
+        locate_syn() { local f="$dir/bench/wal/${1:0:16}/$1.gz"; [ -f "$f" ] && echo "$f"; true; }
+        verify "$key" "$(find "$dir" -path '*/wal/*' -name '*.gz' -type f | wc -l)" locate_syn "gzip -dc"
+        STORED_MB[$key]=$(du -sm "$dir" | cut -f1)
+        STORED_B[$key]=$(du -sb "$dir" | cut -f1)
     fi
-    verify synapse "$s3_count" locate_s3 cat
-    STORED_MB[synapse]="-"
-else
-    locate_syn() { local f="$SYN_REPO_DIR/bench/wal/${1:0:16}/$1.gz"; [ -f "$f" ] && echo "$f"; true; }
-    verify synapse "$(find "$SYN_REPO_DIR" -path '*/wal/*' -name '*.gz' -type f | wc -l)" locate_syn "gzip -dc"
-    STORED_MB[synapse]=$(du -sm "$SYN_REPO_DIR" | cut -f1)
-fi
+    LEFTOVER[$key]=$((${LEFTOVER[$key]:-0} + $(find "$WORK/fake-$key/pg_wal/synapse_spool/pushed" -type f 2>/dev/null | wc -l)))
+    WARNINGS[$key]=$((${WARNINGS[$key]:-0} + $(grep -ciE 'warn|error' "$WORK/results/$key.r$r.stderr" || true)))
+}
 
-PGBR_ARCH=$WORK/pgbr-repo/archive/bench
-locate_pgbr() { compgen -G "$PGBR_ARCH/*/${1:0:16}/$1-*.gz" | head -n 1; true; }
-verify pgbackrest "$(find "$PGBR_ARCH" -regextype posix-extended -regex '.*/[0-9A-F]{24}-[0-9a-f]{40}\.gz' -type f | wc -l)" locate_pgbr "gzip -dc"
-STORED_MB[pgbackrest]=$(du -sm "$WORK/pgbr-repo" | cut -f1)
+for r in $(seq 1 "$REPS"); do
+    # The synapse-backup binaries of this round, alternating: new first in odd rounds.
+    order=()
+    for i in "${!SYN_KEYS[@]}"; do order+=("${SYN_KEYS[$(((i + r - 1) % ${#SYN_KEYS[@]}))]}"); done
+    [ "$REPS" -gt 1 ] && log "round $r of $REPS: ${order[*]}$( [ "$r" -eq 1 ] && echo " (cp before, pgbackrest after)")"
+    if [ "$r" -eq 1 ] && [ "$CP_BASELINE" = 1 ]; then
+        run_tool cp "cp %p $CP_DEST/%f && sync $CP_DEST/%f" 1
+    fi
+    for key in "${order[@]}"; do
+        new_syn_repo "$key"
+        run_tool "$key" "$(syn_bin "$key") --config $(syn_conf_file "$key") --cluster bench wal-push %p" "$r"
+    done
+    if [ "$r" -eq 1 ]; then
+        run_tool pgbackrest "pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p" 1
+    fi
 
-leftover_markers=$(find "$WORK/fake-synapse/pg_wal/synapse_spool/pushed" -type f 2>/dev/null | wc -l)
-synapse_warnings=$(grep -ciE 'warn|error' "$WORK/results/synapse.stderr" || true)
+    log "verifying the repositories"
+    if [ "$r" -eq 1 ] && [ "$CP_BASELINE" = 1 ]; then
+        locate_cp() { [ -f "$CP_DEST/$1" ] && echo "$CP_DEST/$1"; true; }
+        verify cp "$(find "$CP_DEST" -type f | wc -l)" locate_cp cat
+        STORED_MB[cp]=$(du -sm "$CP_DEST" | cut -f1)
+    fi
+    for key in "${SYN_KEYS[@]}"; do verify_syn "$key" "$r"; done
+    if [ "$r" -eq 1 ]; then
+        PGBR_ARCH=$WORK/pgbr-repo/archive/bench
+        locate_pgbr() { compgen -G "$PGBR_ARCH/*/${1:0:16}/$1-*.gz" | head -n 1; true; }
+        verify pgbackrest "$(find "$PGBR_ARCH" -regextype posix-extended -regex '.*/[0-9A-F]{24}-[0-9a-f]{40}\.gz' -type f | wc -l)" locate_pgbr "gzip -dc"
+        STORED_MB[pgbackrest]=$(du -sm "$WORK/pgbr-repo" | cut -f1)
+    fi
+    if [ "$r" -lt "$REPS" ]; then
+        # Room for the next round; pgBackRest's async workers must be gone before it starts.
+        rm -rf "$CP_DEST" "$WORK/fake-cp" "$WORK/fake-pgbackrest"
+        for key in "${SYN_KEYS[@]}"; do rm -rf "$WORK/fake-$key"; done
+        [ "$r" -eq 1 ] && { left=$(wait_pgbr_workers); [ -z "$left" ] || die "pgBackRest workers still running after 30 s: $left"; }
+    fi
+done
+SYN_URL=${URL[synapse]}
 
 # ---------------------------------------------------------------- 5. report
 # summary KEY -> "wall_s seg_per_s peak_rss_mb fastpath_calls fastpath_median_ms other_median_ms retries"
+# over the KEY's rounds: the median wall, calls per round / that wall; RSS, medians and retries
+# over all calls.
 summary() {
-    awk -v wall_us="$(cat "$WORK/results/$1.wall_us")" '
+    local rounds wall_us
+    rounds=$(ls "$WORK/results/$1".r*.wall_us | wc -l)
+    wall_us=$(cat "$WORK/results/$1".r*.wall_us | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+    cat "$WORK/results/$1".r*.calls | awk -v wall_us="$wall_us" -v rounds="$rounds" '
         function median(a, n,   i, j, t) {
             if (n == 0) return "-"
             for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
@@ -356,9 +443,9 @@ summary() {
           if ($5 == 1) fp[++nfp] = $2; else other[++nother] = $2 }
         END {
             fpm = median(fp, nfp); om = median(other, nother)
-            printf "%.2f %.2f %.1f %d %s %s %d\n", wall_us / 1e6, n / (wall_us / 1e6), rss / 1024, nfp,
+            printf "%.2f %.2f %.1f %d %s %s %d\n", wall_us / 1e6, n / rounds / (wall_us / 1e6), rss / 1024, nfp,
                 (fpm == "-" ? "-" : sprintf("%.2f", fpm)), (om == "-" ? "-" : sprintf("%.1f", om)), retries
-        }' "$WORK/results/$1.calls"
+        }'
 }
 
 declare -A LABEL=(
@@ -367,6 +454,13 @@ declare -A LABEL=(
     [cp]="cp + sync (baseline)"
 )
 keys=(synapse pgbackrest)
+W=31
+if [ "$CMP" = 1 ]; then
+    LABEL[cmp]="${LABEL[synapse]} [$COMPARE_LABEL]"
+    LABEL[synapse]+=" [new]"
+    [ "${#LABEL[cmp]}" -lt "$W" ] || W=$((${#LABEL[cmp]} + 1))
+    keys=(synapse cmp pgbackrest)
+fi
 [ "$CP_BASELINE" = 1 ] && keys+=(cp)
 
 echo
@@ -374,22 +468,51 @@ echo "WAL archive benchmark: $SEGMENTS real 16 MB segments, one call per segment
 echo "segments: pgbench -i -s $SCALE + TPC-B-like load, WAL_LOAD=$WAL_LOAD; $((SEGMENTS * 16)) MB, ${STORED_MB[pgbackrest]} MB after pgbackrest's gzip -6"
 echo "synapse-backup: push_parallelism=$PUSH_PARALLELISM compress_level=$COMPRESS_LEVEL repository=$SYN_URL"
 echo "pgbackrest 2.45: archive-async=y process-max=2 compress-type=gz compress-level=$COMPRESS_LEVEL"
+if [ "$CMP" = 1 ]; then
+    echo "compared with [$COMPARE_LABEL] = COMPARE_BIN $CMP_DESC: same segments and settings, own repository, same run;"
+    echo "  $REPS round(s) of the two synapse-backup binaries, order alternating (new first in odd rounds); cp and pgBackRest once, in round 1."
+    echo "  new/$COMPARE_LABEL line: ratio per figure; ok = within 5 % or better (wall, RSS, latencies, stored <= 1.05; seg/s >= 0.95), WORSE otherwise."
+fi
 echo
-printf '%-31s %8s %8s %10s %12s %19s %15s %16s %8s %10s\n' tool segments wall_s seg_per_s peak_rss_mb fastpath_median_ms fastpath_calls other_median_ms retries stored_mb
-declare -A RATE RSS FPM
+printf "%-${W}s %8s %8s %10s %12s %19s %15s %16s %8s %10s\n" tool segments wall_s seg_per_s peak_rss_mb fastpath_median_ms fastpath_calls other_median_ms retries stored_mb
+declare -A WALL RATE RSS FPM OM
 for k in "${keys[@]}"; do
     read -r wall rate rss nfp fpm om retries <<<"$(summary "$k")"
-    RATE[$k]=$rate RSS[$k]=$rss FPM[$k]=$fpm
-    [ "$k" = synapse ] || { nfp="-"; fpm="-"; }
-    printf '%-31s %8d %8s %10s %12s %19s %15s %16s %8s %10s\n' "${LABEL[$k]}" "$SEGMENTS" "$wall" "$rate" "$rss" "$fpm" "$nfp" "$om" "$retries" "${STORED_MB[$k]}"
+    WALL[$k]=$wall RATE[$k]=$rate RSS[$k]=$rss FPM[$k]=$fpm OM[$k]=$om
+    case $k in synapse | cmp) ;; *) nfp="-"; fpm="-" ;; esac
+    printf "%-${W}s %8d %8s %10s %12s %19s %15s %16s %8s %10s\n" "${LABEL[$k]}" "$SEGMENTS" "$wall" "$rate" "$rss" "$fpm" "$nfp" "$om" "$retries" "${STORED_MB[$k]}"
 done
+CMP_WORSE=()
+if [ "$CMP" = 1 ]; then
+    # One figure: name, new, old, lower|higher (is better) -> "name ratio ok|WORSE".
+    fig() {
+        awk -v n="$1" -v a="$2" -v b="$3" -v better="$4" 'BEGIN {
+            if (a == "-" || b == "-" || a == "" || b == "" || b + 0 <= 0) { printf "%s - (no figure)", n; exit }
+            r = a / b; ok = (better == "lower") ? (r <= 1.05) : (r >= 0.95)
+            printf "%s %.3f %s", n, r, (ok ? "ok" : "WORSE")
+        }'
+    }
+    line=""
+    for f in "$(fig wall_s "${WALL[synapse]}" "${WALL[cmp]}" lower)" "$(fig seg_per_s "${RATE[synapse]}" "${RATE[cmp]}" higher)" \
+        "$(fig peak_rss_mb "${RSS[synapse]}" "${RSS[cmp]}" lower)" "$(fig fastpath_median_ms "${FPM[synapse]}" "${FPM[cmp]}" lower)" \
+        "$(fig other_median_ms "${OM[synapse]}" "${OM[cmp]}" lower)" "$(fig stored_bytes "${STORED_B[synapse]}" "${STORED_B[cmp]:-}" lower)"; do
+        line+="${line:+, }$f"
+        case $f in *WORSE | *"no figure)") CMP_WORSE+=("$f") ;; esac
+    done
+    echo "new/$COMPARE_LABEL wal-push: $line"
+    walls() { for r in $(seq 1 "$REPS"); do awk '{ printf " %.2f", $1 / 1e6 }' "$WORK/results/$1.r$r.wall_us"; done; }
+    echo "wall per round (s): new$(walls synapse); $COMPARE_LABEL$(walls cmp); new/$COMPARE_LABEL per round:$(for r in $(seq 1 "$REPS"); do
+        awk -v a="$(cat "$WORK/results/synapse.r$r.wall_us")" -v b="$(cat "$WORK/results/cmp.r$r.wall_us")" 'BEGIN { printf " %.3f", a / b }'; done)"
+    echo "stored bytes (last round): new ${STORED_B[synapse]}, $COMPARE_LABEL ${STORED_B[cmp]:-}"
+fi
 ratio=$(awk -v a="${RATE[synapse]}" -v b="${RATE[pgbackrest]}" 'BEGIN { printf "%.2f", a / b }')
 echo
 echo "ratio synapse/pgbackrest: $ratio (target >= 2.0)"
-echo "objects stored: synapse ${STORED[synapse]}, pgbackrest ${STORED[pgbackrest]}${STORED[cp]:+, cp ${STORED[cp]}} (expected $SEGMENTS each)"
+echo "objects stored: synapse ${STORED[synapse]}${STORED[cmp]:+, $COMPARE_LABEL ${STORED[cmp]}}, pgbackrest ${STORED[pgbackrest]}${STORED[cp]:+, cp ${STORED[cp]}} (expected $SEGMENTS each)"
 echo "peak_rss_mb: max over calls of GNU time %M (pgbackrest: foreground process only); other_median_ms: calls that did the work"
-echo "harness cost per call (GNU time + sh -c of an empty command, median), included in every call:$(for k in "${keys[@]}"; do awk -v k="$k" '{ printf " %s %.2f ms", k, $1 / 1000 }' "$WORK/results/$k.harness_us"; done)"
-echo "synapse: look-ahead markers left over: $leftover_markers; stderr lines with warn/error: $synapse_warnings"
+echo "harness cost per call (GNU time + sh -c of an empty command, median), included in every call:$(for k in "${keys[@]}"; do awk -v k="$( [ "$k" = cmp ] && echo "$COMPARE_LABEL" || echo "$k")" '{ printf " %s %.2f ms", k, $1 / 1000 }' "$WORK/results/$k.r1.harness_us"; done)"
+echo "synapse: look-ahead markers left over: ${LEFTOVER[synapse]}; stderr lines with warn/error: ${WARNINGS[synapse]}"
+[ "$CMP" = 1 ] && echo "synapse [$COMPARE_LABEL]: look-ahead markers left over: ${LEFTOVER[cmp]}; stderr lines with warn/error: ${WARNINGS[cmp]}"
 
 missed=0
 check() { # description, awk condition
@@ -400,10 +523,18 @@ check "synapse >= 2.0x pgbackrest async rate (got ${ratio}x)" "$ratio >= 2.0"
 if [ "${FPM[synapse]}" = "-" ]; then
     echo "target MISSED: fast-path median < 10 ms (no call found its segment already pushed ahead)"; missed=1
 else
-        net=$(awk -v m="${FPM[synapse]}" -v h="$(cat "$WORK/results/synapse.harness_us")" 'BEGIN { printf "%.2f", m - h / 1000 }')
+        net=$(awk -v m="${FPM[synapse]}" -v h="$(cat "$WORK/results/synapse.r1.harness_us")" 'BEGIN { printf "%.2f", m - h / 1000 }')
     check "fast-path median < 10 ms (got ${FPM[synapse]} ms; ${net} ms net of the harness)" "${FPM[synapse]} < 10"
 fi
 check "peak RSS of one synapse call < 64 MB (got ${RSS[synapse]} MB)" "${RSS[synapse]} < 64"
+if [ "$CMP" = 1 ]; then
+    echo
+    if [ "${#CMP_WORSE[@]}" -eq 0 ]; then
+        echo "new vs $COMPARE_LABEL: every figure within 5 % or better"
+    else
+        echo "new vs $COMPARE_LABEL: more than 5 % worse (or missing) in this run: ${CMP_WORSE[*]}"
+    fi
+fi
 
 [ "$verify_failed" -eq 0 ] || die "a repository does not hold all $SEGMENTS segments intact"
 [ "$STRICT" = 1 ] && [ "$missed" -eq 1 ] && exit 2
