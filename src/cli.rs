@@ -178,6 +178,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The timeline of drops, truncates, mass deletes and restore points in the archived WAL
+    /// (from the event index), oldest first, in the configured zone.
+    Events {
+        /// Only events at or after this time (read like `restore --to`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events at or before this time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Only events that concern this relation (`name`, `schema.name` or a relfilenode).
+        #[arg(long, value_name = "NAME")]
+        table: Option<String>,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the event index for archived segments that have none (WAL archived before
+    /// `wal-push` indexed events); downloads each such segment once.
+    Reindex,
     /// Repository signing keys (see the README's "Signed repository").
     SigningKey {
         #[command(subcommand)]
