@@ -38,7 +38,7 @@ pub enum TargetAction {
 
 /// `restore` arguments.
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "lsn", "latest"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "lsn", "latest", "before_xid", "before_event", "to_restore_point"])))]
 pub struct RestoreArgs {
     /// Recover to this time: '2024-01-01 12:00', '2024-01-01 12:00:00', or RFC 3339 with an
     /// offset. Without an offset it is read in the configured timezone.
@@ -50,6 +50,17 @@ pub struct RestoreArgs {
     /// Recover to the end of the archived WAL.
     #[arg(long)]
     pub latest: bool,
+    /// Recover to just before this transaction commits (an xid `events` lists:
+    /// recovery_target_xid, not inclusive).
+    #[arg(long, value_name = "XID")]
+    pub before_xid: Option<u32>,
+    /// Recover to just before the record at this LSN (an event's LSN as `events` prints it:
+    /// recovery_target_lsn, not inclusive).
+    #[arg(long, value_name = "LSN")]
+    pub before_event: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point); it must be in the event index.
+    #[arg(long, value_name = "NAME")]
+    pub to_restore_point: Option<String>,
     /// Restore this backup instead of the one chosen for the target.
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
