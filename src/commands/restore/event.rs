@@ -34,6 +34,10 @@ pub(super) async fn resolve(
                          use --before-event LSN, --lsn or --to"
                     ))
                 })?;
+            eprintln!(
+                "note: paused there (--target-action pause), the server still holds transaction {xid}'s locks: \
+                 the relations it dropped or truncated stay unreadable until it is promoted"
+            );
             (RecoveryTarget::Lsn(event.lsn), StopBefore::Xid(*xid))
         }
         Target::RestorePoint(name) => {
