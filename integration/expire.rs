@@ -67,7 +67,7 @@ async fn expire_a_month_later_keeps_the_window_recoverable() {
         "--dry-run removes nothing"
     );
 
-    let out = cfg.run(&["expire", "--now", &now_arg]);
+    let out = cfg.run(&["expire", "--apply-now", "--now", &now_arg]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("1 removed"),
@@ -154,7 +154,10 @@ async fn expire_killed_mid_delete_leaves_a_consistent_repository() {
         .unwrap()
         .unwrap();
     let now = (m_b.stop_time + chrono::Duration::days(31)).to_rfc3339();
-    let mut child = cfg.command(&["expire", "--now", &now]).spawn().unwrap();
+    let mut child = cfg
+        .command(&["expire", "--apply-now", "--now", &now])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let _ = child.kill();
     let _ = child.wait();
@@ -175,14 +178,14 @@ async fn expire_killed_mid_delete_leaves_a_consistent_repository() {
     }
     // The lock of the killed run expires; a second run completes the job.
     std::thread::sleep(Duration::from_millis(200));
-    let mut out = cfg.run(&["expire", "--now", &now]);
+    let mut out = cfg.run(&["expire", "--apply-now", "--now", &now]);
     for _ in 0..30 {
         if code(&out) == 0 {
             break;
         }
         assert!(stderr(&out).contains("lock"), "{}", stderr(&out));
         std::thread::sleep(Duration::from_secs(2));
-        out = cfg.run(&["expire", "--now", &now]);
+        out = cfg.run(&["expire", "--apply-now", "--now", &now]);
     }
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let ids = backup_ids(&repo).await;

@@ -4,16 +4,17 @@
 //!
 //! A restored copy keeps the original's postgresql.conf (same port and socket), so the original
 //! is stopped before the first `--start`, and the configured connection reaches the copy. A copy
-//! that promotes archives a new timeline into the repository (pg-reference §0 item 8), so
-//! within one repository every restore but the last uses `--target-action pause`.
+//! restored with `--as-primary` that promotes archives a new timeline into the repository
+//! (pg-reference §0 item 8; by default a copy has `archive_mode = off`, see restore_safety.rs);
+//! these tests still pause every restore but the last.
 
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use crate::harness::{
-    self, archiving_cluster, backup, code, create_status, set_marker, stderr, PgCluster,
-    RepoTarget, RestoredServer, Scratch, TestConfig, PG_BIN,
+    self, archiving_cluster, backup, code, create_status, create_tablespace, set_marker, stderr,
+    PgCluster, RepoTarget, RestoredServer, Scratch, TestConfig, PG_BIN,
 };
 
 /// Read times without an offset in New York, not UTC.
@@ -35,7 +36,7 @@ fn now_plus_two(pg: &PgCluster) -> String {
     )
 }
 
-fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output {
+pub(crate) fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output {
     let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
     all.extend_from_slice(args);
     cfg.run(&all)
@@ -110,15 +111,7 @@ async fn restore_to_time_lsn_and_latest() {
     create_status(&pg, "backup");
     pg.pgbench(&["-i", "-s", "1", "-q"]);
     // A tablespace, which every restore below relocates.
-    let ts_original = scratch.subdir("ts-original");
-    pg.psql(&format!(
-        "create tablespace ts1 location '{}'",
-        ts_original.display()
-    ));
-    pg.psql(
-        "create table in_ts(v text) tablespace ts1; insert into in_ts values ('in tablespace')",
-    );
-    let oid = pg.psql("select oid from pg_tablespace where spcname = 'ts1'");
+    let oid = create_tablespace(&pg, &scratch.subdir("ts-original"));
     let relocate = |name: &str| {
         format!(
             "--tablespace-map={oid}={}",

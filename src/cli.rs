@@ -67,7 +67,8 @@ pub struct RestoreArgs {
     /// Data directory to restore into [default: the cluster's pgdata].
     #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
-    /// Restore into a non-empty directory (its contents are removed first).
+    /// Restore into a non-empty data directory (its contents are removed first). Only the
+    /// --pgdata directory: tablespace directories must be absent or empty.
     #[arg(long)]
     pub force: bool,
     /// What the server does when it reaches the target.
@@ -76,9 +77,25 @@ pub struct RestoreArgs {
     /// Start the server and wait until recovery reaches the target.
     #[arg(long)]
     pub start: bool,
-    /// Relocate a tablespace: OID=DIR (repeatable).
+    /// Restore a tablespace into DIR (absent or empty): OID=DIR (repeatable). Every tablespace
+    /// needs one of --tablespace-map, --tablespaces-in-target or
+    /// --tablespaces-at-original-location.
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,
+    /// Restore tablespaces without a --tablespace-map inside the data directory
+    /// (pg_tblspc/OID, PostgreSQL's in-place tablespaces), for a copy that is inspected and
+    /// thrown away.
+    #[arg(long, conflicts_with = "tablespaces_at_original_location")]
+    pub tablespaces_in_target: bool,
+    /// Restore tablespaces without a --tablespace-map into the directories the backup names,
+    /// each of which must be absent or empty.
+    #[arg(long)]
+    pub tablespaces_at_original_location: bool,
+    /// This copy replaces the primary: keep the restored archive_mode/archive_command, so once
+    /// promoted it archives (a new timeline) into the repository. Without it the copy is
+    /// restored with archive_mode = off.
+    #[arg(long)]
+    pub as_primary: bool,
     /// Follow this timeline instead of the latest.
     #[arg(long, value_name = "N")]
     pub timeline: Option<u32>,
@@ -182,9 +199,14 @@ pub enum Command {
         /// Print what would be removed and why; remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Plan as if it were this time ("what would expire on the 1st?").
+        /// Plan as if it were this time ("what would expire on the 1st?"). A time in the
+        /// future needs --dry-run (or --apply-now).
         #[arg(long, value_name = "TIME")]
         now: Option<String>,
+        /// With a future --now: really delete as of that time (a rehearsal on a copy of a
+        /// repository). Without it a future --now only plans, with --dry-run.
+        #[arg(long, requires = "now")]
+        apply_now: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

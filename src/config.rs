@@ -228,18 +228,10 @@ impl<S> ClusterConfig<S> {
 }
 
 impl<S> ClusterConfig<S> {
-    /// The connection string without any password, for messages.
+    /// The connection, for messages: described from the parsed string (hosts, ports, user,
+    /// database), never echoed, so no password in any of its forms is printed.
     pub fn connection_description(&self) -> String {
-        if let Some((scheme, rest)) = self.connection.split_once("://") {
-            // URI form: drop any user:password@ part.
-            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-            return format!("{scheme}://{rest}");
-        }
-        self.connection
-            .split_whitespace()
-            .filter(|kv| !kv.to_ascii_lowercase().starts_with("password"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        crate::pg::conninfo::describe_conninfo(&self.connection)
     }
 }
 
@@ -548,6 +540,23 @@ impl<S> Config<S> {
             .find(|c| c.verify_probe.iter().any(|p| p.sql.trim().is_empty()))
         {
             bail!("cluster {:?}: a verify_probe has an empty sql", c.name);
+        }
+        if self.repository.retention_days == 0 {
+            bail!(
+                "retention_days = 0: retention must be at least 1 day (from [repository] retention_days or {})",
+                env::RETENTION_DAYS
+            );
+        }
+        let url = &self.repository.url;
+        if !url.username().is_empty() || url.password().is_some() {
+            // Never echo the user-info: it may hold a secret key.
+            bail!(
+                "repository url {}://…@{}{}: credentials do not belong in the url; set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY in the environment or use [repository] credentials_file",
+                url.scheme(),
+                url.host_str().unwrap_or(""),
+                url.path()
+            );
         }
         if !(1..=9).contains(&self.archive.compress_level) {
             bail!("archive.compress_level must be 1..9");

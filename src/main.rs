@@ -122,9 +122,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup => commands::backup::run(&config, cluster, &repo).await,
         Command::List { json } => commands::list::run(&config, &repo, ListSettings { json }).await,
-        Command::Expire { dry_run, now, json } => {
-            let expire =
-                ExpireSettings::from_args(dry_run, now.as_deref(), json, config.timezone())?;
+        Command::Expire {
+            dry_run,
+            now,
+            apply_now,
+            json,
+        } => {
+            let expire = ExpireSettings::from_args(
+                (dry_run, apply_now),
+                now.as_deref(),
+                json,
+                config.timezone(),
+            )?;
             commands::expire::run(&config, &repo, expire).await
         }
         Command::Check => {

@@ -1,5 +1,6 @@
 //! OS plumbing that restore and verify share: which user owns restored files or runs a
-//! server (`/etc/passwd`), whether a process is alive (`/proc`), and free space (`df`).
+//! server (`/etc/passwd`), whether a process is alive and which process a pid is (`/proc`),
+//! and free space (`df`).
 //!
 //! PostgreSQL refuses to run as root, so when we run as root, what we write for a server
 //! belongs to the `postgres` user and the server is started as that user.
@@ -137,11 +138,78 @@ pub fn chown(path: &Path, owner: Option<Owner>) -> anyhow::Result<()> {
 pub fn process_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state != "Z" && state != "X"),
+        Ok(stat) => stat_fields(&stat)
+            .first()
+            .is_none_or(|state| *state != "Z" && *state != "X"),
         Err(_) => false,
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the parenthesised command name (which may hold
+/// spaces and parentheses itself): index 0 is field 3 (the state).
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+/// One process, told apart from a later one that reuses its pid: the boot, the pid and its
+/// start time (clock ticks after boot, `/proc/PID/stat` field 22).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessId {
+    pub host: String,
+    pub boot_id: String,
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|b| b.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// When `pid` started (field 22 of its stat), `None` when there is no such process or it is
+/// a zombie (killed, not yet reaped: dead all the same).
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields = stat_fields(&stat);
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
+}
+
+impl ProcessId {
+    /// This process.
+    pub fn current() -> ProcessId {
+        let pid = std::process::id();
+        ProcessId {
+            host: host_name(),
+            boot_id: boot_id(),
+            pid,
+            start_ticks: process_start_ticks(pid).unwrap_or_default(),
+        }
+    }
+
+    /// `Some(true)` when this process is known to be gone: it ran on this host (and boot) and
+    /// its pid is no longer alive or belongs to a later process, or this host rebooted since.
+    /// `Some(false)` when it still runs here; `None` on another host, where we cannot tell.
+    pub fn is_dead_here(&self) -> Option<bool> {
+        if self.host != host_name() {
+            return None;
+        }
+        if !self.boot_id.is_empty() && self.boot_id != boot_id() {
+            return Some(true);
+        }
+        Some(process_start_ticks(self.pid) != Some(self.start_ticks))
     }
 }
 
@@ -225,6 +293,29 @@ mod tests {
     fn passwd_df_and_processes() {
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(u32::MAX - 1));
+        let me = ProcessId::current();
+        assert!(me.start_ticks > 0);
+        assert_eq!(me.is_dead_here(), Some(false));
+        let recycled = ProcessId {
+            start_ticks: me.start_ticks + 1,
+            ..me.clone()
+        };
+        assert_eq!(
+            recycled.is_dead_here(),
+            Some(true),
+            "a reused pid is not the holder"
+        );
+        let gone = ProcessId {
+            pid: u32::MAX - 1,
+            ..me.clone()
+        };
+        assert_eq!(gone.is_dead_here(), Some(true));
+        let elsewhere = ProcessId {
+            host: "elsewhere.example".into(),
+            ..gone
+        };
+        assert_eq!(elsewhere.is_dead_here(), None);
+        assert_eq!(stat_fields("12 (a) b) c) S 1 2")[0], "S");
 
         let passwd = "root:x:0:0:root:/root:/bin/bash\npostgres:x:104:108:PostgreSQL:/var/lib/postgresql:/bin/bash\nbroken\n";
         assert_eq!(

@@ -39,6 +39,16 @@ pub enum Put {
     AlreadyExists,
 }
 
+/// How long a conditional update of a local object waits for another one of the same key.
+const MUTEX_WAIT: Duration = Duration::from_secs(10);
+
+/// An object as read, with the version a conditional update compares against.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub bytes: Bytes,
+    version: UpdateVersion,
+}
+
 /// One listed object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -217,45 +227,143 @@ impl Storage {
     }
 
     /// The object and its version (ETag), for a later `replace_if_unchanged`.
-    pub async fn get_versioned(&self, key: &str) -> anyhow::Result<Option<(Bytes, UpdateVersion)>> {
+    pub async fn get_versioned(&self, key: &str) -> anyhow::Result<Option<Versioned>> {
         match self.store.get(&self.path(key)).await {
             Ok(r) => {
                 let version = UpdateVersion {
                     e_tag: r.meta.e_tag.clone(),
                     version: r.meta.version.clone(),
                 };
-                Ok(Some((
-                    r.bytes().await.with_context(|| format!("read {key}"))?,
-                    version,
-                )))
+                let bytes = r.bytes().await.with_context(|| format!("read {key}"))?;
+                Ok(Some(Versioned { bytes, version }))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("read {key}")),
         }
     }
 
-    /// Replace an object only if it is still the version we read (compare-and-swap).
-    /// `Ok(None)` when the store cannot do conditional updates (local files).
+    /// Replace an object only if it is still what `expected` read (compare-and-swap): the
+    /// new version, `None` when it changed or is gone. S3 and memory: a conditional PUT (`If-Match` on the ETag).
+    /// Local files (object_store has no conditional update there): under the key's
+    /// [`local_mutex`](Self::local_mutex), compare the content and rename the new one into place.
     pub async fn replace_if_unchanged(
         &self,
         key: &str,
         data: Bytes,
-        version: UpdateVersion,
-    ) -> anyhow::Result<Option<bool>> {
+        expected: &Versioned,
+    ) -> anyhow::Result<Option<Versioned>> {
+        if let Some(mutex) = self.local_mutex(key).await? {
+            if self.get(key).await?.as_ref() != Some(&expected.bytes) {
+                return Ok(None);
+            }
+            self.put(key, data.clone()).await?;
+            drop(mutex);
+            let version = UpdateVersion {
+                e_tag: None,
+                version: None,
+            };
+            return Ok(Some(Versioned {
+                bytes: data,
+                version,
+            }));
+        }
         let opts = PutOptions {
-            mode: PutMode::Update(version),
+            mode: PutMode::Update(expected.version.clone()),
             ..Default::default()
         };
         match self
             .store
-            .put_opts(&self.path(key), PutPayload::from(data), opts)
+            .put_opts(&self.path(key), PutPayload::from(data.clone()), opts)
             .await
         {
-            Ok(_) => Ok(Some(true)),
+            Ok(r) => {
+                let version = UpdateVersion {
+                    e_tag: r.e_tag,
+                    version: r.version,
+                };
+                Ok(Some(Versioned {
+                    bytes: data,
+                    version,
+                }))
+            }
             Err(object_store::Error::Precondition { .. })
-            | Err(object_store::Error::NotFound { .. }) => Ok(Some(false)),
-            Err(object_store::Error::NotImplemented { .. }) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("replace {key}")),
+            | Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("replace {key} if unchanged")),
+        }
+    }
+
+    /// Delete an object only if it is still what `expected` read; `false` when it changed.
+    /// Atomic on local files (under the key's mutex); on S3, which has no conditional delete
+    /// in object_store, a read-compare-delete: callers make sure nobody may legitimately
+    /// replace the object in that instant (the lock deletes only a lock with time left).
+    pub async fn delete_if_unchanged(
+        &self,
+        key: &str,
+        expected: &Versioned,
+    ) -> anyhow::Result<bool> {
+        let _mutex = self.local_mutex(key).await?;
+        match self.get_versioned(key).await? {
+            Some(now) if now.bytes == expected.bytes => {
+                self.delete(key).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Local stores only: an exclusive `flock` on `KEY#0` beside the object (a name object_store
+    /// never lists nor uses), serializing the conditional updates of one key. The kernel drops
+    /// it when its holder dies, so a killed process never leaves it behind. `None` elsewhere.
+    async fn local_mutex(&self, key: &str) -> anyhow::Result<Option<std::fs::File>> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(None);
+        };
+        let rel = PathBuf::from(format!("{}#0", self.path(key).as_ref()));
+        let path = root.join(&rel);
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = match std::fs::File::open(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(dir) = path.parent() {
+                        local::make_private_dirs(dir)?;
+                    }
+                    std::os::unix::fs::OpenOptionsExt::mode(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false),
+                        0o600,
+                    )
+                    .open(&path)?;
+                    match_owner(&root, &rel)?;
+                    // Read-only is enough to lock, and works for every user.
+                    std::fs::File::open(&path)?
+                }
+                other => other?,
+            };
+            Ok(file)
+        })
+        .await
+        .expect("open task does not panic")
+        .with_context(|| format!("open the mutex of {key}"))?;
+        // Bounded: a holder stopped inside its critical section must not hang everyone.
+        let deadline = tokio::time::Instant::now() + MUTEX_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(file)),
+                Err(std::fs::TryLockError::WouldBlock)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                    "{key} is being changed by another process that does not progress (stopped?) — \
+                     its mutex {key}#0 stayed locked for {} s; try again",
+                    MUTEX_WAIT.as_secs()
+                ),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("lock {key} for a conditional update"))
+                }
+            }
         }
     }
 

@@ -56,6 +56,18 @@ pub fn create_status(pg: &PgCluster, message: &str) {
     ));
 }
 
+/// Tablespace `ts1` in `dir` holding table `in_ts` with the row 'in tablespace'; its OID.
+pub fn create_tablespace(pg: &PgCluster, dir: &std::path::Path) -> String {
+    pg.psql(&format!(
+        "create tablespace ts1 location '{}'",
+        dir.display()
+    ));
+    pg.psql(
+        "create table in_ts(v text) tablespace ts1; insert into in_ts values ('in tablespace')",
+    );
+    pg.psql("select oid from pg_tablespace where spcname = 'ts1'")
+}
+
 /// Set the one-row `status` table (see [`create_status`]) to `message`.
 pub fn set_marker(pg: &PgCluster, message: &str) {
     pg.psql(&format!("update status set message = '{message}'"));

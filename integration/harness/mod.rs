@@ -25,7 +25,9 @@ use std::process::{Command, Output, Stdio};
 pub use cluster::{
     append_conf, archiving_cluster, archiving_cluster_with, pg_ctl_stop, PgCluster, RestoredServer,
 };
-pub use load::{add_marker, create_status, set_marker, target_time, BackgroundLoad};
+pub use load::{
+    add_marker, create_status, create_tablespace, set_marker, target_time, BackgroundLoad,
+};
 pub use repo::{backup, backup_id, backup_ids, backup_output, repository, repository_of};
 pub use s3::{shared_s3, write_creds, PrivateS3};
 

@@ -14,9 +14,9 @@ use crate::pg::history::TimelinePath;
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupId;
 use crate::repo::reports::ReportRef;
-use crate::repo::timelines::Timelines;
+use crate::repo::timelines::{split_brains, Timelines};
 use crate::repo::window::{self, BackupEnd, BackupSpan, WalIndex};
-use crate::repo::Repository;
+use crate::repo::{ObjectInfo, Repository};
 
 /// What the agent keeps of a manifest (a manifest lists every file; it is not kept whole).
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +80,11 @@ impl RepoReader {
             wal_conflicts: inventory.wal_conflicts,
             ..RepoFacts::default()
         };
-        let (ids, wal_names) = (inventory.backup_ids, inventory.wal_names);
+        let (ids, wal_names, wal_infos) = (
+            inventory.backup_ids,
+            inventory.wal_names,
+            inventory.wal_infos,
+        );
         if let Some(newest) = inventory.newest_report {
             if self.last_report.as_ref().is_none_or(|(r, _)| *r != newest) {
                 if let Some(result) = read_report(repo, &newest).await? {
@@ -131,7 +135,7 @@ impl RepoReader {
                     },
                 })
                 .collect();
-            self.read_window(repo, size, &spans, &wal_names, &mut facts)
+            self.read_window(repo, size, &spans, (&wal_names, &wal_infos), &mut facts)
                 .await?;
         }
         Ok(RepoRead { facts, newest })
@@ -147,13 +151,19 @@ impl RepoReader {
         repo: &Repository,
         size: WalSegmentSize,
         spans: &[BackupSpan],
-        wal_names: &[WalFileName],
+        (wal_names, wal_infos): (&[WalFileName], &[ObjectInfo]),
         facts: &mut RepoFacts,
     ) -> anyhow::Result<()> {
         let timelines = Timelines::reload(repo, wal_names, &self.timelines)
             .await
             .context("read the archive's timeline history files")?;
         facts.timeline = Some(timelines.latest().0);
+        let listing: Vec<(WalFileName, ObjectInfo)> = wal_names
+            .iter()
+            .copied()
+            .zip(wal_infos.iter().cloned())
+            .collect();
+        facts.split_brains = split_brains(&timelines, &listing, size).len() as u64;
         let path = timelines
             .path(timelines.latest())
             .unwrap_or_else(|_| TimelinePath::root(TimelineId(1)));

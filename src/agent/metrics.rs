@@ -91,6 +91,9 @@ pub struct RepoFacts {
     pub damaged_backups: u64,
     /// The first WAL segment missing inside the window (see `repo::window::Window::missing`).
     pub wal_gap: Option<String>,
+    /// Pairs of timelines that both received WAL after their branch point
+    /// (`repo::timelines::split_brains`): `restore` without `--timeline` refuses.
+    pub split_brains: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -208,6 +211,21 @@ fn family(
     Ok(())
 }
 
+/// What the agent last read of a cluster's repository.
+fn repo(c: &ClusterMetrics) -> Option<RepoFacts> {
+    c.repo.clone()
+}
+
+/// The newest backup of a cluster, as last read.
+fn newest(c: &ClusterMetrics) -> Option<NewestBackup> {
+    c.repo.as_ref().and_then(|r| r.newest.clone())
+}
+
+/// A job's figures (zero when it never ran).
+fn job(c: &ClusterMetrics, k: JobKind) -> JobStats {
+    c.jobs.get(&k).cloned().unwrap_or_default()
+}
+
 fn flag(b: bool) -> f64 {
     if b {
         1.0
@@ -218,50 +236,63 @@ fn flag(b: bool) -> f64 {
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        self.encode_agent(&mut enc)?;
+        self.encode_repository(&mut enc)?;
+        self.encode_repository_sizes(&mut enc)?;
+        self.encode_verification_and_archiving(&mut enc)
+    }
+}
+
+/// The metric families, by subject (one flat table each).
+impl Snapshot {
+    /// Per cluster, one value where `f` has one.
+    fn per_cluster(&self, f: &dyn Fn(&ClusterMetrics) -> Option<f64>) -> Vec<(Labels, f64)> {
+        self.0
+            .clusters
+            .iter()
+            .filter_map(|(n, c)| f(c).map(|v| (cluster(n), v)))
+            .collect()
+    }
+
+    /// Per cluster and job kind.
+    fn per_job(&self, f: &dyn Fn(&ClusterMetrics, JobKind) -> Option<f64>) -> Vec<(Labels, f64)> {
+        self.0
+            .clusters
+            .iter()
+            .flat_map(|(n, c)| {
+                JobKind::ALL
+                    .into_iter()
+                    .filter_map(move |k| f(c, k).map(|v| (cluster_job(n, k), v)))
+            })
+            .collect()
+    }
+
+    fn encode_agent(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         use MetricType::{Counter, Gauge};
         let m = &self.0;
-        let clusters = || m.clusters.iter();
-        // Per cluster, one value where `f` has one.
-        let per_cluster = |f: &dyn Fn(&ClusterMetrics) -> Option<f64>| -> Vec<(Labels, f64)> {
-            clusters()
-                .filter_map(|(n, c)| f(c).map(|v| (cluster(n), v)))
-                .collect()
-        };
-        // Per cluster and job kind.
-        let per_job = |f: &dyn Fn(&ClusterMetrics, JobKind) -> Option<f64>| -> Vec<(Labels, f64)> {
-            clusters()
-                .flat_map(|(n, c)| {
-                    JobKind::ALL
-                        .into_iter()
-                        .filter_map(move |k| f(c, k).map(|v| (cluster_job(n, k), v)))
-                })
-                .collect()
-        };
-        let job = |c: &ClusterMetrics, k: JobKind| c.jobs.get(&k).cloned().unwrap_or_default();
-
         family(
-            &mut enc,
+            enc,
             "synapse_backup_agent_info",
             "The running agent; its version is a label.",
             Gauge,
             vec![(vec![("version", m.version.clone())], 1.0)],
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_agent_start_timestamp_seconds",
             "When the agent started (Unix time).",
             Gauge,
             vec![(vec![], m.start_time)],
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_config_last_reload_successful",
             "Whether the last configuration (re)load succeeded (1) or was refused and the old one kept (0).",
             Gauge,
             vec![(vec![], flag(m.reload_ok))],
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully (Unix time).",
             Gauge,
@@ -270,87 +301,97 @@ impl Collector for Snapshot {
 
         // Jobs, as run by this agent.
         family(
-            &mut enc,
+            enc,
             "synapse_backup_job_runs",
             "Jobs run by this agent, by cluster and job type (backup, expire, verify).",
             Counter,
-            per_job(&|c, k| Some(job(c, k).runs as f64)),
+            self.per_job(&|c, k| Some(job(c, k).runs as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_job_failures",
             "Jobs that failed, by cluster and job type.",
             Counter,
-            per_job(&|c, k| Some(job(c, k).failures as f64)),
+            self.per_job(&|c, k| Some(job(c, k).failures as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_job_running",
             "Whether the job is running now.",
             Gauge,
-            per_job(&|c, k| Some(flag(job(c, k).running))),
+            self.per_job(&|c, k| Some(flag(job(c, k).running))),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_job_last_duration_seconds",
             "How long the job's last run took, successful or not.",
             Gauge,
-            per_job(&|c, k| job(c, k).last_duration_seconds),
+            self.per_job(&|c, k| job(c, k).last_duration_seconds),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_last_success_timestamp_seconds",
             "When the job last succeeded (Unix time). For backup: the end of the newest complete backup in the repository.",
             Gauge,
-            per_job(&|c, k| c.last_success(k)),
+            self.per_job(&|c, k| c.last_success(k)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_next_run_timestamp_seconds",
             "When the schedule next starts the job (Unix time).",
             Gauge,
-            per_job(&|c, k| job(c, k).next_run),
+            self.per_job(&|c, k| job(c, k).next_run),
         )?;
+        Ok(())
+    }
 
+    fn encode_repository(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        use MetricType::Gauge;
         // The repository.
-        let repo = |c: &ClusterMetrics| c.repo.clone();
-        let newest = |c: &ClusterMetrics| c.repo.as_ref().and_then(|r| r.newest.clone());
         family(
-            &mut enc,
+            enc,
             "synapse_backup_repository_up",
             "Whether the agent's last read of the repository succeeded.",
             Gauge,
-            per_cluster(&|c| c.repo_up.map(flag)),
+            self.per_cluster(&|c| c.repo_up.map(flag)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_backups",
             "Complete backups (with a manifest) in the repository.",
             Gauge,
-            per_cluster(&|c| repo(c).map(|r| r.backups as f64)),
+            self.per_cluster(&|c| repo(c).map(|r| r.backups as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_last_backup_duration_seconds",
             "How long the newest backup took, from pg_backup_start to its manifest.",
             Gauge,
-            per_cluster(&|c| newest(c).map(|n| n.stop - n.start)),
+            self.per_cluster(&|c| newest(c).map(|n| n.stop - n.start)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_last_backup_original_bytes",
             "Size of the newest backup's files in the data directory.",
             Gauge,
-            per_cluster(&|c| newest(c).map(|n| n.original_bytes as f64)),
+            self.per_cluster(&|c| newest(c).map(|n| n.original_bytes as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_last_backup_stored_bytes",
             "Size of the newest backup in the store (compressed).",
             Gauge,
-            per_cluster(&|c| newest(c).map(|n| n.stored_bytes as f64)),
+            self.per_cluster(&|c| newest(c).map(|n| n.stored_bytes as f64)),
         )?;
-        let by_kind: Vec<(Labels, f64)> = clusters()
+        Ok(())
+    }
+
+    fn encode_repository_sizes(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        use MetricType::Gauge;
+        let m = &self.0;
+        let by_kind: Vec<(Labels, f64)> = m
+            .clusters
+            .iter()
             .filter_map(|(n, c)| c.repo.as_ref().map(|r| (n, r)))
             .flat_map(|(n, r)| {
                 [("backups", r.backups_bytes), ("wal", r.wal_bytes)]
@@ -364,150 +405,161 @@ impl Collector for Snapshot {
             })
             .collect();
         family(
-            &mut enc,
+            enc,
             "synapse_backup_repository_bytes",
             "Bytes stored in the repository, by kind (backups, wal).",
             Gauge,
             by_kind,
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_repository_created_timestamp_seconds",
             "When the repository was created (its repository.json was written; Unix time).",
             Gauge,
-            per_cluster(&|c| repo(c).and_then(|r| r.created)),
+            self.per_cluster(&|c| repo(c).and_then(|r| r.created)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_recoverable_window_start_timestamp_seconds",
             "The earliest moment a restore can reach: the end of the earliest backup (Unix time).",
             Gauge,
-            per_cluster(&|c| repo(c).and_then(|r| r.window_start)),
+            self.per_cluster(&|c| repo(c).and_then(|r| r.window_start)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_recoverable_window_end_timestamp_seconds",
             "The latest moment a restore can reach: the last commit archived before any WAL gap (Unix time).",
             Gauge,
-            per_cluster(&|c| repo(c).and_then(|r| r.window_end)),
+            self.per_cluster(&|c| repo(c).and_then(|r| r.window_end)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_conflicts",
             "WAL files refused because different content is archived under the same name (split brain: two servers archive as one); kept under conflicts/ in the repository.",
             Gauge,
-            per_cluster(&|c| repo(c).map(|r| r.wal_conflicts as f64)),
+            self.per_cluster(&|c| repo(c).map(|r| r.wal_conflicts as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_damaged_backups",
             "Backups whose manifest is stored but cannot be read (damaged or edited): skipped by list, restore, verify and expire; repair or remove them.",
             Gauge,
-            per_cluster(&|c| repo(c).map(|r| r.damaged_backups as f64)),
+            self.per_cluster(&|c| repo(c).map(|r| r.damaged_backups as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_gap",
             "1 when a WAL segment is missing from the archive after the earliest backup's start while newer WAL was archived: the recoverable window ends before it (list and check name it).",
             Gauge,
-            per_cluster(&|c| repo(c).map(|r| flag(r.wal_gap.is_some()))),
+            self.per_cluster(&|c| repo(c).map(|r| flag(r.wal_gap.is_some()))),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_timeline",
             "The newest timeline in the WAL archive (rises with every promotion).",
             Gauge,
-            per_cluster(&|c| repo(c).and_then(|r| r.timeline.map(f64::from))),
+            self.per_cluster(&|c| repo(c).and_then(|r| r.timeline.map(f64::from))),
         )?;
         family(
-            &mut enc,
+            enc,
+            "synapse_backup_split_brain_timelines",
+            "Pairs of timelines that both received WAL after their branch point (a restored copy or an old primary archiving beside the primary); restore needs --timeline N until resolved.",
+            Gauge,
+            self.per_cluster(&|c| repo(c).map(|r| r.split_brains as f64)),
+        )?;
+        family(
+            enc,
             "synapse_backup_retention_target_seconds",
             "The configured retention (retention_days): the window every moment of which should stay recoverable.",
             Gauge,
-            per_cluster(&|c| Some(c.retention_seconds)),
+            self.per_cluster(&|c| Some(c.retention_seconds)),
         )?;
+        Ok(())
+    }
 
+    fn encode_verification_and_archiving(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
         // Verification.
         family(
-            &mut enc,
+            enc,
             "synapse_backup_last_verify_timestamp_seconds",
             "When the last verification finished (by this agent, or the newest report in the repository; Unix time).",
             Gauge,
-            per_cluster(&|c| c.last_verify().map(|v| v.at)),
+            self.per_cluster(&|c| c.last_verify().map(|v| v.at)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_last_verify_success",
             "Whether the last verification proved the backup restorable (1) or not (0: it failed, or could not run).",
             Gauge,
-            per_cluster(&|c| c.last_verify().map(|v| flag(v.ok))),
+            self.per_cluster(&|c| c.last_verify().map(|v| flag(v.ok))),
         )?;
 
         // WAL archiving, read from PostgreSQL at scrape time.
         let arch = |c: &ClusterMetrics| c.archiver.clone();
         let backlog = |c: &ClusterMetrics| c.backlog.clone();
         family(
-            &mut enc,
+            enc,
             "synapse_backup_postgres_up",
             "Whether this scrape could query the cluster's PostgreSQL.",
             Gauge,
-            per_cluster(&|c| c.postgres_up.map(flag)),
+            self.per_cluster(&|c| c.postgres_up.map(flag)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_archived",
             "WAL files archived (pg_stat_archiver.archived_count).",
             Counter,
-            per_cluster(&|c| arch(c).map(|a| a.archived_count as f64)),
+            self.per_cluster(&|c| arch(c).map(|a| a.archived_count as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_archive_failures",
             "Failed archive attempts (pg_stat_archiver.failed_count).",
             Counter,
-            per_cluster(&|c| arch(c).map(|a| a.failed_count as f64)),
+            self.per_cluster(&|c| arch(c).map(|a| a.failed_count as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_last_archived_timestamp_seconds",
             "When the last WAL file was archived (pg_stat_archiver.last_archived_time; 0: never).",
             Gauge,
-            per_cluster(&|c| arch(c).map(|a| a.last_archived_time.unwrap_or(0.0))),
+            self.per_cluster(&|c| arch(c).map(|a| a.last_archived_time.unwrap_or(0.0))),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_last_archive_failure_timestamp_seconds",
             "When archiving last failed (pg_stat_archiver.last_failed_time; 0: never).",
             Gauge,
-            per_cluster(&|c| arch(c).map(|a| a.last_failed_time.unwrap_or(0.0))),
+            self.per_cluster(&|c| arch(c).map(|a| a.last_failed_time.unwrap_or(0.0))),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_written_bytes",
             "WAL written by the cluster: pg_current_wal_lsn() in bytes (primaries only).",
             Counter,
-            per_cluster(&|c| arch(c).and_then(|a| a.wal_position_bytes)),
+            self.per_cluster(&|c| arch(c).and_then(|a| a.wal_position_bytes)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_archive_ready_files",
             "WAL files waiting to be archived (.ready files in pg_wal/archive_status).",
             Gauge,
-            per_cluster(&|c| backlog(c).map(|b| b.ready_files as f64)),
+            self.per_cluster(&|c| backlog(c).map(|b| b.ready_files as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_archive_ready_bytes",
             "Bytes of WAL waiting to be archived.",
             Gauge,
-            per_cluster(&|c| backlog(c).map(|b| b.ready_bytes as f64)),
+            self.per_cluster(&|c| backlog(c).map(|b| b.ready_bytes as f64)),
         )?;
         family(
-            &mut enc,
+            enc,
             "synapse_backup_wal_archive_oldest_ready_age_seconds",
             "How long the oldest WAL file waiting to be archived has waited (0: none waits).",
             Gauge,
-            per_cluster(&|c| backlog(c).map(|b| b.oldest_ready_age_seconds)),
+            self.per_cluster(&|c| backlog(c).map(|b| b.oldest_ready_age_seconds)),
         )?;
         Ok(())
     }
@@ -541,6 +593,7 @@ mod tests {
                 timeline: Some(2),
                 damaged_backups: 1,
                 wal_gap: Some("000000020000000000000007".into()),
+                split_brains: 1,
             }),
             repo_up: Some(true),
             verify: Some(VerifyResult {
@@ -664,6 +717,9 @@ synapse_backup_wal_gap{cluster="core"} 1.0
 # HELP synapse_backup_timeline The newest timeline in the WAL archive (rises with every promotion).
 # TYPE synapse_backup_timeline gauge
 synapse_backup_timeline{cluster="core"} 2.0
+# HELP synapse_backup_split_brain_timelines Pairs of timelines that both received WAL after their branch point (a restored copy or an old primary archiving beside the primary); restore needs --timeline N until resolved.
+# TYPE synapse_backup_split_brain_timelines gauge
+synapse_backup_split_brain_timelines{cluster="core"} 1.0
 # HELP synapse_backup_retention_target_seconds The configured retention (retention_days): the window every moment of which should stay recoverable.
 # TYPE synapse_backup_retention_target_seconds gauge
 synapse_backup_retention_target_seconds{cluster="core"} 2592000.0

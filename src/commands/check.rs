@@ -34,6 +34,7 @@ pub async fn run(
     out.report("store", check_store(repo).await);
     out.report("archive conflicts", check_conflicts(repo).await);
     out.report("backups and WAL continuity", check_backups(repo).await);
+    out.report("timelines", check_split_brain(repo).await);
     // The server a backup would read (per backup_from), and the primary that archives: the
     // same session unless backups come from a standby.
     let from_primary = cluster.backup_from == crate::config::BackupFrom::Primary;
@@ -149,6 +150,16 @@ async fn check_conflicts(repo: &Repository) -> anyhow::Result<String> {
         if conflicts.len() > shown.len() { ", ..." } else { "" },
         repo.conflicts_location()
     )
+}
+
+/// Two timelines that both keep receiving WAL after their branch point.
+async fn check_split_brain(repo: &Repository) -> anyhow::Result<String> {
+    let found = repo.split_brains().await?;
+    if found.is_empty() {
+        return Ok("no two timelines receive WAL after their branch point".into());
+    }
+    let lines: Vec<String> = found.iter().map(|s| s.describe()).collect();
+    anyhow::bail!("{}", lines.join("; "))
 }
 
 /// Ask for a WAL switch and wait until that segment is in the repository.

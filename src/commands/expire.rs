@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::pg::{WalFileName, WalSegmentSize};
-use crate::policy::{self, BackupFacts};
+use crate::policy::{self, BackupFacts, RetentionPlan};
 use crate::repo::lock::RepoLock;
-use crate::repo::{DamagedBackup, Repository};
+use crate::repo::manifest::BackupManifest;
+use crate::repo::{BackupDir, DamagedBackup, Repository};
 use crate::settings::ExpireSettings;
 
 /// Parts of a backup without a manifest are an interrupted backup's leftovers once the
@@ -63,7 +64,7 @@ pub async fn run(
             .await?,
         )
     };
-    let result = expire(config, repo, dry_run, now).await;
+    let result = expire(config, repo, lock.as_ref(), now).await;
     if let Some(lock) = lock {
         lock.release().await?;
     }
@@ -116,9 +117,12 @@ pub async fn run(
 async fn expire(
     config: &Config,
     repo: &Repository,
-    dry_run: bool,
+    lock: Option<&RepoLock>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Report> {
+    // Without the lock (a dry run) nothing is deleted; with it, each deletion first makes
+    // sure the lock is still ours (a run stalled past the TTL stops there).
+    let dry_run = lock.is_none();
     let all = repo.backups().await?;
     let (manifests, damaged) = (all.intact, all.damaged);
     let facts: Vec<BackupFacts> = manifests
@@ -142,32 +146,17 @@ async fn expire(
             .filter(|d| d.name == id.as_str())
             .map(|d| d.bytes)
             .sum::<u64>();
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_backup(id).await?;
         }
     }
 
-    // Leftovers: backup directories without a manifest, started long enough ago. A damaged
-    // manifest is not "without": the operator decides about it.
-    let with_manifest: std::collections::HashSet<&str> = (manifests.iter().map(|m| m.id.as_str()))
-        .chain(damaged.iter().map(|d| d.id.as_str()))
-        .collect();
-    let mut leftovers: std::collections::BTreeMap<String, u64> = Default::default();
-    for d in &dirs {
-        let id = d.name.as_str();
-        if with_manifest.contains(id) || plan.removed().any(|r| r.as_str() == id) {
-            continue;
-        }
-        let started = d.id().map(|i| i.time());
-        let old_enough =
-            started.is_none_or(|t| now - t > chrono::Duration::hours(LEFTOVER_GRACE_HOURS));
-        if old_enough {
-            leftovers.insert(id.to_string(), d.bytes);
-        }
-    }
+    let leftovers = leftovers(&dirs, &manifests, &damaged, &plan, now);
     for (name, bytes) in &leftovers {
         bytes_freed += bytes;
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_backup_dir(name).await?;
         }
     }
@@ -202,7 +191,8 @@ async fn expire(
             }
         }
         wal_removed = doomed.len();
-        if !dry_run {
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
             repo.delete_wal(&doomed).await?;
         }
     }
@@ -229,6 +219,34 @@ async fn expire(
         bytes_freed,
         window_start: plan.window_start,
     })
+}
+
+/// Leftovers: backup directories without a manifest, started long enough ago (name →
+/// bytes). A damaged manifest is not "without": the operator decides about it.
+fn leftovers(
+    dirs: &[BackupDir],
+    manifests: &[BackupManifest],
+    damaged: &[DamagedBackup],
+    plan: &RetentionPlan,
+    now: DateTime<Utc>,
+) -> std::collections::BTreeMap<String, u64> {
+    let with_manifest: std::collections::HashSet<&str> = (manifests.iter().map(|m| m.id.as_str()))
+        .chain(damaged.iter().map(|d| d.id.as_str()))
+        .collect();
+    let mut leftovers = std::collections::BTreeMap::new();
+    for d in dirs {
+        let id = d.name.as_str();
+        if with_manifest.contains(id) || plan.removed().any(|r| r.as_str() == id) {
+            continue;
+        }
+        let started = d.id().map(|i| i.time());
+        let old_enough =
+            started.is_none_or(|t| now - t > chrono::Duration::hours(LEFTOVER_GRACE_HOURS));
+        if old_enough {
+            leftovers.insert(id.to_string(), d.bytes);
+        }
+    }
+    leftovers
 }
 
 /// The damaged backup, if any, that started before the oldest backup retention keeps: the

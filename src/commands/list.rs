@@ -1,5 +1,7 @@
 //! `list` (alias `info`): backups and the recoverable window. `--json` is stable (README).
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 use crate::config::Config;
@@ -8,7 +10,7 @@ use crate::pg::history::HistoryEntry;
 use crate::pg::{TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupManifest;
 use crate::repo::reports::LastVerification;
-use crate::repo::timelines::Timelines;
+use crate::repo::timelines::{split_brains, SplitBrain, Timelines};
 use crate::repo::window;
 use crate::repo::{Backups, DamagedBackup, Repository};
 use crate::settings::ListSettings;
@@ -43,6 +45,32 @@ pub struct Listing {
     /// Every timeline in the archive, oldest first, with where it branched off and its own
     /// window.
     pub timelines: Vec<TimelineSummary>,
+    /// Timelines that both received WAL after their branch point (empty when none): restore
+    /// then needs `--timeline N`.
+    pub split_brains: Vec<SplitBrainSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SplitBrainSummary {
+    pub parent: u32,
+    pub child: u32,
+    pub switch_lsn: String,
+    pub parent_newest_segment: String,
+    pub child_newest_segment: String,
+    pub message: String,
+}
+
+impl From<&SplitBrain> for SplitBrainSummary {
+    fn from(s: &SplitBrain) -> Self {
+        SplitBrainSummary {
+            parent: s.parent.0,
+            child: s.child.0,
+            switch_lsn: s.switchpoint.to_string(),
+            parent_newest_segment: s.parent_newest.to_string(),
+            child_newest_segment: s.child_newest.to_string(),
+            message: s.describe(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -107,7 +135,7 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
         intact: backups,
         damaged,
     } = repo.backups().await?;
-    let (latest, timelines) = load_windows(repo, &backups).await?;
+    let (latest, timelines, split) = load_windows(repo, &backups).await?;
     let win = latest_of(latest, &timelines, &backups);
     let mut summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
     for (s, b) in summaries.iter_mut().zip(&backups) {
@@ -128,25 +156,30 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
                 window: w.as_ref().map(window_summary),
             })
             .collect(),
+        split_brains: split.iter().map(SplitBrainSummary::from).collect(),
     };
+    let mut out = String::new();
     if json {
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&listing).expect("listing serializes")
-        );
-        return Ok(());
+        )?;
+        return super::print_stdout(&out);
     }
-    println!(
+    writeln!(
+        out,
         "cluster {}: {} backup(s)",
         listing.cluster,
         listing.backups.len()
-    );
+    )?;
     let zone = config.timezone();
     if timelines.len() > 1 {
-        println!(
+        writeln!(
+            out,
             "timelines (restore follows timeline {} unless told --timeline N):",
             latest.0
-        );
+        )?;
         for (tli, branch, w) in &timelines {
             let from = match branch {
                 Some(b) => format!(
@@ -159,18 +192,22 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
                 Some(w) => w.describe(zone),
                 None => format!("its history file {tli}.history is missing from the archive"),
             };
-            println!("  {:>3}  {from}\n       {w}", tli.0);
+            writeln!(out, "  {:>3}  {from}\n       {w}", tli.0)?;
         }
     } else {
-        println!("{}", win.describe(zone));
+        writeln!(out, "{}", win.describe(zone))?;
     }
     for d in &listing.damaged_backups {
         println!("{:<17} DAMAGED (skipped): {}", d.id.as_str(), d.error);
     }
-    if listing.backups.is_empty() {
-        return Ok(());
+    for s in &split {
+        println!("WARNING {}", s.describe());
     }
-    println!(
+    if listing.backups.is_empty() {
+        return super::print_stdout(&out);
+    }
+    writeln!(
+        out,
         "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}  VERIFIED",
         "ID",
         "START (UTC)",
@@ -182,13 +219,14 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
         "STORED",
         "SECS",
         "BADPG",
-    );
+    )?;
     for (b, s) in backups.iter().zip(&listing.backups) {
         let verified = match &s.last_verification {
             Some(v) => format!("{} {}", if v.ok { "ok" } else { "FAILED" }, v.time),
             None => "never".into(),
         };
-        println!(
+        writeln!(
+            out,
             "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7.1} {:>6}  {}",
             b.id.as_str(),
             b.start_time.format("%Y-%m-%d %H:%M:%S"),
@@ -201,9 +239,9 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
             b.duration_seconds(),
             b.page_problems.len(),
             verified
-        );
+        )?;
     }
-    Ok(())
+    super::print_stdout(&out)
 }
 
 /// The window along the newest timeline (what `restore` uses by default), as `list` shows
@@ -212,7 +250,7 @@ pub async fn latest_window(
     repo: &Repository,
     backups: &[BackupManifest],
 ) -> anyhow::Result<window::Window> {
-    let (latest, timelines) = load_windows(repo, backups).await?;
+    let (latest, timelines, _) = load_windows(repo, backups).await?;
     Ok(latest_of(latest, &timelines, backups))
 }
 
@@ -232,12 +270,14 @@ fn latest_of(
 /// history file is missing).
 type TimelineWindow = (TimelineId, Option<HistoryEntry>, Option<window::Window>);
 
-/// The window along every timeline's path, and the newest timeline (restore's default).
+/// The window along every timeline's path, the newest timeline (restore's default), and the
+/// split brains.
 async fn load_windows(
     repo: &Repository,
     backups: &[BackupManifest],
-) -> anyhow::Result<(TimelineId, Vec<TimelineWindow>)> {
-    let wal: Vec<WalFileName> = repo.list_wal().await?.into_iter().map(|(n, _)| n).collect();
+) -> anyhow::Result<(TimelineId, Vec<TimelineWindow>, Vec<SplitBrain>)> {
+    let listing = repo.list_wal().await?;
+    let wal: Vec<WalFileName> = listing.iter().map(|(n, _)| *n).collect();
     let size = match (backups.first(), repo.info().await?) {
         (Some(b), _) => WalSegmentSize::new(b.wal_segment_size),
         (None, Some(info)) => WalSegmentSize::new(info.wal_segment_size),
@@ -264,5 +304,6 @@ async fn load_windows(
             Some(window::Window::new(backups, None, None)),
         ));
     }
-    Ok((timelines.latest(), out))
+    let split = split_brains(&timelines, &listing, size);
+    Ok((timelines.latest(), out, split))
 }

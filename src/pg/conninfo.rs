@@ -194,6 +194,59 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A connection string for messages, rebuilt from what it parses to (hosts, ports, user,
+/// database) in its own form, so that no password — `password = X`, a quoted value, a URI's
+/// `user:pw@` or `?password=` — is ever printed.
+pub fn describe_conninfo(conninfo: &str) -> String {
+    let parsed = split_conninfo(conninfo)
+        .ok()
+        .and_then(|split| split.rest.parse::<tokio_postgres::Config>().ok());
+    let Some(config) = parsed else {
+        return "(a connection string that does not parse)".into();
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(s) => s.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    if let Some((scheme, _)) = conninfo.split_once("://") {
+        let hosts: Vec<String> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let h = h.replace('/', "%2F");
+                match ports.get(i).or(ports.first()) {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h,
+                }
+            })
+            .collect();
+        return format!(
+            "{scheme}://{}/{}",
+            hosts.join(","),
+            config.get_dbname().unwrap_or_default()
+        );
+    }
+    let mut parts = Vec::new();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", hosts.join(",")));
+    }
+    if !ports.is_empty() {
+        parts.push(format!("port={}", ports.join(",")));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={user}"));
+    }
+    if let Some(db) = config.get_dbname() {
+        parts.push(format!("dbname={db}"));
+    }
+    parts.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -325,5 +378,31 @@ mod tests {
             user_and_dbname("host=/run"),
             ("postgres".into(), "postgres".into())
         );
+    }
+
+    #[test]
+    fn connection_descriptions_never_hold_a_password() {
+        let cases = [
+            (
+                "host=/s port=5 user=u dbname=d password = SECRET1",
+                "host=/s port=5 user=u dbname=d",
+            ),
+            (
+                "host=/s password='SECRET2 one two' user=u",
+                "host=/s user=u",
+            ),
+            (
+                "postgresql://u:SECRET3@h1:5,h2:6/db?password=SECRET4",
+                "postgresql://h1:5,h2:6/db",
+            ),
+            (
+                "postgresql://u@%2Ftmp%2Fsock:5/db?password=SECRET5",
+                "postgresql://%2Ftmp%2Fsock:5/db",
+            ),
+        ];
+        for (conninfo, described) in cases {
+            assert_eq!(describe_conninfo(conninfo), described, "{conninfo}");
+        }
+        assert!(!describe_conninfo("password='SECRET6").contains("SECRET"));
     }
 }

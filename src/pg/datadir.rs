@@ -79,6 +79,29 @@ pub fn in_recovery(pgdata: &Path) -> bool {
         .any(|f| pgdata.join(f).exists())
 }
 
+/// Appended to `postgresql.auto.conf` when tablespaces are restored in place
+/// (`pg_tblspc/<oid>` a directory, not a link): without it PostgreSQL 15 refuses them at the
+/// end of recovery ("unexpected directory entry … found in pg_tblspc/").
+pub const IN_PLACE_TABLESPACES: &str =
+    "# Tablespaces restored inside the data directory (pg_tblspc/<oid>)\n\
+allow_in_place_tablespaces = on\n";
+
+/// The mode a data directory file gets from the mode a manifest records: what PostgreSQL
+/// itself creates, 0600, or 0640 in a cluster with group access (`initdb -g`). Never set-id,
+/// sticky, executable or other-accessible, whatever the manifest says.
+pub fn file_mode(recorded: u32) -> u32 {
+    recorded & 0o040 | 0o600
+}
+
+/// As [`file_mode`] for directories: 0700, or 0750 with group access.
+pub fn dir_mode(recorded: u32) -> u32 {
+    if recorded & 0o050 == 0o050 {
+        0o750
+    } else {
+        0o700
+    }
+}
+
 /// `tablespace_map`: `<oid> <path>` lines; backslash and line breaks escaped as PostgreSQL reads them.
 pub fn render_tablespace_map(tablespaces: &BTreeMap<u32, PathBuf>) -> String {
     let mut out = String::new();
@@ -137,6 +160,19 @@ mod tests {
         assert_eq!(postmaster_pid(""), None);
         assert_eq!(postmaster_pid("garbage\n"), None);
         assert_eq!(postmaster_pid("0\n"), None);
+    }
+
+    #[test]
+    fn modes_are_masked_to_what_postgres_uses() {
+        assert_eq!(file_mode(0o6777), 0o640);
+        assert_eq!(file_mode(0o600), 0o600);
+        assert_eq!(file_mode(0o4755), 0o640);
+        assert_eq!(file_mode(0o4707), 0o600);
+        assert_eq!(file_mode(0), 0o600);
+        assert_eq!(dir_mode(0o7777), 0o750);
+        assert_eq!(dir_mode(0o700), 0o700);
+        assert_eq!(dir_mode(0o1777), 0o750);
+        assert_eq!(dir_mode(0o740), 0o700);
     }
 
     #[test]

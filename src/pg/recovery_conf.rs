@@ -83,20 +83,50 @@ pub struct RecoverySettings {
     pub timeline: Option<TimelineId>,
     /// Replaces `target` in the configuration when set (see [`StopBefore`]).
     pub stop_before: Option<StopBefore>,
+    /// Whether the restored server archives WAL once it is promoted.
+    pub archiving: Archiving,
+}
+
+/// Whether a restored server archives. A copy that archives into the repository it came from
+/// pushes a new timeline there and splits the archive's history (`restore --latest` would
+/// follow the copy), so a restored copy does not archive unless it replaces the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archiving {
+    /// `archive_mode = 'off'`, written last in `postgresql.auto.conf` (which PostgreSQL reads
+    /// after `postgresql.conf`, and where the last occurrence of a setting wins), so the
+    /// restored `archive_command` never runs.
+    Off,
+    /// The restored configuration's `archive_mode`/`archive_command` as they are
+    /// (`restore --as-primary`).
+    AsConfigured,
+}
+
+/// The one command that turns archiving back on in a copy restored with [`Archiving::Off`]
+/// (`ALTER SYSTEM` replaces every `archive_mode` line of `postgresql.auto.conf` with one;
+/// `archive_mode` needs a restart).
+pub fn archiving_on_command(pgdata: &std::path::Path) -> String {
+    format!(
+        "psql -c \"ALTER SYSTEM SET archive_mode = on\" && pg_ctl -D {} restart",
+        shell_word(&pgdata.display().to_string())
+    )
 }
 
 /// One word of a `restore_command`: shell-quoted when needed, and `%` doubled because
 /// PostgreSQL replaces `%f`, `%p`, `%r` in the command.
 pub fn command_word(s: &str) -> String {
+    shell_word(s).replace('%', "%%")
+}
+
+/// One shell word, quoted when needed.
+fn shell_word(s: &str) -> String {
     let safe = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
-    let quoted = if safe {
+    if safe {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
-    };
-    quoted.replace('%', "%%")
+    }
 }
 
 /// A string value for postgresql.conf.
@@ -163,6 +193,14 @@ pub fn recovery_conf(
         .timeline
         .map_or_else(|| "latest".to_string(), |t| t.0.to_string());
     lines.push(format!("recovery_target_timeline = '{timeline}'"));
+    if settings.archiving == Archiving::Off {
+        lines.push(
+            "# A restored copy does not archive into the repository it came from; when it becomes the \
+             primary: ALTER SYSTEM SET archive_mode = on, then restart"
+                .into(),
+        );
+        lines.push("archive_mode = 'off'".into());
+    }
     lines.join("\n") + "\n"
 }
 
@@ -194,6 +232,7 @@ mod tests {
             action: TargetAction::Promote,
             timeline: None,
             stop_before: None,
+            archiving: Archiving::AsConfigured,
         };
         let text = recovery_conf(&s, &id, now);
         let lines: Vec<&str> = text.lines().collect();
@@ -222,6 +261,15 @@ mod tests {
         s.target = RecoveryTarget::Latest;
         let text = recovery_conf(&s, &id, now);
         assert_eq!(text.matches(" = ''").count(), 5);
+        assert!(!text.contains("archive_mode"));
+        // A copy that does not archive: archive_mode off, last, after everything else.
+        s.archiving = Archiving::Off;
+        let text = recovery_conf(&s, &id, now);
+        assert!(text.ends_with("\narchive_mode = 'off'\n"), "{text}");
+        assert_eq!(
+            archiving_on_command(std::path::Path::new("/srv/pg copy")),
+            "psql -c \"ALTER SYSTEM SET archive_mode = on\" && pg_ctl -D '/srv/pg copy' restart"
+        );
     }
 
     #[test]
@@ -234,6 +282,7 @@ mod tests {
             action: TargetAction::Promote,
             timeline: None,
             stop_before: Some(StopBefore::Xid(84123)),
+            archiving: Archiving::AsConfigured,
         };
         let text = recovery_conf(&s, &id, now);
         assert!(

@@ -199,45 +199,13 @@ impl TlsSetup {
         home: Option<&Path>,
         tls_applies: bool,
     ) -> anyhow::Result<TlsSetup> {
-        let system = opts.sslrootcert.as_deref() == Some("system");
-        let mode = match opts.sslmode.as_deref() {
-            Some(s) => SslMode::parse(s).ok_or_else(|| {
-                usage(format!(
-                    "invalid sslmode \"{s}\": use disable, allow, prefer, require, verify-ca or verify-full"
-                ))
-            })?,
-            None if system => SslMode::VerifyFull,
-            None => SslMode::Prefer,
-        };
-        if system && mode != SslMode::VerifyFull {
-            return Err(usage(format!(
-                "sslmode={} may not be used with sslrootcert=system (use verify-full)",
-                mode.as_str()
-            )));
-        }
-        let sni = match opts.sslsni.as_deref() {
-            None | Some("1") => true,
-            Some("0") => false,
-            Some(v) => return Err(usage(format!("invalid sslsni \"{v}\": use 0 or 1"))),
-        };
-        let versions = protocol_versions(
-            opts.ssl_min_protocol_version.as_deref(),
-            opts.ssl_max_protocol_version.as_deref(),
-        )?;
-        let send_cert = match opts.sslcertmode.as_deref() {
-            None | Some("allow") => true,
-            Some("disable") => false,
-            Some("require") => {
-                return Err(usage(
-                    "sslcertmode=require is not supported (use allow, the default)",
-                ))
-            }
-            Some(v) => {
-                return Err(usage(format!(
-                    "invalid sslcertmode \"{v}\": use disable or allow"
-                )))
-            }
-        };
+        let Choices {
+            system,
+            mode,
+            sni,
+            versions,
+            send_cert,
+        } = Choices::parse(opts)?;
 
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         if !tls_applies || mode == SslMode::Disable {
@@ -266,40 +234,7 @@ impl TlsSetup {
             SslMode::VerifyFull => Verify::ChainAndName,
         };
 
-        let (roots, verifier): (Roots, Arc<dyn ServerCertVerifier>) = if verify == Verify::Nothing {
-            (Roots::None, Arc::new(AcceptAnyCert(provider.clone())))
-        } else {
-            let (roots, store) = if system {
-                (Roots::System, system_roots()?)
-            } else {
-                let path = root_path.ok_or_else(|| {
-                    anyhow!(
-                        "sslmode={} needs a root certificate: set sslrootcert (no home directory for the default ~/.postgresql/root.crt)",
-                        mode.as_str()
-                    )
-                })?;
-                if !path.exists() {
-                    bail!(
-                        "root certificate file \"{}\" does not exist: point sslrootcert at the CA that signed the server's certificate, or use an sslmode that does not verify it",
-                        path.display()
-                    );
-                }
-                let store = file_roots(&path)?;
-                (Roots::File(path), store)
-            };
-            let crls = load_crls(opts.sslcrl.as_deref(), opts.sslcrldir.as_deref())?;
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
-                    .with_crls(crls)
-                    .build()
-                    .context("set up server certificate verification")?;
-            let verifier: Arc<dyn ServerCertVerifier> = if verify == Verify::Chain {
-                Arc::new(ChainOnly(webpki))
-            } else {
-                webpki
-            };
-            (roots, verifier)
-        };
+        let (roots, verifier) = server_verifier(opts, &provider, verify, mode, system, root_path)?;
 
         let client = if send_cert {
             client_identity(opts, pg_dir.as_deref())?
@@ -739,6 +674,112 @@ impl ServerCertVerifier for AcceptAnyCert {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The connection options that decide the TLS setup, checked (libpq's rules and messages).
+struct Choices {
+    system: bool,
+    mode: SslMode,
+    sni: bool,
+    versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    send_cert: bool,
+}
+
+impl Choices {
+    fn parse(opts: &TlsOptions) -> anyhow::Result<Choices> {
+        let system = opts.sslrootcert.as_deref() == Some("system");
+        let mode = match opts.sslmode.as_deref() {
+            Some(s) => SslMode::parse(s).ok_or_else(|| {
+                usage(format!(
+                    "invalid sslmode \"{s}\": use disable, allow, prefer, require, verify-ca or verify-full"
+                ))
+            })?,
+            None if system => SslMode::VerifyFull,
+            None => SslMode::Prefer,
+        };
+        if system && mode != SslMode::VerifyFull {
+            return Err(usage(format!(
+                "sslmode={} may not be used with sslrootcert=system (use verify-full)",
+                mode.as_str()
+            )));
+        }
+        let sni = match opts.sslsni.as_deref() {
+            None | Some("1") => true,
+            Some("0") => false,
+            Some(v) => return Err(usage(format!("invalid sslsni \"{v}\": use 0 or 1"))),
+        };
+        let versions = protocol_versions(
+            opts.ssl_min_protocol_version.as_deref(),
+            opts.ssl_max_protocol_version.as_deref(),
+        )?;
+        let send_cert = match opts.sslcertmode.as_deref() {
+            None | Some("allow") => true,
+            Some("disable") => false,
+            Some("require") => {
+                return Err(usage(
+                    "sslcertmode=require is not supported (use allow, the default)",
+                ))
+            }
+            Some(v) => {
+                return Err(usage(format!(
+                    "invalid sslcertmode \"{v}\": use disable or allow"
+                )))
+            }
+        };
+
+        Ok(Choices {
+            system,
+            mode,
+            sni,
+            versions,
+            send_cert,
+        })
+    }
+}
+
+/// How the server's certificate is checked: the roots it must chain to (a file or the
+/// system's) and the verifier; anything goes when `verify` is `Nothing`.
+fn server_verifier(
+    opts: &TlsOptions,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    verify: Verify,
+    mode: SslMode,
+    system: bool,
+    root_path: Option<PathBuf>,
+) -> anyhow::Result<(Roots, Arc<dyn ServerCertVerifier>)> {
+    Ok(if verify == Verify::Nothing {
+        (Roots::None, Arc::new(AcceptAnyCert(provider.clone())))
+    } else {
+        let (roots, store) = if system {
+            (Roots::System, system_roots()?)
+        } else {
+            let path = root_path.ok_or_else(|| {
+                anyhow!(
+                    "sslmode={} needs a root certificate: set sslrootcert (no home directory for the default ~/.postgresql/root.crt)",
+                    mode.as_str()
+                )
+            })?;
+            if !path.exists() {
+                bail!(
+                    "root certificate file \"{}\" does not exist: point sslrootcert at the CA that signed the server's certificate, or use an sslmode that does not verify it",
+                    path.display()
+                );
+            }
+            let store = file_roots(&path)?;
+            (Roots::File(path), store)
+        };
+        let crls = load_crls(opts.sslcrl.as_deref(), opts.sslcrldir.as_deref())?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+            .with_crls(crls)
+            .build()
+            .context("set up server certificate verification")?;
+        let verifier: Arc<dyn ServerCertVerifier> = if verify == Verify::Chain {
+            Arc::new(ChainOnly(webpki))
+        } else {
+            webpki
+        };
+        (roots, verifier)
+    })
 }
 
 #[cfg(test)]

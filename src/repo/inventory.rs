@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use super::layout::{self, BackupKey};
 use super::manifest::BackupId;
 use super::reports::ReportRef;
-use super::Repository;
+use super::{ObjectInfo, Repository};
 use crate::pg::WalFileName;
 
 #[derive(Debug, Clone, Default)]
@@ -22,6 +22,8 @@ pub struct Inventory {
     pub wal_bytes: u64,
     /// Archived WAL file names, in listing order.
     pub wal_names: Vec<WalFileName>,
+    /// Size and time of each of `wal_names`, in the same order.
+    pub wal_infos: Vec<ObjectInfo>,
     /// WAL files refused for conflicting content.
     pub wal_conflicts: u64,
 }
@@ -58,6 +60,7 @@ impl Repository {
                 inv.wal_bytes += e.size;
                 if let Some(name) = layout::wal_name_from_key(&e.key) {
                     inv.wal_names.push(name);
+                    inv.wal_infos.push(e.into());
                 }
             }
         }

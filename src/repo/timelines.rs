@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 
-use super::Repository;
+use super::{ObjectInfo, Repository};
 use crate::pg::history::{TimelineHistory, TimelinePath};
-use crate::pg::{TimelineId, WalFileName};
+use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
 
 /// Every history file of the archive, parsed.
 #[derive(Debug, Clone, Default)]
@@ -118,9 +119,155 @@ impl Timelines {
     }
 }
 
+/// Two timelines that both received WAL after their branch point: a restored copy promoted
+/// (or a failed-over standby) archives `child` while the server on `parent` keeps archiving
+/// too. Which one is "the" database is the operator's decision, not the newest number's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitBrain {
+    pub parent: TimelineId,
+    pub child: TimelineId,
+    /// Where `child` branched off `parent`.
+    pub switchpoint: Lsn,
+    /// The newest segment archived on `parent` past the branch point.
+    pub parent_newest: WalSegmentName,
+    pub parent_newest_time: DateTime<Utc>,
+    /// The newest segment archived on `child`.
+    pub child_newest: WalSegmentName,
+}
+
+impl SplitBrain {
+    /// One line naming both timelines and the choice.
+    pub fn describe(&self) -> String {
+        format!(
+            "split brain: timelines {p} and {c} both received WAL after timeline {c} branched off {p} at LSN {lsn} \
+             (timeline {p} up to {pn}, archived {pt}, after timeline {c} began archiving; timeline {c} up to {cn}); \
+             choose one with --timeline {p} or --timeline {c}, and stop the server that is not the primary",
+            p = self.parent.0,
+            c = self.child.0,
+            lsn = self.switchpoint,
+            pn = self.parent_newest,
+            pt = crate::timeparse::format_utc(self.parent_newest_time),
+            cn = self.child_newest,
+        )
+    }
+}
+
+impl Repository {
+    /// The split brains the archive shows now: one listing, and its history files.
+    pub async fn split_brains(&self) -> anyhow::Result<Vec<SplitBrain>> {
+        let Some(info) = self.info().await? else {
+            return Ok(Vec::new());
+        };
+        let size = info.segment_size()?;
+        let listing = self.list_wal().await?;
+        let names: Vec<WalFileName> = listing.iter().map(|(n, _)| *n).collect();
+        let timelines = Timelines::load(self, &names).await?;
+        Ok(split_brains(&timelines, &listing, size))
+    }
+}
+
+/// The split brains the archive shows (see [`SplitBrain`]), from its listing with object
+/// times. A child timeline and its parent are in split brain when the parent has a segment past
+/// the one holding the switch point (it kept writing after the branch) that was archived
+/// after the child's first segment (so both were writing at the same time). An old primary
+/// that wrote a little after a failover and stopped before the new primary archived anything
+/// is not one: the newest timeline is then the only one still moving.
+pub fn split_brains(
+    timelines: &Timelines,
+    listing: &[(WalFileName, ObjectInfo)],
+    size: WalSegmentSize,
+) -> Vec<SplitBrain> {
+    let segments = || {
+        listing.iter().filter_map(|(n, i)| match n {
+            WalFileName::Segment(s) if s.fits(size) => Some((*s, *i)),
+            _ => None,
+        })
+    };
+    let mut out = Vec::new();
+    for (child, history) in &timelines.histories {
+        let branch = history.branch_point();
+        let switch_segno = branch.switchpoint.0 / u64::from(size.bytes());
+        let child_segs: Vec<(WalSegmentName, ObjectInfo)> =
+            segments().filter(|(s, _)| s.timeline == *child).collect();
+        let Some(child_first) = child_segs.iter().map(|(_, i)| i.last_modified).min() else {
+            continue;
+        };
+        let child_newest = child_segs
+            .iter()
+            .map(|(s, _)| *s)
+            .max_by_key(|s| s.segno(size))
+            .expect("not empty");
+        let parent_past = segments()
+            .filter(|(s, _)| s.timeline == branch.parent && s.segno(size) > switch_segno)
+            .max_by_key(|(s, i)| (i.last_modified, s.segno(size)));
+        if let Some((parent_newest, info)) = parent_past {
+            if info.last_modified > child_first {
+                out.push(SplitBrain {
+                    parent: branch.parent,
+                    child: *child,
+                    switchpoint: branch.switchpoint,
+                    parent_newest,
+                    parent_newest_time: info.last_modified,
+                    child_newest,
+                });
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_brain_needs_both_branches_writing_at_once() {
+        let size = WalSegmentSize::DEFAULT;
+        let h2 = TimelineHistory::parse(TimelineId(2), "1\t0/5000100\tx\n").unwrap();
+        let t = Timelines::from_histories([h2], vec![TimelineId(1), TimelineId(2)]);
+        let at = |name: &str, secs: i64| {
+            (
+                name.parse::<WalFileName>().unwrap(),
+                ObjectInfo {
+                    size: 1,
+                    last_modified: DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap(),
+                },
+            )
+        };
+        // Before the branch, the switch segment on both timelines, then timeline 2 alone.
+        let mut listing = vec![
+            at("000000010000000000000004", 0),
+            at("000000010000000000000005", 10),
+            at("00000002.history", 5),
+            at("000000020000000000000005", 20),
+            at("000000020000000000000006", 30),
+        ];
+        assert!(split_brains(&t, &listing, size).is_empty());
+        // The old primary wrote past the branch and stopped before timeline 2 archived: no.
+        listing.push(at("000000010000000000000006", 15));
+        assert!(split_brains(&t, &listing, size).is_empty());
+        // It keeps writing after timeline 2 began archiving: split brain, both named.
+        listing.push(at("000000010000000000000007", 40));
+        let found = split_brains(&t, &listing, size);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].parent, found[0].child),
+            (TimelineId(1), TimelineId(2))
+        );
+        assert_eq!(
+            found[0].parent_newest.to_string(),
+            "000000010000000000000007"
+        );
+        assert_eq!(
+            found[0].child_newest.to_string(),
+            "000000020000000000000006"
+        );
+        let text = found[0].describe();
+        assert!(
+            text.contains("--timeline 1") && text.contains("--timeline 2"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn latest_follows_history_files() {

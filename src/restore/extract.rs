@@ -538,7 +538,7 @@ impl Extraction {
             let file = writer
                 .into_file()
                 .with_context(|| format!("write {}", dest.display()))?;
-            file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
+            file.set_permissions(fs::Permissions::from_mode(datadir::file_mode(entry.mode)))
                 .with_context(|| format!("chmod {}", dest.display()))?;
             let mtime = UNIX_EPOCH + Duration::from_secs(u64::try_from(entry.mtime).unwrap_or(0));
             let _ = file.set_modified(mtime);
@@ -584,9 +584,9 @@ impl Extraction {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e).with_context(|| format!("create {}", path.display())),
             }
-            // The owner must be able to write into it while we restore; PostgreSQL wants 0700/0750.
+            // PostgreSQL's 0700/0750, whatever the manifest says.
             let mode =
-                self.dir_modes.get(&manifest_path).copied().unwrap_or(0o700) & 0o7777 | 0o700;
+                datadir::dir_mode(self.dir_modes.get(&manifest_path).copied().unwrap_or(0o700));
             fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                 .with_context(|| format!("chmod {}", path.display()))?;
             os::chown(&path, self.owner)?;

@@ -43,10 +43,11 @@ pub(super) fn finish(
 
     let mut ours: Vec<(&str, Vec<u8>)> =
         vec![("backup_label", backup.backup_label.clone().into_bytes())];
-    if !layout.tablespaces.is_empty() {
+    let linked = layout.linked_tablespaces();
+    if !linked.is_empty() {
         ours.push((
             "tablespace_map",
-            render_tablespace_map(&layout.tablespaces).into_bytes(),
+            render_tablespace_map(&linked).into_bytes(),
         ));
     }
     let auto_conf = pgdata.join("postgresql.auto.conf");
@@ -59,6 +60,13 @@ pub(super) fn finish(
         conf.push(b'\n');
     }
     conf.extend_from_slice(recovery_conf(settings, &backup.id, now).as_bytes());
+    if layout
+        .tablespaces
+        .keys()
+        .any(|oid| layout.is_in_place(*oid))
+    {
+        conf.extend_from_slice(datadir::IN_PLACE_TABLESPACES.as_bytes());
+    }
     ours.push(("postgresql.auto.conf", conf));
     ours.push((datadir::RECOVERY_SIGNAL, Vec::new()));
     for (name, content) in &ours {

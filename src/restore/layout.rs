@@ -26,28 +26,23 @@ pub enum Dest {
 }
 
 impl Layout {
+    /// `relocations` must place every tablespace of the backup: the manifest's location is
+    /// never used unless the caller chose it (a forged or foreign manifest names any
+    /// directory). A place of `<pgdata>/pg_tblspc/<oid>` is an in-place tablespace.
     pub fn new(
         pgdata: &Path,
         backup: &BackupManifest,
         relocations: &BTreeMap<u32, PathBuf>,
     ) -> anyhow::Result<Self> {
-        let mut tablespaces = BTreeMap::new();
-        for ts in &backup.tablespaces {
-            let dir = match relocations.get(&ts.oid) {
-                Some(d) => d.clone(),
-                None => PathBuf::from(&ts.location),
-            };
-            if !dir.is_absolute() {
-                bail!(
-                    "tablespace {} has a relative location {:?} in the manifest",
-                    ts.oid,
-                    ts.location
-                );
-            }
-            tablespaces.insert(ts.oid, dir);
-        }
-        if let Some(oid) = relocations.keys().find(|o| !tablespaces.contains_key(o)) {
-            let known: Vec<String> = tablespaces.keys().map(u32::to_string).collect();
+        if let Some(oid) = relocations
+            .keys()
+            .find(|o| !backup.tablespaces.iter().any(|t| t.oid == **o))
+        {
+            let known: Vec<String> = backup
+                .tablespaces
+                .iter()
+                .map(|t| t.oid.to_string())
+                .collect();
             return Err(usage(format!(
                 "--tablespace-map {oid}=…: backup {} has no tablespace {oid} (it has: {})",
                 backup.id,
@@ -58,9 +53,30 @@ impl Layout {
                 }
             )));
         }
+        let mut tablespaces = BTreeMap::new();
+        for ts in &backup.tablespaces {
+            let dir = relocations.get(&ts.oid).cloned().ok_or_else(|| {
+                usage(format!(
+                    "tablespace {} ({}) has no place to be restored: give --tablespace-map {}=DIR",
+                    ts.oid, ts.location, ts.oid
+                ))
+            })?;
+            if !dir.is_absolute() {
+                bail!(
+                    "tablespace {} would be restored into the relative path {}",
+                    ts.oid,
+                    dir.display()
+                );
+            }
+            tablespaces.insert(ts.oid, dir);
+        }
         let dirs: Vec<&PathBuf> = tablespaces.values().collect();
+        let in_place: Vec<PathBuf> = tablespaces
+            .keys()
+            .map(|oid| in_place_dir(pgdata, *oid))
+            .collect();
         for (i, a) in dirs.iter().enumerate() {
-            if a.starts_with(pgdata) || pgdata.starts_with(a) {
+            if (a.starts_with(pgdata) && !in_place.contains(a)) || pgdata.starts_with(a) {
                 return Err(usage(format!(
                     "tablespace directory {} overlaps the data directory {}; relocate it with --tablespace-map OID=DIR",
                     a.display(),
@@ -81,6 +97,21 @@ impl Layout {
             pgdata: pgdata.to_path_buf(),
             tablespaces,
         })
+    }
+
+    /// Whether tablespace `oid` is restored in place (a directory in `pg_tblspc`, no link).
+    pub fn is_in_place(&self, oid: u32) -> bool {
+        self.tablespaces.get(&oid) == Some(&in_place_dir(&self.pgdata, oid))
+    }
+
+    /// The tablespaces that are links to directories outside the data directory, for
+    /// `tablespace_map` (PostgreSQL removes what `pg_tblspc/<oid>` holds for each entry).
+    pub fn linked_tablespaces(&self) -> BTreeMap<u32, PathBuf> {
+        self.tablespaces
+            .iter()
+            .filter(|(oid, _)| !self.is_in_place(**oid))
+            .map(|(oid, dir)| (*oid, dir.clone()))
+            .collect()
     }
 
     /// Where a backup path goes. Rejects unsafe paths and unknown tablespaces.
@@ -151,6 +182,11 @@ impl Layout {
     }
 }
 
+/// `<pgdata>/pg_tblspc/<oid>`: where `--tablespaces-in-target` puts a tablespace.
+pub fn in_place_dir(pgdata: &Path, oid: u32) -> PathBuf {
+    pgdata.join("pg_tblspc").join(oid.to_string())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -191,7 +227,14 @@ pub(crate) mod tests {
     #[test]
     fn paths_map_into_the_data_directory_and_tablespaces() {
         let m = manifest_with_tablespace();
-        let layout = Layout::new(Path::new("/restore/pgdata"), &m, &BTreeMap::new()).unwrap();
+        // The manifest's location is used only when the caller places the tablespace there.
+        let err = Layout::new(Path::new("/restore/pgdata"), &m, &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.to_string().contains("tablespace 16385 (/srv/ts1)"),
+            "{err}"
+        );
+        let original = parse_tablespace_map(&["16385=/srv/ts1".into()]).unwrap();
+        let layout = Layout::new(Path::new("/restore/pgdata"), &m, &original).unwrap();
         assert_eq!(
             layout.dest("base/1/1259").unwrap(),
             Dest::Path("/restore/pgdata/base/1/1259".into())
@@ -247,6 +290,16 @@ pub(crate) mod tests {
         );
         let inside = parse_tablespace_map(&["16385=/restore/pgdata/ts".into()]).unwrap();
         assert!(Layout::new(Path::new("/restore/pgdata"), &m, &inside).is_err());
+        // In place: pg_tblspc/<oid> itself, no link and no tablespace_map line.
+        let pgdata = Path::new("/restore/pgdata");
+        let in_place = BTreeMap::from([(16385, in_place_dir(pgdata, 16385))]);
+        let layout = Layout::new(pgdata, &m, &in_place).unwrap();
+        assert!(layout.is_in_place(16385));
+        assert!(layout.linked_tablespaces().is_empty());
+        assert_eq!(
+            layout.dest("pg_tblspc/16385/PG_15_x/5/1").unwrap(),
+            Dest::Path("/restore/pgdata/pg_tblspc/16385/PG_15_x/5/1".into())
+        );
         for bad in ["16385", "x=/a", "16385=relative", "=/a"] {
             assert!(parse_tablespace_map(&[bad.into()]).is_err(), "{bad}");
         }

@@ -64,8 +64,8 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Map the backup's paths into `target` (tablespaces into `relocations` or their original
-    /// places) and check every manifest path, before anything is downloaded.
+    /// Map the backup's paths into `target` (tablespaces into `relocations`, which places
+    /// every one) and check every manifest path, before anything is downloaded.
     pub fn new(
         target: TargetDir,
         backup: &BackupManifest,
@@ -73,12 +73,17 @@ impl Destination {
     ) -> anyhow::Result<Destination> {
         let layout = Layout::new(&target.pgdata, backup, relocations)?;
         layout.check_manifest(backup)?;
+        // A tablespace directory outside the data directory must be absent or empty, with or
+        // without --force: --force clears the data directory the operator named, nothing else.
         for (oid, dir) in &layout.tablespaces {
-            let st = target_dir::inspect_dir(dir)?;
-            if st.non_empty && !target.force {
+            if layout.is_in_place(*oid) {
+                continue;
+            }
+            if target_dir::inspect_dir(dir)?.non_empty {
                 return Err(usage(format!(
                     "tablespace {oid} would be restored into {}, which is not empty (is it in use by another cluster?); \
-                     move it with --tablespace-map {oid}=DIR, or use --force to replace its contents",
+                     nothing was written. Restore it elsewhere with --tablespace-map {oid}=DIR (an absent or empty \
+                     directory); --force never clears a tablespace directory",
                     dir.display()
                 )));
             }
@@ -113,7 +118,7 @@ impl Destination {
         let (layout, owner) = (&self.layout, self.owner);
         self.target.prepare(owner)?;
         for (oid, dir) in &layout.tablespaces {
-            target_dir::prepare_tablespace(&layout.pgdata, *oid, dir, self.target.force, owner)?;
+            target_dir::prepare_tablespace(&layout.pgdata, *oid, dir, owner)?;
         }
         let extracted = extract::restore_parts(repo, backup, layout, owner, durable).await?;
         finish::finish(layout, backup, &extracted, settings, durable, owner)?;

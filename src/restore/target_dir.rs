@@ -160,28 +160,34 @@ fn clear_dir(dir: &Path, keep: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Create a tablespace's directory and the `pg_tblspc/<oid>` link to it.
+/// Create a tablespace's directory (absent or empty: never cleared, `--force` is for the data
+/// directory only) and the `pg_tblspc/<oid>` link to it; an in-place tablespace is the
+/// `pg_tblspc/<oid>` directory itself.
 pub(super) fn prepare_tablespace(
     pgdata: &Path,
     oid: u32,
     dir: &Path,
-    force: bool,
     owner: Option<Owner>,
 ) -> anyhow::Result<()> {
-    if dir.exists() {
-        if force {
-            clear_dir(dir, &[])?;
-        }
-    } else {
+    ensure_dir(pgdata, "pg_tblspc", 0o700, owner)?;
+    let link = pgdata.join("pg_tblspc").join(oid.to_string());
+    if dir == link {
+        return ensure_dir(pgdata, &format!("pg_tblspc/{oid}"), 0o700, owner);
+    }
+    if inspect_dir(dir)?.non_empty {
+        // Checked before anything was written; it filled up since.
+        bail!(
+            "tablespace directory {} is no longer empty; nothing in it was touched",
+            dir.display()
+        );
+    }
+    if !dir.exists() {
         fs::create_dir_all(dir)
             .with_context(|| format!("create tablespace directory {}", dir.display()))?;
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("chmod 0700 {}", dir.display()))?;
     os::chown(dir, owner)?;
-    let links = pgdata.join("pg_tblspc");
-    ensure_dir(pgdata, "pg_tblspc", 0o700, owner)?;
-    let link = links.join(oid.to_string());
     std::os::unix::fs::symlink(dir, &link)
         .with_context(|| format!("link {} to {}", link.display(), dir.display()))?;
     os::chown(&link, owner)

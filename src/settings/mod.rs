@@ -137,9 +137,10 @@ pub struct ExpireSettings {
 }
 
 impl ExpireSettings {
-    /// `--now` is read like `restore --to`: without an offset, in `zone`.
+    /// `--now` is read like `restore --to`: without an offset, in `zone`. It is for planning:
+    /// a future `--now` deletes nothing unless `--dry-run` or `--apply-now` says which is meant.
     pub fn from_args(
-        dry_run: bool,
+        (dry_run, apply_now): (bool, bool),
         now: Option<&str>,
         json: bool,
         zone: chrono_tz::Tz,
@@ -151,6 +152,13 @@ impl ExpireSettings {
                     .map_err(|e| usage(format!("--now: {e}")))
             })
             .transpose()?;
+        if let Some(t) = now.filter(|t| *t > Utc::now() && !dry_run && !apply_now) {
+            return Err(usage(format!(
+                "--now {} is in the future: add --dry-run to see what would expire then \
+                 (--apply-now really deletes as of that time, for a rehearsal on a copy of a repository)",
+                crate::timeparse::format_utc(t)
+            )));
+        }
         Ok(ExpireSettings { dry_run, now, json })
     }
 }
@@ -263,19 +271,34 @@ mod tests {
     #[test]
     fn expire_now_is_read_in_the_zone() {
         let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
-        let s = ExpireSettings::from_args(true, Some("2025-01-10 12:00"), false, berlin).unwrap();
+        let s = ExpireSettings::from_args((true, false), Some("2025-01-10 12:00"), false, berlin)
+            .unwrap();
         assert_eq!(
             s.now.unwrap(),
             DateTime::parse_from_rfc3339("2025-01-10T11:00:00Z").unwrap()
         );
         assert!(s.dry_run);
-        let err = ExpireSettings::from_args(false, Some("soon"), false, berlin).unwrap_err();
+        let err =
+            ExpireSettings::from_args((false, false), Some("soon"), false, berlin).unwrap_err();
         assert!(err.to_string().starts_with("--now: "), "{err}");
         assert_eq!(
-            ExpireSettings::from_args(false, None, false, berlin)
+            ExpireSettings::from_args((false, false), None, false, berlin)
                 .unwrap()
                 .now,
             None
+        );
+        let err =
+            ExpireSettings::from_args((false, false), Some("2099-01-01 00:00"), false, berlin)
+                .unwrap_err();
+        assert!(err.to_string().contains("add --dry-run"), "{err}");
+        for flags in [(true, false), (false, true)] {
+            assert!(
+                ExpireSettings::from_args(flags, Some("2099-01-01 00:00"), false, berlin).is_ok()
+            );
+        }
+        assert!(
+            ExpireSettings::from_args((false, false), Some("2020-01-01 00:00"), false, berlin)
+                .is_ok()
         );
     }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{self, RestoreArgs, VerifyArgs};
-use crate::commands::restore::{RestoreSettings, Target};
+use crate::commands::restore::{RestoreSettings, Target, Unmapped};
 use crate::commands::verify::{VerifySettings, Which};
 use crate::config::Config;
 use crate::error::usage;
@@ -31,14 +31,37 @@ pub fn restore_settings(
     config_path: Option<&Path>,
 ) -> anyhow::Result<RestoreSettings> {
     let target = restore_target(args, zone)?;
+    let unmapped = match (
+        args.tablespaces_in_target,
+        args.tablespaces_at_original_location,
+    ) {
+        (true, _) => Unmapped::InTarget,
+        (false, true) => Unmapped::Original,
+        (false, false) => Unmapped::Refuse,
+    };
+    let action: TargetAction = args.target_action.into();
+    if args.as_primary && unmapped == Unmapped::InTarget {
+        return Err(usage(
+            "--as-primary restores the new primary: give its tablespaces real directories \
+             (--tablespace-map or --tablespaces-at-original-location), not --tablespaces-in-target",
+        ));
+    }
+    if args.as_primary && action == TargetAction::Shutdown {
+        return Err(usage(
+            "--as-primary with --target-action shutdown: a primary is promoted; use promote, or pause to \
+             look before promoting with pg_promote()",
+        ));
+    }
     Ok(RestoreSettings {
         target,
+        unmapped,
+        as_primary: args.as_primary,
         tablespace_map: parse_tablespace_map(&args.tablespace_map)?,
         backup: args.backup.as_deref().map(parse_backup_id).transpose()?,
         timeline: args.timeline.map(TimelineId),
         pgdata: args.pgdata.clone(),
         force: args.force,
-        action: args.target_action.into(),
+        action,
         start: args.start,
         config_path: config_path.map(Path::to_path_buf),
     })

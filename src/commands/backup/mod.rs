@@ -66,7 +66,7 @@ pub async fn take_backup(
         Duration::from_secs(config.backup.lock_ttl_seconds),
     )
     .await?;
-    let result = backup_locked(config, cluster, repo, &session, &server, seg_size).await;
+    let result = backup_locked(config, cluster, repo, &session, &server, seg_size, &lock).await;
     if result.is_ok() {
         record_catalog(repo, &session, &cluster.connection).await;
     }
@@ -125,7 +125,14 @@ pub fn check_pgdata(
     session: &Session,
     server: &pg::client::ServerInfo,
 ) -> anyhow::Result<()> {
-    let on_disk = pg::control::read_system_id(&cluster.pgdata)?;
+    let on_disk = pg::control::read_system_id(&cluster.pgdata).map_err(|e| {
+        Failure::Conflict(format!(
+            "{e:#}: pgdata {} is not the data directory of the server at {}; refusing to back it up \
+             (check [[cluster]] pgdata and connection)",
+            cluster.pgdata.display(),
+            session.endpoint()
+        ))
+    })?;
     if on_disk != server.system_id {
         return Err(Failure::Conflict(format!(
             "pgdata {} belongs to database system {on_disk}, but the server at {} is system {}; \
@@ -152,6 +159,7 @@ async fn backup_locked(
     session: &pg::client::Session,
     server: &pg::client::ServerInfo,
     seg_size: WalSegmentSize,
+    lock: &RepoLock,
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
     let start_time = Utc::now();
@@ -181,22 +189,13 @@ async fn backup_locked(
     let stop_time = Utc::now();
     let timeline = label_start_timeline(&stop.label).unwrap_or(start_timeline);
     if server.in_recovery {
-        if let Err(e) = check_standby_stop(session, timeline).await {
-            cleanup_parts(repo, &id).await;
-            return Err(e);
-        }
+        or_clean(repo, &id, check_standby_stop(session, timeline).await).await?;
     }
     tracing::info!(backup_id = %id, stop_lsn = %stop.lsn, "backup stopped; waiting for its WAL to be archived");
 
     // The last part: backup_label, tablespace_map and pg_control (copied last).
-    let control_part =
-        match write_control_part(repo, &id, &stop, &control, copy_result.parts.len()).await {
-            Ok(p) => p,
-            Err(e) => {
-                cleanup_parts(repo, &id).await;
-                return Err(e);
-            }
-        };
+    let control_part = write_control_part(repo, &id, &stop, &control, copy_result.parts.len());
+    let control_part = or_clean(repo, &id, control_part.await).await?;
 
     // A standby cannot switch WAL: its primary is asked to, if the segment is slow to come.
     let switcher = server.in_recovery.then(|| WalSwitcher {
@@ -210,18 +209,9 @@ async fn backup_locked(
         stop: stop.lsn,
         size: seg_size,
     };
-    if let Err(e) = wait_for_wal(
-        repo,
-        session,
-        switcher,
-        &needed,
-        config.backup.archive_wait_seconds,
-    )
-    .await
-    {
-        cleanup_parts(repo, &id).await;
-        return Err(e);
-    }
+    let wait = config.backup.archive_wait_seconds;
+    let waited = wait_for_wal(repo, session, switcher, &needed, wait, lock).await;
+    or_clean(repo, &id, waited).await?;
 
     let mut parts = copy_result.parts;
     let mut files = copy_result.files;
@@ -251,32 +241,60 @@ async fn backup_locked(
         data_checksums: server.data_checksums,
         backup_label: stop.label.clone(),
         tablespace_map: stop.tablespace_map.clone(),
-        tablespaces: plan
-            .tablespaces
-            .iter()
-            .map(|(oid, loc)| Tablespace {
-                oid: *oid,
-                location: loc.display().to_string(),
-            })
-            .collect(),
+        tablespaces: manifest_tablespaces(&plan),
         parts,
         files,
-        directories: plan
-            .dirs
-            .iter()
-            .map(|(p, m)| DirEntry {
-                path: p.clone(),
-                mode: *m,
-            })
-            .collect(),
+        directories: manifest_directories(&plan),
         page_problems: copy_result.page_problems,
     };
+    // The backup becomes visible with its manifest: only while the lock is still ours.
+    or_clean(repo, &id, lock.ensure_held().await).await?;
     repo.put_manifest(&manifest)
         .await
         .context("store the backup manifest")?;
+    log_complete(&manifest, started);
+    Ok(manifest)
+}
+
+/// `result`, after removing the parts stored so far when it is an error: a failed backup
+/// leaves nothing behind.
+async fn or_clean<T>(
+    repo: &Repository,
+    id: &BackupId,
+    result: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if result.is_err() {
+        cleanup_parts(repo, id).await;
+    }
+    result
+}
+
+/// The tablespaces of the copy plan, as the manifest records them.
+fn manifest_tablespaces(plan: &pg::exclude::Plan) -> Vec<Tablespace> {
+    plan.tablespaces
+        .iter()
+        .map(|(oid, loc)| Tablespace {
+            oid: *oid,
+            location: loc.display().to_string(),
+        })
+        .collect()
+}
+
+/// The directories of the copy plan (with their modes), as the manifest records them.
+fn manifest_directories(plan: &pg::exclude::Plan) -> Vec<DirEntry> {
+    plan.dirs
+        .iter()
+        .map(|(p, m)| DirEntry {
+            path: p.clone(),
+            mode: *m,
+        })
+        .collect()
+}
+
+fn log_complete(manifest: &BackupManifest, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
-        backup_id = %id,
+        backup_id = %manifest.id,
         original_bytes = manifest.original_size(),
         stored_bytes = manifest.stored_size(),
         seconds = format!("{secs:.1}"),
@@ -286,12 +304,11 @@ async fn backup_locked(
     );
     if !manifest.page_problems.is_empty() {
         tracing::warn!(
-            backup_id = %id,
+            backup_id = %manifest.id,
             "{} corrupt page(s) found; they are listed in the manifest (synapse-backup list --json)",
             manifest.page_problems.len()
         );
     }
-    Ok(manifest)
 }
 
 type Copied = (pg::exclude::Plan, copy::CopyResult, Vec<u8>);
@@ -408,12 +425,14 @@ async fn wait_for_wal(
     mut switcher: Option<WalSwitcher<'_>>,
     needed: &NeededWal,
     wait_seconds: u64,
+    lock: &RepoLock,
 ) -> anyhow::Result<()> {
     let stop_name = needed.stop_segment();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(wait_seconds);
     let mut next_switch = started + SWITCH_AFTER;
     loop {
+        lock.check()?;
         if repo
             .wal_header(&WalFileName::Segment(stop_name))
             .await?

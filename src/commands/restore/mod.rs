@@ -4,19 +4,23 @@
 //!
 //! 1. Resolve the target and print the UTC instant it means, before anything else.
 //! 2. Refuse what must not be touched (a live server in the directory, a non-empty directory
-//!    without `--force`), choose the backup, and check the target against the recoverable
-//!    window and the archived WAL, all before a byte of backup data is downloaded
-//!    ([`target`], [`space`]).
+//!    without `--force`, a tablespace the operator gave no place, a non-empty tablespace
+//!    directory even with `--force`, two timelines receiving WAL without `--timeline`), choose
+//!    the backup, and check the target against the recoverable window and the archived WAL,
+//!    all before a byte of backup data is downloaded ([`target`], [`placement`], [`space`]).
+//!    Print every directory that will be written.
 //! 3. Mark the directory incomplete (`SYNAPSE_RESTORE_INCOMPLETE`), download the parts in
 //!    parallel, check every stored byte and every file against the manifest, and extract.
 //!    `global/pg_control` stays under a temporary name until the very end, so PostgreSQL
 //!    refuses to start a half-restored directory ([`crate::restore`], shared with `verify`).
-//! 4. Write `backup_label`, `tablespace_map`, `recovery.signal`, the recovery settings and a
-//!    PostgreSQL `backup_manifest`, sync, move `pg_control` into place, drop the marker.
+//! 4. Write `backup_label`, `tablespace_map`, `recovery.signal`, the recovery settings (with
+//!    `archive_mode = 'off'` unless `--as-primary`) and a PostgreSQL `backup_manifest`, sync,
+//!    move `pg_control` into place, drop the marker.
 //! 5. With `--start`, start the server and wait until recovery has reached the target
 //!    ([`start`]).
 
 mod event;
+mod placement;
 mod space;
 mod start;
 mod target;
@@ -31,7 +35,9 @@ use anyhow::Context;
 
 use crate::config::{ClusterConfig, Config};
 use crate::format::human_bytes;
-use crate::pg::recovery_conf::{RecoverySettings, RecoveryTarget, TargetAction};
+use crate::pg::recovery_conf::{
+    archiving_on_command, Archiving, RecoverySettings, RecoveryTarget, TargetAction,
+};
 use crate::pg::{Lsn, TimelineId};
 use crate::repo::manifest::BackupId;
 use crate::repo::Repository;
@@ -57,8 +63,24 @@ pub struct RestoreSettings {
     pub start: bool,
     /// Tablespace OID → the directory it is restored into instead of its original place.
     pub tablespace_map: BTreeMap<u32, PathBuf>,
+    /// Where tablespaces without a map go.
+    pub unmapped: Unmapped,
+    /// The copy replaces the primary: keep its archiving (`--as-primary`).
+    pub as_primary: bool,
     /// The config file given with `--config`, for the restore_command.
     pub config_path: Option<PathBuf>,
+}
+
+/// Where a tablespace without `--tablespace-map` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmapped {
+    /// Nowhere: the restore is refused, naming it.
+    Refuse,
+    /// `<pgdata>/pg_tblspc/<oid>` (`--tablespaces-in-target`).
+    InTarget,
+    /// The location the backup names, when absent or empty
+    /// (`--tablespaces-at-original-location`).
+    Original,
 }
 
 /// The recovery target as given, with how a time was read (for the message).
@@ -131,7 +153,8 @@ pub async fn run(
     let chosen = target::choose(repo, cluster, config.timezone(), settings, &target).await?;
     let backup = &chosen.backup;
     event::warn_replayed_accidents(repo, backup, &target, config.timezone()).await;
-    let dest = Destination::new(dir, backup, &settings.tablespace_map)?;
+    let places = placement::place_tablespaces(backup, &pgdata, settings)?;
+    let dest = Destination::new(dir, backup, &places)?;
     space::check_disk_space(
         &dest.layout,
         backup,
@@ -151,6 +174,7 @@ pub async fn run(
         backup.parts.len(),
         human_bytes(backup.stored_size()),
     );
+    placement::print_plan(&dest.layout, settings, dest.replaces_contents());
     eprintln!("restoring into {}", pgdata.display());
 
     // 3. and 4. Mark, clear, extract; recovery configuration, manifest, and the switch from
@@ -161,6 +185,11 @@ pub async fn run(
         action: settings.action,
         timeline: Some(chosen.timeline),
         stop_before,
+        archiving: if settings.as_primary {
+            Archiving::AsConfigured
+        } else {
+            Archiving::Off
+        },
     };
     let started = Instant::now();
     let files = dest.restore(repo, backup, &recovery, true).await?;
@@ -175,6 +204,19 @@ pub async fn run(
         elapsed.as_secs_f64(),
         human_bytes((bytes as f64 / elapsed.as_secs_f64().max(0.001)) as u64),
     );
+
+    if settings.as_primary {
+        eprintln!(
+            "--as-primary: archiving is kept as the backup had it: once promoted, this server archives \
+             a new timeline into the repository; stop the old primary first"
+        );
+    } else {
+        eprintln!(
+            "archiving: off (archive_mode = 'off' in postgresql.auto.conf), so this copy never archives into \
+             the repository; when it becomes the primary, turn it on with: {}",
+            archiving_on_command(&pgdata)
+        );
+    }
 
     // 5. Start and wait.
     if settings.start {

@@ -116,7 +116,8 @@ mod tests {
                 part: 0,
             });
         }
-        let layout = Layout::new(Path::new("/data/pgdata"), &m, &BTreeMap::new()).unwrap();
+        let original = BTreeMap::from([(16385, PathBuf::from("/srv/ts1"))]);
+        let layout = Layout::new(Path::new("/data/pgdata"), &m, &original).unwrap();
         let need = space_needed(&layout, &m, 10);
         assert_eq!(need[Path::new("/data/pgdata")], 160);
         assert_eq!(need[Path::new("/srv/ts1")], 70);

@@ -13,7 +13,7 @@ use crate::error::Failure;
 use crate::pg::recovery_conf::command_word;
 use crate::pg::{TimelineId, WalFileName, WalSegmentSize};
 use crate::repo::manifest::BackupManifest;
-use crate::repo::timelines::Timelines;
+use crate::repo::timelines::{split_brains, SplitBrain, Timelines};
 use crate::repo::window::{self, RecoveryTarget, WalIndex, WalNeed};
 use crate::repo::Repository;
 
@@ -54,20 +54,21 @@ pub(super) async fn choose(
     }
     let size = WalSegmentSize::new(backups[backups.len() - 1].wal_segment_size)
         .context("the newest backup's manifest has an invalid wal_segment_size")?;
-    let wal: Vec<WalFileName> = repo
-        .list_wal()
-        .await
-        .context("list archived WAL")?
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
+    let listing = repo.list_wal().await.context("list archived WAL")?;
+    let wal: Vec<WalFileName> = listing.iter().map(|(name, _)| *name).collect();
 
     // The timeline recovery follows: --timeline, else the newest one (PostgreSQL's 'latest'),
     // decided here and written explicitly, so the server follows the path checked below.
     let timelines = Timelines::load(repo, &wal)
         .await
         .context("read the archive's timeline history files")?;
-    let timeline = settings.timeline.unwrap_or_else(|| timelines.latest());
+    let timeline = match settings.timeline {
+        Some(t) => t,
+        None => {
+            refuse_split_brain(&split_brains(&timelines, &listing, size))?;
+            timelines.latest()
+        }
+    };
     let path = timelines
         .path(timeline)
         .map_err(|e| anyhow::Error::from(Failure::NotFound(format!("{e:#}"))))?;
@@ -176,4 +177,17 @@ fn restore_command(
         command_word(&cluster.name),
         timeline.0
     ))
+}
+
+/// Without `--timeline`, a split brain leaves no right default: refuse, naming both timelines.
+fn refuse_split_brain(found: &[SplitBrain]) -> anyhow::Result<()> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = found.iter().map(SplitBrain::describe).collect();
+    Err(Failure::NotFound(format!(
+        "refusing to guess which timeline to follow: {}",
+        lines.join("; ")
+    ))
+    .into())
 }

@@ -270,7 +270,17 @@ async fn restores_files_tablespaces_and_recovery_settings() {
         "{err:#}"
     );
     assert!(format!("{err:#}").contains("--force"), "{err:#}");
+    // --force clears the data directory only: the filled tablespace directory is refused
+    // and left as it is; a fresh one is taken.
     let forced = args(&["--latest"], &pgdata, &[&map, "--force"]);
+    let err = restore(&f, &forced).await.unwrap_err();
+    assert!(format!("{err:#}").contains("not empty"), "{err:#}");
+    assert!(ts.join("PG_15_202209061").exists());
+    let fresh = format!(
+        "--tablespace-map=16385={}",
+        f.dir.path().join("ts-2").display()
+    );
+    let forced = args(&["--latest"], &pgdata, &[&fresh, "--force"]);
     restore(&f, &forced).await.unwrap();
     let conf = String::from_utf8(read("postgresql.auto.conf")).unwrap();
     assert_eq!(conf.matches("restore_command").count(), 1, "{conf}");

@@ -18,7 +18,7 @@ use crate::config::{ClusterConfig, Config};
 use crate::format;
 use crate::pg::conninfo;
 use crate::pg::datadir;
-use crate::pg::recovery_conf::{RecoverySettings, TargetAction};
+use crate::pg::recovery_conf::{Archiving, RecoverySettings, TargetAction};
 use crate::pg::serverlog::ServerLog;
 use crate::repo::manifest::BackupManifest;
 use crate::repo::Repository;
@@ -113,6 +113,7 @@ impl Verification<'_> {
             action: TargetAction::Promote,
             timeline: Some(plan.path.target()),
             stop_before: None,
+            archiving: Archiving::Off,
         };
         let relocations: BTreeMap<u32, PathBuf> = backup
             .tablespaces
