@@ -2,34 +2,15 @@
 //! restores to just before an event (`--before-xid`, `--before-event`, `--to-restore-point`),
 //! on a real PostgreSQL 15 cluster archiving through the real binary.
 
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use crate::harness::{
-    self, archiving_cluster, backup, code, stderr, PgCluster, RepoTarget, RestoredServer, Scratch,
-    TestConfig,
+    self, archiving_cluster, backup, code, stderr, PgCluster, RepoTarget, Scratch, TestConfig,
 };
-
-fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output {
-    let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
-    all.extend_from_slice(args);
-    cfg.run(&all)
-}
-
-/// `restore ARGS --start`; must succeed. A copy stopped just before a DROP is promoted: paused,
-/// its startup process still holds the dropping transaction's lock on the table. A promoted
-/// copy archives a new timeline, so restores after one give `--timeline 1`.
-fn restore_started(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> (RestoredServer, String) {
-    let guard = RestoredServer::new(pgdata);
-    let mut all = args.to_vec();
-    all.push("--start");
-    let out = restore(cfg, pgdata, &all);
-    let err = stderr(&out);
-    eprintln!("--- restore {args:?}:\n{err}");
-    assert_eq!(code(&out), 0, "restore {args:?} failed: {err}");
-    (guard, err)
-}
+// Restores as the restore tests run them; a copy stopped just before a DROP is promoted (not
+// paused): paused, its startup process still holds the dropping transaction's lock on the
+// table. Copies do not archive, so every restore reads the same timeline.
+use crate::restore::{restore, restore_started};
 
 fn events(cfg: &TestConfig, args: &[&str]) -> String {
     let mut all = vec!["events"];
