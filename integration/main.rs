@@ -10,6 +10,7 @@ mod crypt_cli;
 mod expire;
 mod failover;
 mod harness;
+mod incident;
 mod kill_campaign;
 mod ops;
 mod restore;

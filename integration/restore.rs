@@ -43,7 +43,11 @@ pub(crate) fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output 
 }
 
 /// `restore … --start`, which must succeed; returns the guard and stderr.
-fn restore_started(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> (RestoredServer, String) {
+pub(crate) fn restore_started(
+    cfg: &TestConfig,
+    pgdata: &Path,
+    args: &[&str],
+) -> (RestoredServer, String) {
     let guard = RestoredServer::new(pgdata);
     let mut all = args.to_vec();
     all.push("--start");

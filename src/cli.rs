@@ -38,7 +38,7 @@ pub enum TargetAction {
 
 /// `restore` arguments.
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "lsn", "latest"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "lsn", "latest", "before_xid", "before_event", "to_restore_point"])))]
 pub struct RestoreArgs {
     /// Recover to this time: '2024-01-01 12:00', '2024-01-01 12:00:00', or RFC 3339 with an
     /// offset. Without an offset it is read in the configured timezone.
@@ -50,6 +50,17 @@ pub struct RestoreArgs {
     /// Recover to the end of the archived WAL.
     #[arg(long)]
     pub latest: bool,
+    /// Recover to just before this transaction commits (an xid `events` lists:
+    /// recovery_target_xid, not inclusive).
+    #[arg(long, value_name = "XID")]
+    pub before_xid: Option<u32>,
+    /// Recover to just before the record at this LSN (an event's LSN as `events` prints it:
+    /// recovery_target_lsn, not inclusive).
+    #[arg(long, value_name = "LSN")]
+    pub before_event: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point); it must be in the event index.
+    #[arg(long, value_name = "NAME")]
+    pub to_restore_point: Option<String>,
     /// Restore this backup instead of the one chosen for the target.
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
@@ -200,6 +211,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The timeline of drops, truncates, mass deletes and restore points in the archived WAL
+    /// (from the event index), oldest first, in the configured zone.
+    Events {
+        /// Only events at or after this time (read like `restore --to`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events at or before this time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Only events that concern this relation (`name`, `schema.name` or a relfilenode).
+        #[arg(long, value_name = "NAME")]
+        table: Option<String>,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the event index for archived segments that have none (WAL archived before
+    /// `wal-push` indexed events); downloads each such segment once.
+    Reindex,
     /// Repository signing keys (see the README's "Signed repository").
     SigningKey {
         #[command(subcommand)]

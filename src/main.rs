@@ -10,8 +10,8 @@ use synapse_backup::config::Config;
 use synapse_backup::error::{self, exit};
 use synapse_backup::repo::{Access, Repository};
 use synapse_backup::settings::{
-    self, CheckSettings, ExpireSettings, ListSettings, WalFetchSettings, WalPrefetchSettings,
-    WalPushSettings,
+    self, CheckSettings, EventsSettings, ExpireSettings, ListSettings, WalFetchSettings,
+    WalPrefetchSettings, WalPushSettings,
 };
 use synapse_backup::{commands, logging};
 
@@ -85,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List { .. }
         | Command::Restore(_)
         | Command::Verify(_)
+        | Command::Events { .. }
         | Command::WalFetch { .. }
         | Command::WalPrefetch { .. } => Access::Existing,
         _ => Access::Create,
@@ -143,6 +144,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settings::restore_settings(&args, config.timezone(), cli.config.as_deref())?;
             commands::restore::run(&config, cluster, &repo, &settings).await
         }
+        Command::Events {
+            since,
+            until,
+            table,
+            json,
+        } => {
+            let settings = EventsSettings::from_args(
+                since.as_deref(),
+                until.as_deref(),
+                table,
+                json,
+                config.timezone(),
+            )?;
+            commands::events::run(&repo, config.timezone(), &settings).await
+        }
+        Command::Reindex => commands::events::reindex(&repo).await,
         Command::Agent => unreachable!("handled above: the agent needs no --cluster"),
         Command::SigningKey { .. } => unreachable!("handled above: needs no config"),
         Command::Verify(args) => {

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod events;
 pub mod expire;
 pub mod list;
 pub mod restore;

@@ -17,7 +17,9 @@ use tokio::sync::Semaphore;
 use crate::codec;
 use crate::config::ArchiveConfig;
 use crate::error::usage;
-use crate::pg::walscan::{self, LongPageHeader};
+use crate::pg::events::EventIndex;
+use crate::pg::walevents;
+use crate::pg::walscan::LongPageHeader;
 use crate::pg::{SystemId, WalFileName};
 use crate::repo::{Archived, Repository, RepositoryInfo, WalCommits, WalObject};
 use crate::settings::WalPushSettings;
@@ -161,6 +163,14 @@ async fn push_one(
         )
         .await
         .with_context(|| format!("archive {name}"))?;
+    // The event index goes in after the segment: an index never names a segment the archive
+    // lacks. Stored again when the segment was already archived (a retry after a failed
+    // index write).
+    if let (Some(index), WalFileName::Segment(seg)) = (&checked.events, name) {
+        repo.put_events(seg, index)
+            .await
+            .with_context(|| format!("archive {name}: store its event index"))?;
+    }
     match outcome {
         Archived::Stored => {
             tracing::info!(file = %name, sha256 = %checked.header.sha256, "archived")
@@ -177,9 +187,12 @@ struct Checked {
     header: codec::ObjectHeader,
     identity: Option<RepositoryInfo>,
     marker: Marker,
+    /// The segment's events, when it has any.
+    events: Option<EventIndex>,
 }
 
-/// Read the whole file: check it is what its name says, scan it for commit times, hash it.
+/// Read the whole file: check it is what its name says, scan it for commit times and events,
+/// hash it.
 fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<Checked> {
     use std::io::Read;
     data.clear();
@@ -189,6 +202,7 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
     let data = &data[..];
     let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
     let mut commits = WalCommits::default();
+    let mut events = None;
     let identity = if name.is_segment_data() {
         let header = LongPageHeader::parse(data)
             .with_context(|| format!("{}: not a valid WAL segment", path.display()))?;
@@ -214,11 +228,15 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
                 seg.start_lsn(size)
             );
         }
-        if let Ok(summary) = walscan::scan_segment(data) {
+        // One walk for the commit times and the events (issue 16).
+        if let Ok(scan) = walevents::scan_segment_events(data, seg.timeline) {
             commits = WalCommits {
-                first_commit: summary.first_commit,
-                last_commit: summary.last_commit,
+                first_commit: scan.summary.first_commit,
+                last_commit: scan.summary.last_commit,
             };
+            if let (false, WalFileName::Segment(s)) = (scan.events.is_empty(), name) {
+                events = Some(EventIndex::new(s.to_string(), scan.events));
+            }
         }
         Some(RepositoryInfo::new(
             SystemId(header.system_id),
@@ -237,6 +255,7 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
         header,
         identity,
         marker: Marker::of(&meta),
+        events,
     })
 }
 

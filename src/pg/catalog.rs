@@ -175,6 +175,42 @@ pub async fn database_catalog(client: &Client) -> anyhow::Result<DatabaseCatalog
     })
 }
 
+/// Take a snapshot of every database `session`'s server lets us connect to: the session's
+/// own database on the session, the others over `conninfo` with `dbname` replaced (key/value
+/// strings only; with a URI only the session's database is read). A database that refuses
+/// the connection is left out with a warning: its events are shown as "name unknown".
+pub async fn take_snapshot(
+    session: &super::client::Session,
+    conninfo: &str,
+) -> anyhow::Result<CatalogSnapshot> {
+    let own = database_catalog(session.client()).await?;
+    let mut dbs = Vec::new();
+    let uri = conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://");
+    if !uri {
+        for (oid, name) in list_databases(session.client()).await? {
+            if oid == own.oid {
+                continue;
+            }
+            let other = format!(
+                "{conninfo} dbname='{}'",
+                name.replace('\\', "\\\\").replace('\'', "\\'")
+            );
+            let read = async {
+                let s = super::client::connect(&other).await?;
+                let c = database_catalog(s.client()).await;
+                s.close().await;
+                c
+            };
+            match read.await {
+                Ok(c) => dbs.push(c),
+                Err(e) => tracing::warn!(database = %name, "catalog snapshot: {e:#}"),
+            }
+        }
+    }
+    dbs.push(own);
+    Ok(CatalogSnapshot::new(Utc::now(), dbs))
+}
+
 /// Names events from a set of snapshots (the rule is in the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct Catalogs {

@@ -546,6 +546,11 @@ impl Session {
         })
     }
 
+    /// The session's client, for queries of other modules of `pg` (catalog snapshots).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The host this session is on, as `HOST port PORT`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint

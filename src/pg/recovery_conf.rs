@@ -29,6 +29,30 @@ impl fmt::Display for RecoveryTarget {
     }
 }
 
+/// A target PostgreSQL stops *before* (or at a restore point), found in the event index
+/// (issue 16). When set, it is what the recovery configuration names; the
+/// [`RecoveryTarget`] beside it is the position of the same point (`Lsn`), for the checks
+/// against the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopBefore {
+    /// `recovery_target_xid`, `recovery_target_inclusive = false`.
+    Xid(u32),
+    /// `recovery_target_lsn`, `recovery_target_inclusive = false`.
+    Lsn(Lsn),
+    /// `recovery_target_name`: a restore point.
+    RestorePoint(String),
+}
+
+impl fmt::Display for StopBefore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopBefore::Xid(x) => write!(f, "just before transaction {x} commits"),
+            StopBefore::Lsn(l) => write!(f, "just before the record at LSN {l}"),
+            StopBefore::RestorePoint(n) => write!(f, "the restore point '{n}'"),
+        }
+    }
+}
+
 /// `recovery_target_action`: what the server does when it reaches the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetAction {
@@ -57,6 +81,8 @@ pub struct RecoverySettings {
     pub action: TargetAction,
     /// `recovery_target_timeline`; `None` is `latest`.
     pub timeline: Option<TimelineId>,
+    /// Replaces `target` in the configuration when set (see [`StopBefore`]).
+    pub stop_before: Option<StopBefore>,
     /// Whether the restored server archives WAL once it is promoted.
     pub archiving: Archiving,
 }
@@ -129,10 +155,15 @@ pub fn recovery_conf(
             conf_value(&settings.restore_command)
         ),
     ];
-    let (name, value) = match settings.target {
-        RecoveryTarget::Time(t) => ("recovery_target_time", timeparse::recovery_target_time(t)),
-        RecoveryTarget::Lsn(l) => ("recovery_target_lsn", l.to_string()),
-        RecoveryTarget::Latest => ("", String::new()),
+    let (name, value) = match (&settings.stop_before, settings.target) {
+        (Some(StopBefore::Xid(x)), _) => ("recovery_target_xid", x.to_string()),
+        (Some(StopBefore::Lsn(l)), _) => ("recovery_target_lsn", l.to_string()),
+        (Some(StopBefore::RestorePoint(n)), _) => ("recovery_target_name", n.clone()),
+        (None, RecoveryTarget::Time(t)) => {
+            ("recovery_target_time", timeparse::recovery_target_time(t))
+        }
+        (None, RecoveryTarget::Lsn(l)) => ("recovery_target_lsn", l.to_string()),
+        (None, RecoveryTarget::Latest) => ("", String::new()),
     };
     for unset in [
         "recovery_target",
@@ -147,6 +178,12 @@ pub fn recovery_conf(
     }
     if !name.is_empty() {
         lines.push(format!("{name} = {}", conf_value(&value)));
+    }
+    if matches!(
+        settings.stop_before,
+        Some(StopBefore::Xid(_) | StopBefore::Lsn(_))
+    ) {
+        lines.push("recovery_target_inclusive = 'false'".to_string());
     }
     lines.push(format!(
         "recovery_target_action = '{}'",
@@ -194,6 +231,7 @@ mod tests {
             target: RecoveryTarget::Time("2024-01-01T12:02:00Z".parse().unwrap()),
             action: TargetAction::Promote,
             timeline: None,
+            stop_before: None,
             archiving: Archiving::AsConfigured,
         };
         let text = recovery_conf(&s, &id, now);
@@ -232,5 +270,33 @@ mod tests {
             archiving_on_command(std::path::Path::new("/srv/pg copy")),
             "psql -c \"ALTER SYSTEM SET archive_mode = on\" && pg_ctl -D '/srv/pg copy' restart"
         );
+    }
+
+    #[test]
+    fn stop_before_targets_are_exclusive() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let id: BackupId = "20240101T020000Z".parse().unwrap();
+        let mut s = RecoverySettings {
+            restore_command: "x".into(),
+            target: RecoveryTarget::Lsn("0/3000060".parse().unwrap()),
+            action: TargetAction::Promote,
+            timeline: None,
+            stop_before: Some(StopBefore::Xid(84123)),
+            archiving: Archiving::AsConfigured,
+        };
+        let text = recovery_conf(&s, &id, now);
+        assert!(
+            text.contains("recovery_target_xid = '84123'\nrecovery_target_inclusive = 'false'\n")
+        );
+        assert!(text.contains("recovery_target_lsn = ''\n"));
+        s.stop_before = Some(StopBefore::Lsn("0/3000060".parse().unwrap()));
+        let text = recovery_conf(&s, &id, now);
+        assert!(text
+            .contains("recovery_target_lsn = '0/3000060'\nrecovery_target_inclusive = 'false'\n"));
+        assert!(text.contains("recovery_target_xid = ''\n"));
+        s.stop_before = Some(StopBefore::RestorePoint("before-deploy".into()));
+        let text = recovery_conf(&s, &id, now);
+        assert!(text.contains("recovery_target_name = 'before-deploy'\n"));
+        assert!(!text.contains("recovery_target_inclusive"));
     }
 }

@@ -180,3 +180,45 @@ mod backup_layout_tests {
         assert_eq!(parse_backup_key("wal/00000002.history.gz"), None);
     }
 }
+
+/// Per-segment WAL event indexes (issue 16): `events/<first 16 hex>/<segment>.json`.
+pub(super) const EVENTS_DIR: &str = "events";
+
+pub(super) fn events_key(seg: &crate::pg::WalSegmentName) -> String {
+    format!("{EVENTS_DIR}/{}/{seg}.json", seg.log_dir())
+}
+
+/// Parse a key under `events/` back to its segment.
+pub(super) fn events_segment_from_key(key: &str) -> Option<crate::pg::WalSegmentName> {
+    let file = key.rsplit('/').next()?.strip_suffix(".json")?;
+    let seg: crate::pg::WalSegmentName = file.parse().ok()?;
+    (events_key(&seg) == key).then_some(seg)
+}
+
+/// Catalog snapshots (issue 16): `catalog/<YYYYMMDDTHHMMSSZ>-<content hash prefix>.json`.
+pub(super) const CATALOG_DIR: &str = "catalog";
+
+pub(super) fn catalog_key(time: &str, hash: &str) -> String {
+    format!("{CATALOG_DIR}/{time}-{hash}.json")
+}
+
+#[cfg(test)]
+mod events_layout_tests {
+    use super::*;
+
+    #[test]
+    fn events_layout_is_stable() {
+        let seg: crate::pg::WalSegmentName = "000000010000000A000000FF".parse().unwrap();
+        let key = events_key(&seg);
+        assert_eq!(key, "events/000000010000000A/000000010000000A000000FF.json");
+        assert_eq!(events_segment_from_key(&key), Some(seg));
+        assert_eq!(
+            events_segment_from_key("events/x/000000010000000A000000FF.json"),
+            None
+        );
+        assert_eq!(
+            catalog_key("20240101T020000Z", "abcd"),
+            "catalog/20240101T020000Z-abcd.json"
+        );
+    }
+}

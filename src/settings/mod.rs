@@ -170,6 +170,39 @@ pub struct ListSettings {
     pub json: bool,
 }
 
+/// `events`.
+#[derive(Debug, Clone)]
+pub struct EventsSettings {
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// `name`, `schema.name` or a relfilenode.
+    pub table: Option<String>,
+    pub json: bool,
+}
+
+impl EventsSettings {
+    /// Times without an offset are read in `zone`, like `restore --to`.
+    pub fn from_args(
+        since: Option<&str>,
+        until: Option<&str>,
+        table: Option<String>,
+        json: bool,
+        zone: chrono_tz::Tz,
+    ) -> anyhow::Result<Self> {
+        let time = |s: &str| {
+            crate::timeparse::parse_target_time(s, zone)
+                .map(|t| t.utc)
+                .map_err(|e| usage(e.to_string()))
+        };
+        Ok(EventsSettings {
+            since: since.map(time).transpose()?,
+            until: until.map(time).transpose()?,
+            table,
+            json,
+        })
+    }
+}
+
 /// `check`.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckSettings {

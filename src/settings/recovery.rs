@@ -30,17 +30,7 @@ pub fn restore_settings(
     zone: chrono_tz::Tz,
     config_path: Option<&Path>,
 ) -> anyhow::Result<RestoreSettings> {
-    let target = match (&args.to, &args.lsn, args.latest) {
-        (Some(to), None, false) => timeparse::parse_target_time(to, zone)
-            .map(Target::Time)
-            .map_err(|e| usage(e.to_string()))?,
-        (None, Some(lsn), false) => lsn
-            .parse::<Lsn>()
-            .map(Target::Lsn)
-            .map_err(|e| usage(e.to_string()))?,
-        (None, None, true) => Target::Latest,
-        _ => return Err(usage("give exactly one of --to, --lsn and --latest")),
-    };
+    let target = restore_target(args, zone)?;
     let unmapped = match (
         args.tablespaces_in_target,
         args.tablespaces_at_original_location,
@@ -74,6 +64,39 @@ pub fn restore_settings(
         action,
         start: args.start,
         config_path: config_path.map(Path::to_path_buf),
+    })
+}
+
+/// The one target of `restore`'s arguments.
+fn restore_target(args: &RestoreArgs, zone: chrono_tz::Tz) -> anyhow::Result<Target> {
+    let lsn = |s: &str| s.parse::<Lsn>().map_err(|e| usage(e.to_string()));
+    let given = [
+        args.to.is_some(),
+        args.lsn.is_some(),
+        args.latest,
+        args.before_xid.is_some(),
+        args.before_event.is_some(),
+        args.to_restore_point.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(usage(
+            "give exactly one of --to, --lsn, --latest, --before-xid, --before-event and --to-restore-point",
+        ));
+    }
+    Ok(if let Some(to) = &args.to {
+        timeparse::parse_target_time(to, zone)
+            .map(Target::Time)
+            .map_err(|e| usage(e.to_string()))?
+    } else if let Some(l) = &args.lsn {
+        Target::Lsn(lsn(l)?)
+    } else if let Some(x) = args.before_xid {
+        Target::BeforeXid(x)
+    } else if let Some(l) = &args.before_event {
+        Target::BeforeEvent(lsn(l)?)
+    } else if let Some(name) = &args.to_restore_point {
+        Target::RestorePoint(name.clone())
+    } else {
+        Target::Latest
     })
 }
 

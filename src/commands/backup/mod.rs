@@ -67,11 +67,28 @@ pub async fn take_backup(
     )
     .await?;
     let result = backup_locked(config, cluster, repo, &session, &server, seg_size, &lock).await;
+    if result.is_ok() {
+        record_catalog(repo, &session, &cluster.connection).await;
+    }
     let released = lock.release().await;
     session.close().await;
     let manifest = result?;
     released?;
     Ok(manifest)
+}
+
+/// Record a catalog snapshot (relfilenode → name, for `events`) when it changed since the
+/// last one. Best effort: the backup is complete whatever happens here.
+async fn record_catalog(repo: &Repository, session: &Session, conninfo: &str) {
+    let stored = match pg::catalog::take_snapshot(session, conninfo).await {
+        Ok(snapshot) => repo.put_catalog(&snapshot).await,
+        Err(e) => Err(e),
+    };
+    match stored {
+        Ok(true) => tracing::info!("catalog snapshot stored"),
+        Ok(false) => tracing::info!("catalog unchanged since the last snapshot"),
+        Err(e) => tracing::warn!("could not record a catalog snapshot: {e:#}"),
+    }
 }
 
 /// The backup session, on the server that `backup_from` asks for.

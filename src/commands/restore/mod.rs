@@ -19,6 +19,7 @@
 //! 5. With `--start`, start the server and wait until recovery has reached the target
 //!    ([`start`]).
 
+mod event;
 mod placement;
 mod space;
 mod start;
@@ -88,15 +89,31 @@ pub enum Target {
     Time(TargetTime),
     Lsn(Lsn),
     Latest,
+    /// `--before-xid`: just before this transaction commits.
+    BeforeXid(u32),
+    /// `--before-event`: just before the record at this LSN (an event's commit record).
+    BeforeEvent(Lsn),
+    /// `--to-restore-point`.
+    RestorePoint(String),
 }
 
 impl Target {
-    pub fn recovery_target(&self) -> RecoveryTarget {
+    /// The target for the window checks; `None` for the targets of the event index, whose
+    /// position [`event::resolve`] looks up.
+    pub fn recovery_target(&self) -> Option<RecoveryTarget> {
         match self {
-            Target::Time(t) => RecoveryTarget::Time(t.utc),
-            Target::Lsn(l) => RecoveryTarget::Lsn(*l),
-            Target::Latest => RecoveryTarget::Latest,
+            Target::Time(t) => Some(RecoveryTarget::Time(t.utc)),
+            Target::Lsn(l) => Some(RecoveryTarget::Lsn(*l)),
+            Target::Latest => Some(RecoveryTarget::Latest),
+            Target::BeforeXid(_) | Target::BeforeEvent(_) | Target::RestorePoint(_) => None,
         }
+    }
+}
+
+fn target_lsn(t: &RecoveryTarget) -> String {
+    match t {
+        RecoveryTarget::Lsn(l) => l.to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -111,8 +128,23 @@ pub async fn run(
         Target::Time(t) => eprintln!("target: {t}"),
         Target::Lsn(l) => eprintln!("target: LSN {l}"),
         Target::Latest => eprintln!("target: the end of the archived WAL (--latest)"),
+        Target::BeforeXid(x) => eprintln!("target: just before transaction {x} commits"),
+        Target::BeforeEvent(l) => eprintln!("target: just before the record at LSN {l}"),
+        Target::RestorePoint(n) => eprintln!("target: the restore point '{n}'"),
     }
-    let target = settings.target.recovery_target();
+    let (target, stop_before) = match event::resolve(repo, &settings.target).await? {
+        Some((target, stop)) => {
+            eprintln!("target position: LSN {}", target_lsn(&target));
+            (target, Some(stop))
+        }
+        None => (
+            settings
+                .target
+                .recovery_target()
+                .expect("not a target of the event index"),
+            None,
+        ),
+    };
 
     // 2. Everything that can refuse, before any download or write.
     let pgdata = std::path::absolute(settings.pgdata.as_deref().unwrap_or(&cluster.pgdata))
@@ -120,6 +152,7 @@ pub async fn run(
     let dir = TargetDir::inspect(&pgdata, settings.force)?;
     let chosen = target::choose(repo, cluster, config.timezone(), settings, &target).await?;
     let backup = &chosen.backup;
+    event::warn_replayed_accidents(repo, backup, &target, config.timezone()).await;
     let places = placement::place_tablespaces(backup, &pgdata, settings)?;
     let dest = Destination::new(dir, backup, &places)?;
     space::check_disk_space(
@@ -151,6 +184,7 @@ pub async fn run(
         target,
         action: settings.action,
         timeline: Some(chosen.timeline),
+        stop_before,
         archiving: if settings.as_primary {
             Archiving::AsConfigured
         } else {

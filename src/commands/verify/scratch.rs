@@ -112,6 +112,7 @@ impl Verification<'_> {
             target: plan.recovery_target(),
             action: TargetAction::Promote,
             timeline: Some(plan.path.target()),
+            stop_before: None,
             archiving: Archiving::Off,
         };
         let relocations: BTreeMap<u32, PathBuf> = backup
