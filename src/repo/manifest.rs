@@ -160,11 +160,60 @@ pub struct Tablespace {
     pub location: String,
 }
 
+/// What a backup stores: every file whole, or (issue 15) only what changed since its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    #[default]
+    Full,
+    Incr,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incr => "incr",
+        }
+    }
+}
+
+impl fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackupKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "full" => Ok(BackupKind::Full),
+            "incr" => Ok(BackupKind::Incr),
+            _ => anyhow::bail!("unknown backup type {s:?} (expected full or incr)"),
+        }
+    }
+}
+
+/// The backup an incremental was taken against: its id and the SHA-256 of its stored
+/// manifest, so a replaced or damaged parent is detected rather than combined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub id: BackupId,
+    pub manifest_sha256: Sha256,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupManifest {
     pub format_version: u32,
     pub id: BackupId,
     pub cluster: String,
+    /// `full` for manifests written before incrementals existed.
+    #[serde(default)]
+    pub kind: BackupKind,
+    /// Set exactly when `kind` is `incr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
     pub system_identifier: SystemId,
     pub pg_version: u32,
     pub pg_version_num: u32,
@@ -305,6 +354,8 @@ pub(super) mod tests {
             format_version: MANIFEST_FORMAT,
             id: "20240101T020000Z".parse().unwrap(),
             cluster: "core".into(),
+            kind: BackupKind::Full,
+            parent: None,
             system_identifier: SystemId(7),
             pg_version: 15,
             pg_version_num: 150018,

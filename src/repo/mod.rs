@@ -1,6 +1,7 @@
 //! The repository: one cluster's WAL archive and backups in the store, and its identity.
 
 mod backups;
+pub mod chain;
 mod events;
 pub mod inventory;
 mod layout;

@@ -600,7 +600,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::pg::SystemId;
     use crate::pg::TimelineId;
-    use crate::repo::manifest::MANIFEST_FORMAT;
+    use crate::repo::manifest::{BackupKind, MANIFEST_FORMAT};
 
     const MB16: u64 = 16 << 20;
 
@@ -614,6 +614,8 @@ pub(crate) mod tests {
             format_version: MANIFEST_FORMAT,
             id: id.parse().unwrap(),
             cluster: "core".into(),
+            kind: BackupKind::Full,
+            parent: None,
             system_identifier: SystemId(7),
             pg_version: 15,
             pg_version_num: 150018,

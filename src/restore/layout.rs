@@ -192,7 +192,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::pg::datadir::render_tablespace_map;
     use crate::pg::TimelineId;
-    use crate::repo::manifest::{Tablespace, MANIFEST_FORMAT};
+    use crate::repo::manifest::{BackupKind, Tablespace, MANIFEST_FORMAT};
     use crate::settings::parse_tablespace_map;
 
     pub(crate) fn manifest_with_tablespace() -> BackupManifest {
@@ -200,6 +200,8 @@ pub(crate) mod tests {
             format_version: MANIFEST_FORMAT,
             id: "20240101T020000Z".parse().unwrap(),
             cluster: "core".into(),
+            kind: BackupKind::Full,
+            parent: None,
             system_identifier: crate::pg::SystemId(7),
             pg_version: 15,
             pg_version_num: 150018,

@@ -20,7 +20,8 @@ use crate::pg::client::{ServerRole, Session};
 use crate::pg::{self, Lsn, SystemId, TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
 use crate::repo::lock::RepoLock;
 use crate::repo::manifest::{
-    BackupId, BackupManifest, DirEntry, FileEntry, PartEntry, Tablespace, MANIFEST_FORMAT,
+    BackupId, BackupKind, BackupManifest, DirEntry, FileEntry, PartEntry, Tablespace,
+    MANIFEST_FORMAT,
 };
 use crate::repo::{Repository, RepositoryInfo, CONTROL_PART};
 
@@ -223,6 +224,8 @@ async fn backup_locked(
         format_version: MANIFEST_FORMAT,
         id: id.clone(),
         cluster: cluster.name.clone(),
+        kind: BackupKind::Full,
+        parent: None,
         system_identifier: server.system_id,
         pg_version: server.major(),
         pg_version_num: server.version_num,
