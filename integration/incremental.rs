@@ -107,12 +107,17 @@ async fn take_chain(pg: &PgCluster, cfg: &TestConfig, big: bool) -> Vec<Moment> 
     assert_incremental(cfg, &incr1, &full).await;
     moments.push(moment(pg, incr1.clone()));
 
-    pg.psql(
-        "delete from vac where g % 2 = 0; vacuum full vac;
-         truncate trunc; insert into trunc select g from generate_series(1, 100) g;
-         drop table dropme;
-         create table created as select g, repeat('c', 100) as pad from generate_series(1, 3000) g;",
-    );
+    // One statement per call: VACUUM cannot run inside psql -c's transaction.
+    for sql in [
+        "delete from vac where g % 2 = 0",
+        "vacuum full vac",
+        "truncate trunc",
+        "insert into trunc select g from generate_series(1, 100) g",
+        "drop table dropme",
+        "create table created as select g, repeat('c', 100) as pad from generate_series(1, 3000) g",
+    ] {
+        pg.psql(sql);
+    }
     if big {
         // ~1.09 GiB: 4 rows of ~1.9 kB per page, 140,000 pages; the second segment file
         // (`<relfilenode>.1`) is new in the next incremental.
@@ -168,7 +173,7 @@ fn restore_each(pg: &PgCluster, cfg: &TestConfig, scratch: &Scratch, moments: &[
 
 fn amcheck(pg: &PgCluster) {
     let out = harness::as_postgres(format!("{PG_BIN}/pg_amcheck"))
-        .args(["--all", "--heapallindexed", "-d"])
+        .args(["--all", "--heapallindexed", "--maintenance-db"])
         .arg(pg.connection())
         .output()
         .unwrap();

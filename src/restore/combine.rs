@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Context};
 use sha2::Digest;
 
+use super::writeback::{self, Flusher};
 use crate::codec::Sha256;
 use crate::pg::page::BLCKSZ;
 use crate::repo::blockfile::BlocksHeader;
@@ -114,6 +115,7 @@ impl Assembly {
         dest: &Path,
         size: u64,
         content: &mut impl Read,
+        flusher: Option<&Flusher>,
     ) -> anyhow::Result<(File, Sha256, u64)> {
         let written = self.take(path);
         let file = open(dest, size)?;
@@ -131,18 +133,25 @@ impl Assembly {
                 read_full(content, chunk)?
             };
             source_done |= got < want;
+            // Runs of blocks no newer level wrote go to disk in one write each.
+            let mut run: Option<usize> = None;
             let mut at = 0;
-            while at < want {
+            while at <= want {
                 let len = (want - at).min(BLCKSZ);
                 let block = (offset + at as u64) / BLCKSZ as u64;
-                let piece = &mut chunk[at..at + len];
-                let pos = offset + at as u64;
-                if written.as_ref().is_some_and(|w| w.contains(block)) {
-                    file.read_exact_at(piece, pos)
+                let newer = at < want && written.as_ref().is_some_and(|w| w.contains(block));
+                if at == want || newer {
+                    if let Some(start) = run.take() {
+                        file.write_all_at(&chunk[start..at], offset + start as u64)
+                            .with_context(|| format!("write {}", dest.display()))?;
+                    }
+                    if at == want {
+                        break;
+                    }
+                    file.read_exact_at(&mut chunk[at..at + len], offset + at as u64)
                         .with_context(|| format!("read back {}", dest.display()))?;
                 } else if at + len <= got {
-                    file.write_all_at(piece, pos)
-                        .with_context(|| format!("write {}", dest.display()))?;
+                    run.get_or_insert(at);
                 } else {
                     bail!(
                         "block {block} of {path} is in no backup of the chain (the oldest copy has {} bytes)",
@@ -153,6 +162,10 @@ impl Assembly {
             }
             hasher.update(&chunk[..want]);
             offset += want as u64;
+            if let Some(f) = flusher.filter(|_| offset % writeback::EVERY < want as u64) {
+                f.request(&file, dest)
+                    .with_context(|| format!("write {}", dest.display()))?;
+            }
         }
         // The rest of a copy longer than the file now (truncated since).
         io::copy(content, &mut io::sink())?;
@@ -228,7 +241,7 @@ mod tests {
             whole.extend(page(t));
         }
         let (_, sha, len) = a
-            .finish_whole("r", &dest, size, &mut whole.as_slice())
+            .finish_whole("r", &dest, size, &mut whole.as_slice(), None)
             .unwrap();
         let mut want = page(b'0');
         want.extend(page(b'N'));

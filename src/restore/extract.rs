@@ -576,9 +576,9 @@ impl Extraction {
             self.written.fetch_add(n, Ordering::Relaxed);
             return Ok(Chained::Written);
         }
-        let (file, sha, len) = self
-            .assembly
-            .finish_whole(path, &dest, target.size, content)?;
+        let (file, sha, len) =
+            self.assembly
+                .finish_whole(path, &dest, target.size, content, self.flusher.as_ref())?;
         if len != target.size || sha != target.sha256 {
             bail!(
                 "the file assembled from backups {} to {} does not match the manifest: SHA-256 {sha} ({len} bytes),                  the manifest of {} says {} ({} bytes)",

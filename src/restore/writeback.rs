@@ -65,7 +65,7 @@ impl Flusher {
     }
 
     /// Ask for `file`'s dirty pages to be written back, unless the thread is already behind.
-    fn request(&self, file: &File, path: &std::path::Path) -> io::Result<()> {
+    pub(super) fn request(&self, file: &File, path: &std::path::Path) -> io::Result<()> {
         if self.pending.load(Ordering::Relaxed) >= QUEUE {
             return Ok(());
         }
