@@ -14,6 +14,7 @@ use crate::harness::{
     Scratch, TestConfig, BIN, PG_BIN,
 };
 use crate::restore::{restore, restore_started};
+use crate::verify::{add_verify_config, verify};
 use synapse_backup::repo::manifest::{BackupKind, BackupManifest, Stored};
 
 /// `fingerprint()`: per user table, `md5(string_agg(row, ',' order by row))` (count and a
@@ -145,6 +146,9 @@ async fn take_chain(pg: &PgCluster, cfg: &TestConfig, big: bool) -> Vec<Moment> 
     let incr3 = backup_incr(cfg);
     assert_incremental(cfg, &incr3, &incr2).await;
     moments.push(moment(pg, incr3));
+    // A commit after the last moment (an xid and nothing else), so a target there is inside
+    // the recoverable window.
+    pg.psql("select txid_current()");
     pg.archive_everything();
     moments
 }
@@ -328,8 +332,17 @@ async fn a_damaged_ancestor_refuses_the_restore_and_the_next_backup_is_full() {
     pg.pgbench(&["-c", "1", "-t", "100", "-n"]);
     let incr2 = backup_incr(&cfg);
     assert_incremental(&cfg, &incr2, &incr1).await;
+    pg.archive_everything();
+    // verify proves the incremental by restoring its chain into the scratch instance.
+    add_verify_config(&cfg, &scratch.path().join("verify-scratch"), &[]);
+    let (out, _) = verify(&cfg, &["--backup", &incr2], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     // The middle of the chain loses its manifest.
     std::fs::remove_file(repo.join(format!("core/backups/{incr1}/manifest.json"))).unwrap();
+    // Its descendant fails verification, naming it.
+    let (out, _) = verify(&cfg, &["--backup", &incr2], &[]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(stderr(&out).contains(&incr1), "{}", stderr(&out));
     // The newest backup's chain is broken: the next "incremental" is a full, and says why.
     let (next, log) = backup_id_and_log(&cfg);
     assert_eq!(manifest(&cfg, &next).await.kind, BackupKind::Full);
