@@ -89,8 +89,8 @@ timed() {
     T=$(cut -d' ' -f1 "$RES/$name.time" | tail -n1)
     RSS=$(awk '{ printf "%.1f", $2 / 1024 }' "$RES/$name.time" | tail -n1)
 }
-syn() { "$BIN" --config "$SYN_CONF" "$@"; }
-pgbr() { pgbackrest --config="$PGBR_CONF" --stanza=bench "$@"; }
+SYN=("$BIN" --config "$SYN_CONF")
+PGBR=(pgbackrest --config="$PGBR_CONF" --stanza=bench)
 # Our stored bytes for a backup: its parts and block map (the manifest's own size aside).
 syn_stored() { du -sb --exclude=manifest.json "$SYN_REPO/bench/backups/$1" | cut -f1; }
 pgbr_stored() { # label: repo size of that pgBackRest backup
@@ -163,11 +163,11 @@ psql_q "select pg_switch_wal()" >/dev/null
 
 # ---------------------------------------------------------------- 1. fulls
 log "full backups"
-timed syn-full syn backup
+timed syn-full "${SYN[@]}" backup
 FULL_ID=$(tail -n1 "$RES/syn-full.out"); SYN_FULL_T=$T; SYN_FULL_RSS=$RSS
 SYN_FULL_B=$(syn_stored "$FULL_ID")
 CLUSTER_B=$(jq '[.files[].size] | add' "$SYN_REPO/bench/backups/$FULL_ID/manifest.json")
-timed pgbr-full pgbr backup --type=full
+timed pgbr-full "${PGBR[@]}" backup --type=full
 PGBR_FULL_T=$T; PGBR_FULL_B=$(pgbr_stored "$(pgbr_last_label)")
 log "  ours $SYN_FULL_T s $(mb "$SYN_FULL_B") MB; pgBackRest $PGBR_FULL_T s $(mb "$PGBR_FULL_B") MB"
 
@@ -176,17 +176,17 @@ SI_T=() SI_B=() SI_RSS=() PI_T=() PI_B=() CHANGED=()
 INCR_ID=
 for i in $(seq 1 "$CHAIN"); do
     as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -n -c 2 -t "$TX" postgres >"$RES/pgbench-$i.log" 2>&1
-    timed "syn-incr-$i" syn backup --type incr
+    timed "syn-incr-$i" "${SYN[@]}" backup --type incr
     INCR_ID=$(tail -n1 "$RES/syn-incr-$i.out")
     m=$SYN_REPO/bench/backups/$INCR_ID/manifest.json
     [ "$(jq -r .kind "$m")" = incr ] || die "backup $INCR_ID is not an incremental"
     SI_T+=("$T") SI_RSS+=("$RSS") SI_B+=("$(syn_stored "$INCR_ID")")
     CHANGED+=("$(jq '[.files[] | select(.stored.kind == "blocks") | .stored.count] | add // 0' "$m")")
-    timed "pgbr-incr-$i" pgbr backup --type=incr
+    timed "pgbr-incr-$i" "${PGBR[@]}" backup --type=incr
     PI_T+=("$T") PI_B+=("$(pgbr_stored "$(pgbr_last_label)")")
     log "  round $i: ours ${SI_T[-1]} s $(mb "${SI_B[-1]}") MB (${CHANGED[-1]} blocks = $(pct $((CHANGED[-1] * 8192)) "$CLUSTER_B") % of the cluster); pgBackRest incr ${PI_T[-1]} s $(mb "${PI_B[-1]}") MB"
 done
-timed pgbr-diff pgbr backup --type=diff
+timed pgbr-diff "${PGBR[@]}" backup --type=diff
 PGBR_DIFF_T=$T; PGBR_DIFF_B=$(pgbr_stored "$(pgbr_last_label)")
 psql_q "select pg_switch_wal()" >/dev/null
 
@@ -198,7 +198,7 @@ for r in $(seq 1 "$REPS"); do
         d=$WORK/restore-$which-$r
         id=$([ "$which" = full ] && echo "$FULL_ID" || echo "$INCR_ID")
         sync
-        timed "restore-$which-$r" syn restore --backup "$id" --latest --pgdata "$d"
+        timed "restore-$which-$r" "${SYN[@]}" restore --backup "$id" --latest --pgdata "$d"
         if [ "$which" = full ]; then RF+=("$T") RF_RSS+=("$RSS"); else RC+=("$T") RC_RSS+=("$RSS"); fi
         rm -rf "$d"
     done
