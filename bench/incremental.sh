@@ -21,7 +21,7 @@
 #
 # Usage (as root: PostgreSQL and the tools run as postgres; or as postgres):
 #   cargo build --release && bench/incremental.sh
-# Environment: SCALE=100 CHAIN=6 TX=1500 REPS=2 PORT=54361 PGBIN=/usr/lib/postgresql/15/bin
+# Environment: SCALE=100 CHAIN=6 TX=1000 REPS=2 PORT=54361 PGBIN=/usr/lib/postgresql/15/bin
 #   SYNAPSE_BIN=<default target/release/synapse-backup, or $CARGO_TARGET_DIR/release/…>
 #   KEEP=0 (1 keeps the work dir)
 set -euo pipefail
@@ -29,7 +29,7 @@ export LC_ALL=C
 
 SCALE=${SCALE:-100}
 CHAIN=${CHAIN:-6}
-TX=${TX:-1500}
+TX=${TX:-1000}
 REPS=${REPS:-2}
 PORT=${PORT:-54361}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}

@@ -262,6 +262,7 @@ mod tests {
                 &dest,
                 2 * BLCKSZ as u64,
                 &mut page(b'a').as_slice(),
+                None,
             )
             .unwrap_err()
             .to_string();

@@ -138,20 +138,7 @@ pub(super) async fn restore_parts(
 
     let reporter = spawn_progress(shared.clone(), backup.original_size());
     let result = async {
-        let mut extracted: Vec<Extracted> = futures::stream::iter(data)
-            .map(|i| {
-                let shared = shared.clone();
-                async move {
-                    let result = restore_part(repo, backup, i, shared.clone()).await;
-                    if result.is_err() {
-                        shared.cancelled.store(true, Ordering::Relaxed);
-                    }
-                    result
-                }
-            })
-            .buffer_unordered(parallel)
-            .try_concat()
-            .await?;
+        let mut extracted = restore_parts_of(repo, backup, data, &shared, parallel).await?;
         for i in control {
             extracted.extend(restore_part(repo, backup, i, shared.clone()).await?);
         }
@@ -167,21 +154,7 @@ pub(super) async fn restore_parts(
                 older.id,
                 older.kind
             );
-            let done: Vec<Extracted> = futures::stream::iter(parts)
-                .map(|i| {
-                    let shared = shared.clone();
-                    async move {
-                        let result = restore_part(repo, older, i, shared.clone()).await;
-                        if result.is_err() {
-                            shared.cancelled.store(true, Ordering::Relaxed);
-                        }
-                        result
-                    }
-                })
-                .buffer_unordered(parallel)
-                .try_concat()
-                .await?;
-            extracted.extend(done);
+            extracted.extend(restore_parts_of(repo, older, parts, &shared, parallel).await?);
         }
         Ok::<_, anyhow::Error>(extracted)
     }
@@ -198,6 +171,30 @@ pub(super) async fn restore_parts(
 
     check_every_file_once(repo, backup, &extracted)?;
     Ok(extracted)
+}
+
+/// Extract `parts` of `backup`, `parallel` at a time; the first failure stops the others.
+async fn restore_parts_of(
+    repo: &Repository,
+    backup: &BackupManifest,
+    parts: impl IntoIterator<Item = usize>,
+    shared: &Arc<Extraction>,
+    parallel: usize,
+) -> anyhow::Result<Vec<Extracted>> {
+    futures::stream::iter(parts)
+        .map(|i| {
+            let shared = shared.clone();
+            async move {
+                let result = restore_part(repo, backup, i, shared.clone()).await;
+                if result.is_err() {
+                    shared.cancelled.store(true, Ordering::Relaxed);
+                }
+                result
+            }
+        })
+        .buffer_unordered(parallel)
+        .try_concat()
+        .await
 }
 
 /// Every few seconds, how far the extraction is.
