@@ -88,9 +88,15 @@ impl Repository {
         self.storage.put(&layout::part_key(id, part), bytes).await
     }
 
-    /// Store a backup's block map; returns the entry its manifest records.
-    pub async fn put_block_map(&self, id: &BackupId, map: &BlockMap) -> anyhow::Result<PartEntry> {
-        let bytes = map.encode();
+    /// Store a backup's block map (relative to its parent's, for an incremental); returns the
+    /// entry its manifest records.
+    pub async fn put_block_map(
+        &self,
+        id: &BackupId,
+        map: &BlockMap,
+        parent: Option<&BlockMap>,
+    ) -> anyhow::Result<PartEntry> {
+        let bytes = map.encode(parent);
         let entry = PartEntry {
             key: layout::BLOCK_MAP.into(),
             size: bytes.len() as u64,
@@ -103,8 +109,12 @@ impl Repository {
     }
 
     /// A backup's block map, checked against its manifest; `None` when the backup has none
-    /// (taken before incrementals existed).
-    pub async fn get_block_map(&self, m: &BackupManifest) -> anyhow::Result<Option<BlockMap>> {
+    /// (taken before incrementals existed). An incremental's needs its parent's (`parent`).
+    pub async fn get_block_map(
+        &self,
+        m: &BackupManifest,
+        parent: Option<&BlockMap>,
+    ) -> anyhow::Result<Option<BlockMap>> {
         let Some(entry) = &m.block_map else {
             return Ok(None);
         };
@@ -120,7 +130,7 @@ impl Repository {
                 entry.sha256
             );
         }
-        BlockMap::decode(&bytes, &key).map(Some)
+        BlockMap::decode(&bytes, &key, parent).map(Some)
     }
 
     /// A part's bytes whole; `None` when it is not there.

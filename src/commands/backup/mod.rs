@@ -244,7 +244,7 @@ async fn backup_locked(ctx: &BackupCtx<'_>, base: parent::Base) -> anyhow::Resul
     let start_timeline = session.server_info().await?.timeline;
     tracing::info!(backup_id = %id, start_lsn = %start_lsn, "backup started");
 
-    let copied = copy_data(ctx, &id, start_lsn, parent_map).await;
+    let copied = copy_data(ctx, &id, start_lsn, parent_map.clone()).await;
     let (plan, copy_result, control) = match copied {
         Ok(c) => c,
         Err(e) => {
@@ -281,7 +281,9 @@ async fn backup_locked(ctx: &BackupCtx<'_>, base: parent::Base) -> anyhow::Resul
     let waited = wait_for_wal(repo, session, switcher, &needed, wait, lock).await;
     or_clean(repo, &id, waited).await?;
 
-    let block_map = repo.put_block_map(&id, &copy_result.block_map).await;
+    let block_map = repo
+        .put_block_map(&id, &copy_result.block_map, parent_map.as_deref())
+        .await;
     let block_map = or_clean(repo, &id, block_map).await?;
     let mut parts = copy_result.parts;
     let mut files = copy_result.files;

@@ -38,42 +38,48 @@ pub(super) async fn choose(
         return Ok(Base::Full);
     }
     let backups = repo.backups().await?;
-    let parent = match pick(&backups, server, max_chain) {
-        Ok(p) => p.clone(),
+    let links = match pick(&backups, server, max_chain) {
+        Ok(links) => links,
         Err(why) => {
             tracing::info!("taking a full backup instead of an incremental: {why}");
             return Ok(Base::Full);
         }
     };
-    match repo.get_block_map(&parent).await {
-        Ok(Some(map)) => Ok(Base::Incr {
-            parent: Box::new(parent),
-            map: Arc::new(map),
-        }),
-        Ok(None) => {
-            tracing::info!(
-                "taking a full backup instead of an incremental: the newest backup {} has no block map \
-                 (taken by an older version)",
-                parent.id
-            );
-            Ok(Base::Full)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "taking a full backup instead of an incremental: the block map of {} is unusable: {e:#}",
-                parent.id
-            );
-            Ok(Base::Full)
+    // The parent's block map: the full's, with each incremental's changes on top.
+    let mut map: Option<BlockMap> = None;
+    for m in links.iter().rev() {
+        match repo.get_block_map(m, map.as_ref()).await {
+            Ok(Some(next)) => map = Some(next),
+            Ok(None) => {
+                tracing::info!(
+                    "taking a full backup instead of an incremental: backup {} has no block map \
+                     (taken by an older version)",
+                    m.id
+                );
+                return Ok(Base::Full);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "taking a full backup instead of an incremental: the block map of {} is unusable: {e:#}",
+                    m.id
+                );
+                return Ok(Base::Full);
+            }
         }
     }
+    Ok(Base::Incr {
+        parent: Box::new(links[0].clone()),
+        map: Arc::new(map.expect("a chain has a backup")),
+    })
 }
 
-/// The parent an incremental would have, or why there is none.
+/// The chain (newest first) whose newest backup an incremental would have as its parent, or
+/// why there is none.
 fn pick<'a>(
     backups: &'a Backups,
     server: &Server,
     max_chain: usize,
-) -> Result<&'a BackupManifest, String> {
+) -> Result<Vec<&'a BackupManifest>, String> {
     let newest = backups.intact.iter().max_by(|a, b| a.id.cmp(&b.id));
     if let Some(damaged) = backups
         .damaged
@@ -109,7 +115,7 @@ fn pick<'a>(
             links.len()
         ));
     }
-    Ok(newest)
+    Ok(links)
 }
 
 #[cfg(test)]
@@ -157,7 +163,7 @@ mod tests {
         let b = incr("20240102T020000Z", &a);
         let c = incr("20240103T020000Z", &b);
         let all = of(vec![a.clone(), b.clone(), c.clone()]);
-        assert_eq!(pick(&all, &server(), 6).unwrap().id, c.id);
+        assert_eq!(pick(&all, &server(), 6).unwrap()[0].id, c.id);
         let why = pick(&all, &server(), 3).unwrap_err();
         assert!(why.contains("max_chain is 3"), "{why}");
         assert!(pick(&of(vec![]), &server(), 6).is_err());
