@@ -28,7 +28,9 @@ pub use cluster::{
 pub use load::{
     add_marker, create_status, create_tablespace, set_marker, target_time, BackgroundLoad,
 };
-pub use repo::{backup, backup_id, backup_ids, backup_output, repository, repository_of};
+pub use repo::{
+    assert_no_wal_below, backup, backup_id, backup_ids, backup_output, repository, repository_of,
+};
 pub use s3::{shared_s3, write_creds, PrivateS3};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";

@@ -300,7 +300,7 @@ pub fn check_relative_path(path: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
