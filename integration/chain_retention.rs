@@ -11,19 +11,10 @@ use serde_json::Value;
 
 use crate::expire::expire_dry_run;
 use crate::harness::{
-    self, archiving_cluster_with, backup_ids, code, create_status, repository, set_marker, stderr,
-    target_time, RepoTarget, Scratch, TestConfig,
+    self, archiving_cluster_with, backup, backup_ids, backup_incr, code, create_status, repository,
+    set_marker, stderr, target_time, RepoTarget, Scratch,
 };
 use crate::restore::{restore, restore_started};
-
-/// `backup --type KIND` as the postgres OS user (as the agent runs it); the new id.
-fn backup_of(cfg: &TestConfig, kind: &str) -> String {
-    let out = cfg.run_as_postgres(
-        &["backup", "--type", kind],
-        cfg.path.parent().expect("config in a directory"),
-    );
-    harness::backup_id(&out)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expire_keeps_chains_whole_and_the_window_restorable() {
@@ -50,7 +41,10 @@ async fn expire_keeps_chains_whole_and_the_window_restorable() {
         pg.psql(&format!(
             "update t set v = 'n{night}' where g % 7 = {night}"
         ));
-        ids.push(backup_of(&cfg, kind));
+        ids.push(match *kind {
+            "incr" => backup_incr(&cfg),
+            _ => backup(&cfg),
+        });
         if night == 4 {
             set_marker(&pg, "inside-incr-chain");
             in_chain = target_time(&pg, Duration::from_millis(1100));

@@ -12,6 +12,7 @@ mod expire;
 mod failover;
 mod harness;
 mod incident;
+mod incremental;
 mod kill_campaign;
 mod ops;
 mod restore;

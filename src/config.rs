@@ -126,6 +126,10 @@ pub struct BackupConfig {
     /// A lock not refreshed for this long is taken to belong to a dead process.
     #[serde(default = "default_lock_ttl")]
     pub lock_ttl_seconds: u64,
+    /// Backups in a chain at most (a full and its incrementals): the backup after a chain this
+    /// long is a full, whatever was asked.
+    #[serde(default = "default_max_chain")]
+    pub max_chain: usize,
 }
 
 impl Default for BackupConfig {
@@ -136,6 +140,7 @@ impl Default for BackupConfig {
             fast_checkpoint: true,
             archive_wait_seconds: default_archive_wait(),
             lock_ttl_seconds: default_lock_ttl(),
+            max_chain: default_max_chain(),
         }
     }
 }
@@ -413,6 +418,9 @@ fn default_archive_wait() -> u64 {
 fn default_lock_ttl() -> u64 {
     600
 }
+fn default_max_chain() -> usize {
+    6
+}
 fn default_prefetch() -> usize {
     8
 }
@@ -583,6 +591,9 @@ impl<S> Config<S> {
             if !c.pgdata.is_absolute() {
                 bail!("cluster {:?}: pgdata must be an absolute path", c.name);
             }
+        }
+        if self.backup.max_chain == 0 {
+            bail!("backup.max_chain must be at least 1 (1: every backup is a full)");
         }
         if !self.verify.scratch_dir.is_absolute() {
             bail!("verify.scratch_dir must be an absolute path");

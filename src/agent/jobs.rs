@@ -554,7 +554,7 @@ async fn backup(
         _ = shared.shutdown.cancelled() => bail!("aborted: the agent is stopping"),
     };
     tokio::select! {
-        m = crate::commands::backup::take_backup(cfg, cluster, &repo, kind) => {
+        m = crate::commands::backup::take_backup_of_kind(cfg, cluster, &repo, kind) => {
             let m = m?;
             tracing::info!(backup_id = %m.id, "backup {} stored", m.id);
             Ok(m)

@@ -13,6 +13,8 @@ pub enum ChainError {
     MissingParent { child: BackupId, parent: BackupId },
     /// An incremental without a parent, or a full with one.
     Malformed { id: BackupId, why: &'static str },
+    /// `child` was taken against another manifest of `parent` than the one stored now.
+    ParentChanged { child: BackupId, parent: BackupId },
 }
 
 impl std::fmt::Display for ChainError {
@@ -23,6 +25,11 @@ impl std::fmt::Display for ChainError {
                 "backup {child} is incremental on {parent}, which is missing or damaged; its chain cannot be restored"
             ),
             ChainError::Malformed { id, why } => write!(f, "backup {id}: {why}"),
+            ChainError::ParentChanged { child, parent } => write!(
+                f,
+                "backup {child} is incremental on {parent}, whose manifest is not the one it was taken against \
+                 (damaged or replaced); its chain cannot be restored"
+            ),
         }
     }
 }
@@ -73,6 +80,26 @@ pub fn chain<'a>(
     }
 }
 
+/// `id`'s chain as [`chain`] gives it, with every link checked: each parent's manifest is
+/// the one its child recorded (`parent.manifest_sha256`).
+pub fn checked_chain<'a>(
+    id: &BackupId,
+    backups: &'a [BackupManifest],
+) -> Result<Vec<&'a BackupManifest>, ChainError> {
+    let links = chain(id, backups)?;
+    for pair in links.windows(2) {
+        let (child, parent) = (pair[0], pair[1]);
+        let recorded = child.parent.as_ref().map(|p| p.manifest_sha256);
+        if recorded != Some(parent.fingerprint()) {
+            return Err(ChainError::ParentChanged {
+                child: child.id.clone(),
+                parent: parent.id.clone(),
+            });
+        }
+    }
+    Ok(links)
+}
+
 /// Number of backups in `id`'s chain (1 for a full), or None when it is broken.
 pub fn chain_len(id: &BackupId, backups: &[BackupManifest]) -> Option<usize> {
     chain(id, backups).ok().map(|c| c.len())
@@ -119,6 +146,28 @@ mod tests {
             manifest_sha256: Sha256::of(parent.as_bytes()),
         });
         m
+    }
+
+    #[test]
+    fn checked_chains_compare_the_parents_fingerprint() {
+        let base = full("20240101T020000Z");
+        let mut child = incr("20240102T020000Z", "20240101T020000Z");
+        child.parent.as_mut().unwrap().manifest_sha256 = base.fingerprint();
+        let all = vec![base.clone(), child.clone()];
+        let c = checked_chain(&child.id, &all).unwrap();
+        assert_eq!(ids(&c), ["20240102T020000Z", "20240101T020000Z"]);
+        let mut replaced = base;
+        replaced.stop_lsn = crate::pg::Lsn(0x2000200);
+        let all = vec![replaced, child.clone()];
+        let err = checked_chain(&child.id, &all).unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::ParentChanged {
+                child: child.id.clone(),
+                parent: "20240101T020000Z".parse().unwrap()
+            }
+        );
+        assert!(err.to_string().contains("20240101T020000Z"), "{err}");
     }
 
     fn ids(c: &[&BackupManifest]) -> Vec<String> {
