@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, Utc};
 
 use crate::pg::Lsn;
+use crate::repo::chain;
 use crate::repo::manifest::{BackupId, BackupKind, BackupManifest};
 
 /// What the policy needs to know about a backup.
@@ -128,23 +129,10 @@ pub fn plan_retention(
 /// chain). An incremental whose parent is missing, or a malformed chain, is not restorable.
 pub fn restorable(backups: &[BackupFacts]) -> BTreeSet<BackupId> {
     let by_id: BTreeMap<&BackupId, &BackupFacts> = backups.iter().map(|b| (&b.id, b)).collect();
+    let link = |id: &BackupId| by_id.get(id).map(|b| (b.kind, b.parent.as_ref()));
     backups
         .iter()
-        .filter(|b| {
-            let mut at = *b;
-            // Parents are older than their children, so a chain is at most this long.
-            for _ in 0..=backups.len() {
-                match (at.kind, &at.parent) {
-                    (BackupKind::Full, None) => return true,
-                    (BackupKind::Incr, Some(p)) if *p < at.id => match by_id.get(p) {
-                        Some(parent) => at = *parent,
-                        None => return false,
-                    },
-                    _ => return false,
-                }
-            }
-            false
-        })
+        .filter(|b| chain::walk_len(&b.id, link).is_some())
         .map(|b| b.id.clone())
         .collect()
 }

@@ -208,15 +208,8 @@ impl RepoReader {
 /// Backups in `b`'s chain, itself included (1 for a full); `None` when an ancestor is not
 /// among `manifests` (missing or damaged).
 fn chain_length(manifests: &HashMap<BackupId, BackupSummary>, b: &BackupSummary) -> Option<u64> {
-    let mut at = b;
-    for n in 1..=manifests.len() as u64 {
-        match (at.kind, &at.parent) {
-            (BackupKind::Full, None) => return Some(n),
-            (BackupKind::Incr, Some(p)) if *p < at.id => at = manifests.get(p)?,
-            _ => return None,
-        }
-    }
-    None
+    let link = |id: &BackupId| manifests.get(id).map(|m| (m.kind, m.parent.as_ref()));
+    crate::repo::chain::walk_len(&b.id, link).map(|n| n as u64)
 }
 
 /// What a verification report says: when it finished and whether the backup passed; and the
