@@ -85,6 +85,7 @@ async fn expire_keeps_chains_whole_and_the_window_restorable() {
         ]
     );
     let human = String::from_utf8_lossy(&cfg.run(&["list"]).stdout).to_string();
+    eprintln!("--- list:\n{human}");
     assert!(human.contains("TYPE CHAIN PARENT"), "{human}");
 
     // A day after night 4 ended, its incremental is the window's anchor: its full (night 3)
