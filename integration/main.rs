@@ -6,6 +6,7 @@
 
 mod agent;
 mod backup;
+mod chain_retention;
 mod crypt_cli;
 mod expire;
 mod failover;

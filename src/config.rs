@@ -80,6 +80,17 @@ pub struct AgentConfig<S = Schedule> {
     pub verify_after_backup: bool,
     /// An extra schedule that verifies the newest backup.
     pub verify_schedule: Option<S>,
+    /// When a full backup is due: a scheduled backup is a full when this schedule fired since
+    /// the newest full (or there is none), else an incremental. Unset: every backup is a full.
+    pub full_schedule: Option<S>,
+    /// Recovery time objective (e.g. `"4h"`): exported as a metric; an alert fires when the
+    /// last measured recovery time exceeds it.
+    #[serde(default, deserialize_with = "de_objective")]
+    pub rto_objective: Option<std::time::Duration>,
+    /// Recovery point objective (e.g. `"15m"`): exported as a metric; an alert fires when the
+    /// data-loss exposure (the age of the last archived commit) exceeds it.
+    #[serde(default, deserialize_with = "de_objective")]
+    pub rpo_objective: Option<std::time::Duration>,
 }
 
 impl<S: From<&'static str>> Default for AgentConfig<S> {
@@ -90,6 +101,9 @@ impl<S: From<&'static str>> Default for AgentConfig<S> {
             backup_schedule: default_backup_schedule(),
             verify_after_backup: true,
             verify_schedule: None,
+            full_schedule: None,
+            rto_objective: None,
+            rpo_objective: None,
         }
     }
 }
@@ -210,6 +224,14 @@ pub struct ClusterConfig<S = Schedule> {
     pub verify_after_backup: Option<bool>,
     /// Agent: instead of `[agent] verify_schedule`.
     pub verify_schedule: Option<S>,
+    /// Agent: instead of `[agent] full_schedule`.
+    pub full_schedule: Option<S>,
+    /// Instead of `[agent] rto_objective`.
+    #[serde(default, deserialize_with = "de_objective")]
+    pub rto_objective: Option<std::time::Duration>,
+    /// Instead of `[agent] rpo_objective`.
+    #[serde(default, deserialize_with = "de_objective")]
+    pub rpo_objective: Option<std::time::Duration>,
 }
 
 impl<S> ClusterConfig<S> {
@@ -229,6 +251,18 @@ impl<S> ClusterConfig<S> {
         self.verify_schedule
             .as_ref()
             .or(agent.verify_schedule.as_ref())
+    }
+    /// When the agent's scheduled backup of this cluster is a full (`None`: always).
+    pub fn full_schedule<'a>(&'a self, agent: &'a AgentConfig<S>) -> Option<&'a S> {
+        self.full_schedule.as_ref().or(agent.full_schedule.as_ref())
+    }
+    /// This cluster's recovery time objective, if any.
+    pub fn rto_objective(&self, agent: &AgentConfig<S>) -> Option<std::time::Duration> {
+        self.rto_objective.or(agent.rto_objective)
+    }
+    /// This cluster's recovery point objective, if any.
+    pub fn rpo_objective(&self, agent: &AgentConfig<S>) -> Option<std::time::Duration> {
+        self.rpo_objective.or(agent.rpo_objective)
     }
 }
 
@@ -418,6 +452,13 @@ fn de_url<'de, D: Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
     }
 }
 
+fn de_objective<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::timeparse::parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 fn de_tz<'de, D: Deserializer<'de>>(d: D) -> Result<Option<chrono_tz::Tz>, D::Error> {
     let s = String::deserialize(d)?;
     s.parse::<chrono_tz::Tz>().map(Some).map_err(|_| {
@@ -478,6 +519,12 @@ impl Config<String> {
                 .verify_schedule
                 .map(|v| parse("agent.verify_schedule".into(), v))
                 .transpose()?,
+            full_schedule: agent
+                .full_schedule
+                .map(|v| parse("agent.full_schedule".into(), v))
+                .transpose()?,
+            rto_objective: agent.rto_objective,
+            rpo_objective: agent.rpo_objective,
         };
         let clusters = self
             .clusters
@@ -493,6 +540,12 @@ impl Config<String> {
                         .verify_schedule
                         .map(|v| parse(key("verify_schedule"), v))
                         .transpose()?,
+                    full_schedule: c
+                        .full_schedule
+                        .map(|v| parse(key("full_schedule"), v))
+                        .transpose()?,
+                    rto_objective: c.rto_objective,
+                    rpo_objective: c.rpo_objective,
                     name: c.name,
                     pgdata: c.pgdata,
                     connection: c.connection,
@@ -768,6 +821,59 @@ pgdata = "/var/lib/postgresql/15/main"
             Config::parse(&format!("{MINIMAL}backup_schedule = \"nope\"\n")).unwrap_err()
         );
         assert!(err.contains("cluster \"core\": backup_schedule"), "{err}");
+    }
+
+    #[test]
+    fn full_schedule_and_objectives_default_off_and_override_per_cluster() {
+        let cfg = Config::parse(MINIMAL).unwrap();
+        let core = cfg.cluster(None).unwrap();
+        assert!(
+            core.full_schedule(&cfg.agent).is_none(),
+            "a full every night"
+        );
+        assert_eq!(core.rto_objective(&cfg.agent), None);
+        assert_eq!(core.rpo_objective(&cfg.agent), None);
+        let cfg = Config::parse(&format!(
+            "[agent]\nfull_schedule = \"0 0 2 * * Sun\"\nrto_objective = \"4h\"\nrpo_objective = \"15m\"\n\
+             {MINIMAL}rpo_objective = \"5m\"\nfull_schedule = \"0 0 2 1 * *\"\n"
+        ))
+        .unwrap();
+        let core = cfg.cluster(None).unwrap();
+        assert_eq!(
+            cfg.agent.full_schedule.as_ref().map(Schedule::expr),
+            Some("0 0 2 * * Sun")
+        );
+        assert_eq!(
+            core.full_schedule(&cfg.agent).map(Schedule::expr),
+            Some("0 0 2 1 * *")
+        );
+        assert_eq!(
+            core.rto_objective(&cfg.agent).map(|d| d.as_secs()),
+            Some(14_400)
+        );
+        assert_eq!(
+            core.rpo_objective(&cfg.agent).map(|d| d.as_secs()),
+            Some(300)
+        );
+        let example = Config::parse(include_str!("../config/synapse-backup.example.toml")).unwrap();
+        let core = example.cluster(Some("core")).unwrap();
+        assert_eq!(
+            core.full_schedule(&example.agent).map(Schedule::expr),
+            Some("0 0 2 * * Sun")
+        );
+        for (text, want) in [
+            ("[agent]\nrto_objective = \"4 hours\"\n", "not a duration"),
+            (
+                "[agent]\nfull_schedule = \"0 2 * * 0\"\n",
+                "agent.full_schedule",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                Config::parse(&format!("{text}{MINIMAL}")).unwrap_err()
+            );
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub use load::{
     add_marker, create_status, create_tablespace, set_marker, target_time, BackgroundLoad,
 };
 pub use repo::{
-    backup, backup_id, backup_ids, backup_incr, backup_output, backup_output_with, repository,
-    repository_of,
+    assert_no_wal_below, backup, backup_id, backup_ids, backup_incr, backup_output,
+    backup_output_with, repository, repository_of,
 };
 pub use s3::{shared_s3, write_creds, PrivateS3};
 

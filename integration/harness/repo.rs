@@ -58,3 +58,16 @@ pub async fn backup_ids(repo: &Repository) -> Vec<String> {
         .map(|m| m.id.to_string())
         .collect()
 }
+
+/// Every WAL segment `repo` holds is at or above segment number `segno` (16 MiB segments):
+/// retention removed nothing needed from there and everything below.
+pub async fn assert_no_wal_below(repo: &Repository, segno: u64, what: &str) {
+    for (name, _) in repo.list_wal().await.expect("list WAL") {
+        if let Some(s) = name.segment() {
+            assert!(
+                u64::from(s.seg) + (u64::from(s.log) << 8) >= segno,
+                "{name} is below {what}"
+            );
+        }
+    }
+}

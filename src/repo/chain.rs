@@ -105,6 +105,30 @@ pub fn chain_len(id: &BackupId, backups: &[BackupManifest]) -> Option<usize> {
     chain(id, backups).ok().map(|c| c.len())
 }
 
+/// Number of backups in `id`'s chain (1 for a full) over any record of backups: `link` gives
+/// a backup's kind and parent (`None`: not among them). `None` when the chain is broken: a
+/// missing ancestor, an incremental without a parent, a full with one, or a parent that is
+/// not older than its child. For callers that keep less than whole manifests (retention's
+/// facts, the agent's summaries).
+pub fn walk_len<'a>(
+    id: &'a BackupId,
+    link: impl Fn(&BackupId) -> Option<(BackupKind, Option<&'a BackupId>)>,
+) -> Option<usize> {
+    let mut at = id;
+    // Parents are strictly older, so the walk ends; the bound only guards a forged cycle.
+    for n in 1..=MAX_WALK {
+        match link(at)? {
+            (BackupKind::Full, None) => return Some(n),
+            (BackupKind::Incr, Some(p)) if p < at => at = p,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Longer than any chain `max_chain` allows.
+const MAX_WALK: usize = 10_000;
+
 /// The backups `kept` depend on, `kept` included: what retention must never delete.
 /// Ancestors that are missing are simply absent (the caller reports broken chains).
 pub fn closure(kept: &[BackupId], backups: &[BackupManifest]) -> BTreeSet<BackupId> {
