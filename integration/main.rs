@@ -14,6 +14,7 @@ mod incident;
 mod kill_campaign;
 mod ops;
 mod restore;
+mod restore_plan;
 mod restore_safety;
 mod robustness;
 mod sandbox;

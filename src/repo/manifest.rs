@@ -233,6 +233,10 @@ pub struct BackupManifest {
     pub files: Vec<FileEntry>,
     pub directories: Vec<DirEntry>,
     pub page_problems: Vec<PageProblem>,
+    /// The catalog snapshot current when the backup ended (`<time>-<hash>` of a
+    /// `catalog/` object, issue 16); absent when none could be taken, and in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_snapshot: Option<String>,
 }
 
 impl BackupManifest {
@@ -389,6 +393,7 @@ pub(super) mod tests {
                 mode: 0o700,
             }],
             page_problems: vec![],
+            catalog_snapshot: None,
         }
     }
 

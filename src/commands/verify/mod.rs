@@ -292,7 +292,9 @@ pub async fn verify_backup(
         target: plan.report(),
         recovered_to,
         checks: checks.list,
+        speeds: None,
     };
+    report.measure_speeds(backup.stored_size(), plan.segments.len(), seg_bytes);
     repo.put_report(&mut report).await?;
     Ok(report)
 }
