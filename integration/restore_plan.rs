@@ -45,6 +45,16 @@ async fn dry_run_plan_prediction_and_replay_progress() {
     create_status(&pg, "backup");
     pg.pgbench(&["-i", "-s", "1", "-q"]);
     backup(&cfg);
+    // The manifest names the catalog snapshot current at the backup.
+    let manifests = harness::repository(&cfg).backups().await.unwrap().intact;
+    let catalog = manifests[0]
+        .catalog_snapshot
+        .clone()
+        .expect("a catalog snapshot");
+    assert!(
+        catalog.len() > 17 && catalog.as_bytes()[16] == b'-',
+        "not <time>-<hash>: {catalog}"
+    );
     // 60 cheap segments: a small insert, then a switch.
     for i in 0..60 {
         pg.psql(&format!(
