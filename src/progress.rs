@@ -66,6 +66,9 @@ pub struct Status {
     pub rate: Option<f64>,
     /// Remaining / rate.
     pub eta: Option<Duration>,
+    /// The phase is over (not just at its planned total: a time target's last segment is an
+    /// estimate, so replay can run past it).
+    pub finished: bool,
 }
 
 impl Status {
@@ -83,6 +86,7 @@ impl Status {
             },
             rate,
             eta: rate.map(|r| Duration::from_secs_f64((total - done) as f64 / r)),
+            finished: false,
         }
     }
 }
@@ -147,7 +151,10 @@ impl Meter {
 
     /// The phase is over: clear the bar, or log its last line.
     pub fn finish(mut self) {
-        let status = Status::of(self.total, self.total, self.started.elapsed());
+        let status = Status {
+            finished: true,
+            ..Status::of(self.total, self.total, self.started.elapsed())
+        };
         if let Display::Lines { .. } = self.display {
             self.log(&status, None);
         }
@@ -195,11 +202,15 @@ impl Meter {
             },
             s.percent.floor()
         );
-        if s.done >= s.total {
+        if s.finished {
             line.push_str(&format!(
                 ", done in {}",
                 human_duration(self.started.elapsed())
             ));
+            return line;
+        }
+        if s.done >= s.total {
+            line.push_str(", at the planned end, still running");
             return line;
         }
         match (s.rate, s.eta) {
@@ -260,6 +271,11 @@ mod tests {
         assert_eq!(
             d.line(&Status::of(0, 4, Duration::ZERO), None),
             "download: 0 B of 4 B (0%), ETA: measuring"
+        );
+        // Past a planned total that was an estimate: not "done" until it is.
+        assert_eq!(
+            m.line(&Status::of(60, 50, Duration::from_secs(5)), None),
+            "replay: 50 of 50 WAL segments (100%), at the planned end, still running"
         );
     }
 }
