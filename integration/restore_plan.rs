@@ -97,11 +97,12 @@ async fn dry_run_plan_prediction_and_replay_progress() {
     assert!(!target.exists(), "--dry-run created {}", target.display());
     let predicted = predicted_seconds(&err);
 
-    // The real restore, started (the copy uses the original's port): the prediction is within
-    // 2x of it, and the replay of 60+ segments shows its progress at least 5 times.
+    // The real restore, started (the copy uses the original's port), with JSON log lines:
+    // the prediction is within 2x of it, and the replay of 60+ segments shows its progress at
+    // least 5 times, each a JSON line with its numbers.
     pg.stop();
     let t0 = Instant::now();
-    let (server, err) = restore_started(&cfg, &target, &["--latest"]);
+    let (server, err) = restore_started(&cfg, &target, &["--latest", "--log-format", "json"]);
     let actual = t0.elapsed().as_secs_f64();
     server.stop();
     eprintln!("PREDICTION predicted {predicted:.1}s, actual {actual:.1}s");
@@ -109,18 +110,27 @@ async fn dry_run_plan_prediction_and_replay_progress() {
         predicted <= 2.0 * actual && actual <= 2.0 * predicted,
         "predicted {predicted:.1}s, the restore took {actual:.1}s"
     );
-    let replay_lines: Vec<&str> = err
+    let replay: Vec<serde_json::Value> = err
         .lines()
-        .filter(|l| l.contains("replay: ") && l.contains(" WAL segments ("))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["phase"] == "replay")
         .collect();
     assert!(
-        replay_lines.len() >= 5,
+        replay.len() >= 5,
         "{} replay progress lines:\n{err}",
-        replay_lines.len()
+        replay.len()
     );
+    for line in &replay {
+        let f = &line["fields"];
+        assert!(
+            f["message"].as_str().unwrap().contains(" WAL segments (")
+                && f["total"].as_u64().unwrap() >= 60
+                && f["done"].as_u64().unwrap() <= f["total"].as_u64().unwrap(),
+            "{line}"
+        );
+    }
     assert!(
-        replay_lines.iter().any(|l| l.contains("ETA ")),
-        "no ETA in:\n{}",
-        replay_lines.join("\n")
+        replay.iter().any(|l| l["fields"]["eta_seconds"].is_u64()),
+        "no ETA in {replay:?}"
     );
 }
