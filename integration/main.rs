@@ -6,11 +6,13 @@
 
 mod agent;
 mod backup;
+mod chain_retention;
 mod crypt_cli;
 mod expire;
 mod failover;
 mod harness;
 mod incident;
+mod incremental;
 mod kill_campaign;
 mod ops;
 mod restore;

@@ -635,6 +635,7 @@ pub(crate) mod tests {
             directories: vec![],
             page_problems: vec![],
             catalog_snapshot: None,
+            block_map: None,
         }
     }
 

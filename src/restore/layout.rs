@@ -224,6 +224,7 @@ pub(crate) mod tests {
             directories: vec![],
             page_problems: vec![],
             catalog_snapshot: None,
+            block_map: None,
         }
     }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::format::{human_bytes, human_duration};
 use crate::pg::{WalSegmentName, WalSegmentSize};
-use crate::repo::chain;
 use crate::repo::manifest::{BackupKind, BackupManifest};
 use crate::repo::reports::MeasuredSpeeds;
 use crate::repo::window::{self, RecoveryTarget, WalIndex};
@@ -200,7 +199,8 @@ pub(super) async fn make(
     index: &WalIndex,
     target: &RecoveryTarget,
 ) -> anyhow::Result<Plan> {
-    let chain = chain::chain(&backup.id, backups).unwrap_or_else(|_| vec![backup]);
+    // The chain as the restore will read it: a broken one is refused here, so by --dry-run too.
+    let chain = crate::restore::chain::resolve(repo, backup).await?;
     let chain: Vec<Link> = chain
         .iter()
         .map(|b| Link {
@@ -417,6 +417,7 @@ mod tests {
             },
             recovered_to: None,
             checks: vec![],
+            measured: None,
             speeds,
         };
         let measured = |sps| MeasuredSpeeds {
