@@ -7,6 +7,7 @@
 mod agent;
 mod backup;
 mod crypt_cli;
+mod encryption;
 mod expire;
 mod failover;
 mod harness;

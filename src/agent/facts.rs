@@ -78,6 +78,7 @@ impl RepoReader {
             backups_bytes: inventory.backups_bytes,
             wal_bytes: inventory.wal_bytes,
             wal_conflicts: inventory.wal_conflicts,
+            encrypted: repo.encryption().await?.is_some(),
             ..RepoFacts::default()
         };
         let (ids, wal_names, wal_infos) = (
