@@ -86,18 +86,8 @@ impl Repository {
             .await
             .context("store the repository keyring")?;
         let mut record = ours.clone();
-        record.verify_key = self.signing.verify_key().map(|k| k.to_string());
         record.encryption = Some(update.public.clone());
-        let body = self.signing.seal(
-            &name,
-            serde_json::to_vec_pretty(&record).expect("serializes"),
-        )?;
-        match self
-            .storage
-            .plain()
-            .put_if_absent(layout::REPOSITORY_INFO, Bytes::from(body))
-            .await?
-        {
+        match self.create_record(&record).await? {
             Put::Stored => Ok(update.public),
             Put::AlreadyExists => Err(Failure::Conflict(format!(
                 "{name} was written by another process during `key init`; run `key list`"

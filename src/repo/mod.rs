@@ -283,18 +283,8 @@ impl Repository {
             None => {
                 // An encrypted repository starts with `key init`: never with plaintext.
                 self.storage.mode_without_record()?;
-                let mut record = ours.clone();
-                record.verify_key = self.signing.verify_key().map(|k| k.to_string());
-                let body = self.signing.seal(
-                    &self.object_name(layout::REPOSITORY_INFO),
-                    serde_json::to_vec_pretty(&record).expect("serializes"),
-                )?;
-                match self
-                    .storage
-                    .plain()
-                    .put_if_absent(layout::REPOSITORY_INFO, Bytes::from(body))
-                    .await?
-                {
+                let record = ours.clone();
+                match self.create_record(&record).await? {
                     Put::Stored => return Ok(record),
                     Put::AlreadyExists => self.info().await?.context("repository.json vanished")?,
                 }
@@ -318,6 +308,21 @@ impl Repository {
             .into());
         }
         Ok(existing)
+    }
+
+    /// Store `record` (with this repository's verify key) as `repository.json` unless one is
+    /// there: the repository's first write.
+    async fn create_record(&self, record: &RepositoryInfo) -> anyhow::Result<Put> {
+        let mut record = record.clone();
+        record.verify_key = self.signing.verify_key().map(|k| k.to_string());
+        let body = self.signing.seal(
+            &self.object_name(layout::REPOSITORY_INFO),
+            serde_json::to_vec_pretty(&record).expect("serializes"),
+        )?;
+        self.storage
+            .plain()
+            .put_if_absent(layout::REPOSITORY_INFO, Bytes::from(body))
+            .await
     }
 
     /// Archive a WAL file (already compressed with its header). An identical copy already
