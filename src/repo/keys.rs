@@ -87,7 +87,7 @@ impl Repository {
             .context("store the repository keyring")?;
         let mut record = ours.clone();
         record.encryption = Some(update.public.clone());
-        match self.create_record(&record).await? {
+        match self.create_record(record).await?.0 {
             Put::Stored => Ok(update.public),
             Put::AlreadyExists => Err(Failure::Conflict(format!(
                 "{name} was written by another process during `key init`; run `key list`"

@@ -283,10 +283,11 @@ impl Repository {
             None => {
                 // An encrypted repository starts with `key init`: never with plaintext.
                 self.storage.mode_without_record()?;
-                let record = ours.clone();
-                match self.create_record(&record).await? {
-                    Put::Stored => return Ok(record),
-                    Put::AlreadyExists => self.info().await?.context("repository.json vanished")?,
+                match self.create_record(ours.clone()).await? {
+                    (Put::Stored, record) => return Ok(record),
+                    (Put::AlreadyExists, _) => {
+                        self.info().await?.context("repository.json vanished")?
+                    }
                 }
             }
         };
@@ -312,17 +313,22 @@ impl Repository {
 
     /// Store `record` (with this repository's verify key) as `repository.json` unless one is
     /// there: the repository's first write.
-    async fn create_record(&self, record: &RepositoryInfo) -> anyhow::Result<Put> {
-        let mut record = record.clone();
+    /// Returns the record as stored.
+    async fn create_record(
+        &self,
+        mut record: RepositoryInfo,
+    ) -> anyhow::Result<(Put, RepositoryInfo)> {
         record.verify_key = self.signing.verify_key().map(|k| k.to_string());
         let body = self.signing.seal(
             &self.object_name(layout::REPOSITORY_INFO),
             serde_json::to_vec_pretty(&record).expect("serializes"),
         )?;
-        self.storage
+        let put = self
+            .storage
             .plain()
             .put_if_absent(layout::REPOSITORY_INFO, Bytes::from(body))
-            .await
+            .await?;
+        Ok((put, record))
     }
 
     /// Archive a WAL file (already compressed with its header). An identical copy already
