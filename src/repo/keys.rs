@@ -313,6 +313,50 @@ mod tests {
         assert_eq!(crate::error::exit_code(&err), crate::error::exit::USAGE);
     }
 
+    #[tokio::test]
+    async fn a_writer_without_identity_tells_a_re_push_from_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, alice) = operator(dir.path(), "alice.key");
+        let storage = Storage::in_memory();
+        let writer = Repository::with_encryption(
+            &storage,
+            "core",
+            Signing::default(),
+            Some(crypt::EncryptionConfig {
+                recipients: vec![alice.clone()],
+                identity_file: None,
+            }),
+        );
+        writer
+            .init_keys(&info(), &[alice], Utc::now())
+            .await
+            .unwrap();
+        let name: crate::pg::WalFileName = "000000010000000000000003".parse().unwrap();
+        let (a, ha) = crate::codec::compress(b"segment a", 1, Default::default());
+        let (b, hb) = crate::codec::compress(b"segment b", 1, Default::default());
+        let put = |o: Vec<u8>, h| {
+            let w = writer.clone();
+            async move { w.put_wal(&name, o.into(), &h).await }
+        };
+        assert_eq!(
+            put(a.clone(), ha.clone()).await.unwrap(),
+            super::super::Archived::Stored
+        );
+        assert_eq!(
+            put(a, ha).await.unwrap(),
+            super::super::Archived::AlreadyArchived
+        );
+        let err = put(b, hb).await.unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), crate::error::exit::CONFLICT);
+        let stored = storage
+            .scoped("core")
+            .get(&layout::wal_key(&name))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(stored.starts_with(b"age-encryption.org/v1"));
+    }
+
     #[test]
     fn a_generation_is_unused_once_its_successor_predates_every_kept_object() {
         let t0: DateTime<Utc> = "2024-01-01T00:00:00Z".parse().unwrap();
