@@ -188,15 +188,20 @@ fn keyring_failure(e: KeyringError) -> anyhow::Error {
     }
 }
 
-/// Encrypt a whole object (already in memory) to `to`, off the reactor, with a public
-/// content tag in its header when given.
+/// Objects up to this size are encrypted and decrypted on the calling thread (a few ms of
+/// ChaCha20-Poly1305 at most): a blocking-pool thread per WAL object costs more memory (its
+/// own allocator arena) than the work it would take off the reactor.
+const INLINE_LIMIT: usize = 8 << 20;
+
+/// Encrypt a whole object (already in memory) to `to`, with a public content tag in its
+/// header when given; large objects off the reactor.
 pub(super) async fn encrypt_payload(
     to: &Recipient,
     tag: Option<ContentTag>,
     plain: PutPayload,
 ) -> PutPayload {
-    let to = to.clone();
-    tokio::task::spawn_blocking(move || {
+    let inline = plain.content_length() <= INLINE_LIMIT;
+    let encrypt = move |to: Recipient| {
         let out = Vec::with_capacity(plain.content_length() + 512);
         let mut w = match &tag {
             None => EncryptingWriter::new(&to, out),
@@ -207,22 +212,32 @@ pub(super) async fn encrypt_payload(
             w.write_all(chunk).expect("writing to a Vec cannot fail");
         }
         PutPayload::from(w.finish().expect("writing to a Vec cannot fail"))
-    })
-    .await
-    .expect("encrypt task does not panic")
+    };
+    let to = to.clone();
+    if inline {
+        return encrypt(to);
+    }
+    tokio::task::spawn_blocking(move || encrypt(to))
+        .await
+        .expect("encrypt task does not panic")
 }
 
-/// Decrypt a whole object, off the reactor; errors name the object.
+/// Decrypt a whole object (large ones off the reactor); errors name the object.
 pub(super) async fn decrypt_whole(
     keys: Arc<SecretKeyring>,
     bytes: Bytes,
     object: String,
 ) -> anyhow::Result<Bytes> {
-    tokio::task::spawn_blocking(move || crypt::decrypt_bytes(&keys, &bytes, &object))
-        .await
-        .expect("decrypt task does not panic")
-        .map(Bytes::from)
-        .map_err(Into::into)
+    let inline = bytes.len() <= INLINE_LIMIT;
+    let decrypt = move || crypt::decrypt_bytes(&keys, &bytes, &object);
+    let plain = if inline {
+        decrypt()
+    } else {
+        tokio::task::spawn_blocking(decrypt)
+            .await
+            .expect("decrypt task does not panic")
+    };
+    plain.map(Bytes::from).map_err(Into::into)
 }
 
 /// The first `len` plaintext bytes of an object from its first encrypted bytes (at least the
