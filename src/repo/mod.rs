@@ -341,12 +341,11 @@ impl Repository {
     ) -> anyhow::Result<Archived> {
         let key = layout::wal_key(name);
         let object = self.sign_wal(&key, object, header)?;
-        let tag = wal_tag(header);
-        match self
+        let object = self
             .storage
-            .put_if_absent_tagged(&key, object.clone(), Some(tag.clone()))
-            .await?
-        {
+            .seal_tagged(object, Some(wal_tag(header)))
+            .await?;
+        match self.storage.put_sealed_if_absent(&key, &object).await? {
             Put::Stored => Ok(Archived::Stored),
             Put::AlreadyExists => {
                 let stored = self.stored_wal_digest(name, &key).await?;
@@ -356,11 +355,7 @@ impl Repository {
                     // Keep the refused content as evidence (and for whoever must recover the
                     // losing side's writes); `check` and the agent's metrics report it.
                     let evidence = layout::conflict_key(name, &header.sha256);
-                    let kept = match self
-                        .storage
-                        .put_if_absent_tagged(&evidence, object, Some(tag))
-                        .await
-                    {
+                    let kept = match self.storage.put_sealed_if_absent(&evidence, &object).await {
                         Ok(_) => format!("the refused copy is kept as {}/{evidence}", self.cluster),
                         Err(e) => format!("keeping the refused copy failed too: {e:#}"),
                     };

@@ -163,6 +163,26 @@ impl Store {
         self.storage.put_if_absent(key, data).await
     }
 
+    /// `data` as it will be stored (encrypted, with `tag`, in an encrypted repository), for a
+    /// caller that may store the same bytes under a second key: the plaintext is dropped as
+    /// soon as it is encrypted, so a WAL object is never held twice during its upload.
+    pub(super) async fn seal_tagged(
+        &self,
+        data: PutPayload,
+        tag: Option<ContentTag>,
+    ) -> anyhow::Result<Sealed> {
+        self.seal(data, tag).await.map(Sealed)
+    }
+
+    /// Store bytes from [`Store::seal_tagged`] unless something is there already.
+    pub(super) async fn put_sealed_if_absent(
+        &self,
+        key: &str,
+        sealed: &Sealed,
+    ) -> anyhow::Result<Put> {
+        self.storage.put_if_absent(key, sealed.0.clone()).await
+    }
+
     /// The public content tag of a stored encrypted object (read without any key).
     pub(super) async fn stored_tag(&self, key: &str) -> anyhow::Result<Option<ContentTag>> {
         Ok(self
@@ -306,6 +326,9 @@ impl Store {
         self.storage.delete_many(keys).await
     }
 }
+
+/// An object as stored: encrypted in an encrypted repository (see [`Store::seal_tagged`]).
+pub(super) struct Sealed(PutPayload);
 
 /// A streaming upload; the age stream's last chunk is written by `finish`.
 pub(super) struct StoreWriter {
