@@ -197,10 +197,18 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
         return;
     }
     let scratch = Scratch::new("agent");
+    // revenue: weekly-full rhythm with a full_schedule that does not fire during the test (its
+    // first backup is a full, the next ones incrementals), and an RPO objective.
     let setup = setup(
         &scratch,
         "backup_schedule = \"*/5 * * * * *\"\nverify_after_backup = false\n",
-        &|_| String::new(),
+        &|name| {
+            if name == "revenue" {
+                "full_schedule = \"0 0 0 1 1 *\"\nrpo_objective = \"1h\"\n".into()
+            } else {
+                String::new()
+            }
+        },
     );
     // Enough data in core that its backup takes a moment (SIGTERM lands in one below).
     setup.clusters[0].pgbench(&["-i", "-s", "8", "-q"]);
@@ -284,6 +292,66 @@ async fn agent_backs_up_three_clusters_reloads_refuses_a_twin_and_stops_mid_back
         );
     }
     assert!(m.contains("# TYPE synapse_backup_job_runs_total counter"));
+
+    // The rhythm: revenue's later backups are incrementals on its first full; the others
+    // (no full_schedule) take a full every time. The chain and per-type sizes are exported,
+    // and the data-loss exposure beside revenue's objective.
+    agent.wait_for(
+        "an incremental backup of revenue",
+        Duration::from_secs(120),
+        |_| {
+            let m = metrics(port);
+            sample(
+                &m,
+                "synapse_backup_last_backup_chain_length{cluster=\"revenue\"}",
+            )
+            .is_some_and(|n| n >= 2.0)
+                && sample(
+                    &m,
+                    "synapse_backup_stored_bytes{cluster=\"revenue\",type=\"incr\"}",
+                )
+                .is_some_and(|b| b > 0.0)
+        },
+    );
+    let m = metrics(port);
+    assert!(agent.log().contains("this backup is an incremental"));
+    assert_eq!(
+        sample(
+            &m,
+            "synapse_backup_stored_bytes{cluster=\"core\",type=\"incr\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "synapse_backup_last_backup_chain_length{cluster=\"core\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "synapse_backup_rpo_objective_seconds{cluster=\"revenue\"}"
+        ),
+        Some(3600.0)
+    );
+    assert!(sample(&m, "synapse_backup_rpo_objective_seconds{cluster=\"core\"}").is_none());
+    // The exposure is the age of the last archived commit: make one and archive it.
+    setup.clusters[2].psql("insert into t values (0)");
+    setup.clusters[2].switch_wal();
+    agent.wait_for(
+        "the data-loss exposure of revenue",
+        Duration::from_secs(60),
+        |_| {
+            sample(
+                &metrics(port),
+                "synapse_backup_rpo_seconds{cluster=\"revenue\"}",
+            )
+            .is_some_and(|s| (0.0..60.0).contains(&s))
+        },
+    );
 
     // A second agent on the same config refuses to start, saying why.
     let twin = Command::new(BIN)

@@ -7,8 +7,31 @@ use chrono::{DateTime, Utc};
 
 use crate::harness::{
     self, archiving_cluster, backup, backup_ids, code, create_status, pg_ctl_stop, repository,
-    set_marker, stderr, target_time, RepoTarget, Scratch,
+    set_marker, stderr, target_time, RepoTarget, Scratch, TestConfig,
 };
+
+/// `expire --dry-run --now NOW --json`, which must succeed: the plan, and each backup's id
+/// and whether it is kept, oldest first.
+pub(crate) fn expire_dry_run(
+    cfg: &TestConfig,
+    now: &str,
+) -> (serde_json::Value, Vec<(String, bool)>) {
+    let out = cfg.run(&["expire", "--dry-run", "--now", now, "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keep = plan["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["id"].as_str().unwrap().to_string(),
+                b["keep"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    (plan, keep)
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expire_a_month_later_keeps_the_window_recoverable() {
@@ -43,20 +66,7 @@ async fn expire_a_month_later_keeps_the_window_recoverable() {
         b_manifest.stop_time + chrono::Duration::days(30) + chrono::Duration::seconds(1);
     let now_arg = now.to_rfc3339();
 
-    let out = cfg.run(&["expire", "--dry-run", "--now", &now_arg, "--json"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let keep: Vec<(String, bool)> = plan["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["id"].as_str().unwrap().to_string(),
-                b["keep"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    let (_, keep) = expire_dry_run(&cfg, &now_arg);
     assert_eq!(
         keep,
         [(a.clone(), false), (b.clone(), true), (c.clone(), true)]
@@ -80,14 +90,7 @@ async fn expire_a_month_later_keeps_the_window_recoverable() {
         .filter(|d| d.name == a)
         .collect();
     assert!(left.is_empty(), "A's objects must be gone: {left:?}");
-    for (name, _) in repo.list_wal().await.unwrap() {
-        if let Some(s) = name.segment() {
-            assert!(
-                u64::from(s.seg) + (u64::from(s.log) << 8) >= b_start_segno,
-                "{name} is below the horizon"
-            );
-        }
-    }
+    harness::assert_no_wal_below(&repo, b_start_segno, "the horizon").await;
 
     // A time inside the new window restores; one before it is refused with the window.
     pg.stop();

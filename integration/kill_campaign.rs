@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, archiving_cluster, code, stderr, PgCluster, RepoTarget, Scratch, BIN};
+use crate::harness::kill::{kill_nine, listed_backups, spawn};
+use crate::harness::{self, archiving_cluster, code, stderr, PgCluster, RepoTarget, Scratch};
 
 /// Kills that must land while the command runs.
 const KILL_POINTS: usize = 30;
@@ -95,51 +96,6 @@ fn complete_segment(pg: &PgCluster, rng: &mut Rng) -> Option<String> {
     Some(names.swap_remove(i))
 }
 
-/// Start the command: as the postgres OS user where it writes into the local repository (as
-/// archive_command and the agent do), as root where the tests run it as root (restore, verify).
-fn spawn(cfg_path: &Path, args: &[&str], cwd: &Path, as_postgres: bool) -> Child {
-    let mut cmd = if as_postgres {
-        harness::as_postgres(BIN)
-    } else {
-        Command::new(BIN)
-    };
-    cmd.arg("--config")
-        .arg(cfg_path)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn synapse-backup")
-}
-
-/// SIGKILL the command (runuser's child too: the whole process group would be cleaner, but
-/// runuser forwards nothing on SIGKILL, so kill the real process, found as runuser's child).
-fn kill_nine(child: &mut Child) -> bool {
-    let pid = child.id();
-    let mut killed = false;
-    for p in children_of(pid).into_iter().chain(std::iter::once(pid)) {
-        killed |= Command::new("kill")
-            .args(["-KILL", &p.to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    }
-    let _ = child.wait();
-    killed
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
-        return Vec::new();
-    };
-    text.split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect()
-}
-
 fn wal_objects(repo: &Path) -> Vec<String> {
     fn walk(dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -162,19 +118,6 @@ fn wal_objects(repo: &Path) -> Vec<String> {
     walk(&repo.join("core/wal"), &mut out);
     out.sort();
     out
-}
-
-/// The backups `list --json` shows (what an operator sees as usable).
-fn listed_backups(cfg: &harness::TestConfig) -> Vec<String> {
-    let out = cfg.run(&["list", "--json"]);
-    assert_eq!(code(&out), 0, "list --json: {}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
-    v["backups"]
-        .as_array()
-        .expect("backups array")
-        .iter()
-        .map(|b| b["id"].as_str().expect("id").to_string())
-        .collect()
 }
 
 /// Scratch PostgreSQL servers left by a killed `verify` (started under our test): stop them.

@@ -6,12 +6,14 @@
 
 mod agent;
 mod backup;
+mod chain_retention;
 mod crypt_cli;
 mod encryption;
 mod expire;
 mod failover;
 mod harness;
 mod incident;
+mod incremental;
 mod kill_campaign;
 mod ops;
 mod restore;

@@ -227,6 +227,7 @@ fn forge_backup(repo: &Path, id: &str, library: &[u8], settings: &str) {
         mtime,
         sha256: Sha256::of(library),
         part,
+        stored: Default::default(),
     });
     m.directories.push(DirEntry {
         path: "pg_evil".into(),

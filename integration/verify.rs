@@ -497,10 +497,41 @@ async fn verify_names_the_failing_probe() {
             && err.contains("returned \"200000\", expected \"0\""),
         "{err}"
     );
-    let list = checks(&report.unwrap());
+    let report = report.unwrap();
+    let list = checks(&report);
     assert!(check(&list, "probe \"status is latest\"").1);
     assert!(check(&list, "amcheck").1);
     assert_scratch_clean(&f.base);
+
+    // Restore and recovery passed, so the recovery time was measured (issue 16 item 6), and
+    // `list` shows it as the cluster's last measured RTO.
+    let m = &report["measured"];
+    let (restore, replay) = (
+        m["restore_seconds"].as_f64().unwrap(),
+        m["replay_seconds"].as_f64().unwrap(),
+    );
+    assert_eq!(restore, check(&list, "restore").2);
+    assert_eq!(replay, check(&list, "recovery").2);
+    let rto = m["rto_seconds"].as_f64().unwrap();
+    assert!((rto - restore - replay).abs() < 0.01 && rto > 0.0, "{m}");
+    assert!(m["rpo_seconds"].as_f64().unwrap() >= 0.0, "{m}");
+    assert!(m["last_archived_commit"].is_string(), "{m}");
+    let out = f.cfg.run(&["list", "--json"]);
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listing["last_measured_rto"]["rto_seconds"],
+        m["rto_seconds"]
+    );
+    assert_eq!(
+        listing["last_measured_rto"]["backup_id"],
+        report["backup_id"]
+    );
+    let out = f.cfg.run(&["list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("last measured RTO: "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     drop(f.pg);
 }
 

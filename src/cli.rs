@@ -126,6 +126,13 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
+/// `backup --type` (converted to `repo::manifest::BackupKind` in `settings`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BackupType {
+    Full,
+    Incr,
+}
+
 /// `verify --runtime` (converted to `config::VerifyRuntime` in `settings`).
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum VerifyRuntime {
@@ -176,7 +183,21 @@ pub enum Command {
         timeline: Option<u32>,
     },
     /// Take an online base backup of the cluster now.
-    Backup,
+    Backup {
+        /// full: every file; incr: only the blocks changed since the newest backup (a full is
+        /// taken instead when there is no usable parent or the chain is max_chain long).
+        #[arg(long = "type", value_enum, default_value_t = BackupType::Full)]
+        kind: BackupType,
+    },
+    /// Write any backup (full or incremental) as a plain full backup directory: the data
+    /// files, backup_label and tablespace_map, what pg_combinebackup produces. DIR must be
+    /// absent or empty.
+    Export {
+        /// The backup to export.
+        id: String,
+        /// Where to write it.
+        dir: PathBuf,
+    },
     /// List backups and the recoverable window.
     #[command(alias = "info")]
     List {

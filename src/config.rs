@@ -80,6 +80,17 @@ pub struct AgentConfig<S = Schedule> {
     pub verify_after_backup: bool,
     /// An extra schedule that verifies the newest backup.
     pub verify_schedule: Option<S>,
+    /// When a full backup is due: a scheduled backup is a full when this schedule fired since
+    /// the newest full (or there is none), else an incremental. Unset: every backup is a full.
+    pub full_schedule: Option<S>,
+    /// Recovery time objective (e.g. `"4h"`): exported as a metric; an alert fires when the
+    /// last measured recovery time exceeds it.
+    #[serde(default, deserialize_with = "de_objective")]
+    pub rto_objective: Option<std::time::Duration>,
+    /// Recovery point objective (e.g. `"15m"`): exported as a metric; an alert fires when the
+    /// data-loss exposure (the age of the last archived commit) exceeds it.
+    #[serde(default, deserialize_with = "de_objective")]
+    pub rpo_objective: Option<std::time::Duration>,
 }
 
 impl<S: From<&'static str>> Default for AgentConfig<S> {
@@ -90,6 +101,9 @@ impl<S: From<&'static str>> Default for AgentConfig<S> {
             backup_schedule: default_backup_schedule(),
             verify_after_backup: true,
             verify_schedule: None,
+            full_schedule: None,
+            rto_objective: None,
+            rpo_objective: None,
         }
     }
 }
@@ -112,6 +126,10 @@ pub struct BackupConfig {
     /// A lock not refreshed for this long is taken to belong to a dead process.
     #[serde(default = "default_lock_ttl")]
     pub lock_ttl_seconds: u64,
+    /// Backups in a chain at most (a full and its incrementals): the backup after a chain this
+    /// long is a full, whatever was asked.
+    #[serde(default = "default_max_chain")]
+    pub max_chain: usize,
 }
 
 impl Default for BackupConfig {
@@ -122,6 +140,7 @@ impl Default for BackupConfig {
             fast_checkpoint: true,
             archive_wait_seconds: default_archive_wait(),
             lock_ttl_seconds: default_lock_ttl(),
+            max_chain: default_max_chain(),
         }
     }
 }
@@ -209,6 +228,14 @@ pub struct ClusterConfig<S = Schedule> {
     pub verify_after_backup: Option<bool>,
     /// Agent: instead of `[agent] verify_schedule`.
     pub verify_schedule: Option<S>,
+    /// Agent: instead of `[agent] full_schedule`.
+    pub full_schedule: Option<S>,
+    /// Instead of `[agent] rto_objective`.
+    #[serde(default, deserialize_with = "de_objective")]
+    pub rto_objective: Option<std::time::Duration>,
+    /// Instead of `[agent] rpo_objective`.
+    #[serde(default, deserialize_with = "de_objective")]
+    pub rpo_objective: Option<std::time::Duration>,
 }
 
 impl<S> ClusterConfig<S> {
@@ -228,6 +255,18 @@ impl<S> ClusterConfig<S> {
         self.verify_schedule
             .as_ref()
             .or(agent.verify_schedule.as_ref())
+    }
+    /// When the agent's scheduled backup of this cluster is a full (`None`: always).
+    pub fn full_schedule<'a>(&'a self, agent: &'a AgentConfig<S>) -> Option<&'a S> {
+        self.full_schedule.as_ref().or(agent.full_schedule.as_ref())
+    }
+    /// This cluster's recovery time objective, if any.
+    pub fn rto_objective(&self, agent: &AgentConfig<S>) -> Option<std::time::Duration> {
+        self.rto_objective.or(agent.rto_objective)
+    }
+    /// This cluster's recovery point objective, if any.
+    pub fn rpo_objective(&self, agent: &AgentConfig<S>) -> Option<std::time::Duration> {
+        self.rpo_objective.or(agent.rpo_objective)
     }
 }
 
@@ -383,6 +422,9 @@ fn default_archive_wait() -> u64 {
 fn default_lock_ttl() -> u64 {
     600
 }
+fn default_max_chain() -> usize {
+    6
+}
 fn default_prefetch() -> usize {
     8
 }
@@ -412,6 +454,13 @@ fn de_url<'de, D: Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
             "bad repository url {s:?}: unsupported scheme {other:?} (use file:///path or s3://bucket/prefix)"
         ))),
     }
+}
+
+fn de_objective<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::timeparse::parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn de_tz<'de, D: Deserializer<'de>>(d: D) -> Result<Option<chrono_tz::Tz>, D::Error> {
@@ -474,6 +523,12 @@ impl Config<String> {
                 .verify_schedule
                 .map(|v| parse("agent.verify_schedule".into(), v))
                 .transpose()?,
+            full_schedule: agent
+                .full_schedule
+                .map(|v| parse("agent.full_schedule".into(), v))
+                .transpose()?,
+            rto_objective: agent.rto_objective,
+            rpo_objective: agent.rpo_objective,
         };
         let clusters = self
             .clusters
@@ -489,6 +544,12 @@ impl Config<String> {
                         .verify_schedule
                         .map(|v| parse(key("verify_schedule"), v))
                         .transpose()?,
+                    full_schedule: c
+                        .full_schedule
+                        .map(|v| parse(key("full_schedule"), v))
+                        .transpose()?,
+                    rto_objective: c.rto_objective,
+                    rpo_objective: c.rpo_objective,
                     name: c.name,
                     pgdata: c.pgdata,
                     connection: c.connection,
@@ -534,6 +595,9 @@ impl<S> Config<S> {
             if !c.pgdata.is_absolute() {
                 bail!("cluster {:?}: pgdata must be an absolute path", c.name);
             }
+        }
+        if self.backup.max_chain == 0 {
+            bail!("backup.max_chain must be at least 1 (1: every backup is a full)");
         }
         if !self.verify.scratch_dir.is_absolute() {
             bail!("verify.scratch_dir must be an absolute path");
@@ -761,6 +825,59 @@ pgdata = "/var/lib/postgresql/15/main"
             Config::parse(&format!("{MINIMAL}backup_schedule = \"nope\"\n")).unwrap_err()
         );
         assert!(err.contains("cluster \"core\": backup_schedule"), "{err}");
+    }
+
+    #[test]
+    fn full_schedule_and_objectives_default_off_and_override_per_cluster() {
+        let cfg = Config::parse(MINIMAL).unwrap();
+        let core = cfg.cluster(None).unwrap();
+        assert!(
+            core.full_schedule(&cfg.agent).is_none(),
+            "a full every night"
+        );
+        assert_eq!(core.rto_objective(&cfg.agent), None);
+        assert_eq!(core.rpo_objective(&cfg.agent), None);
+        let cfg = Config::parse(&format!(
+            "[agent]\nfull_schedule = \"0 0 2 * * Sun\"\nrto_objective = \"4h\"\nrpo_objective = \"15m\"\n\
+             {MINIMAL}rpo_objective = \"5m\"\nfull_schedule = \"0 0 2 1 * *\"\n"
+        ))
+        .unwrap();
+        let core = cfg.cluster(None).unwrap();
+        assert_eq!(
+            cfg.agent.full_schedule.as_ref().map(Schedule::expr),
+            Some("0 0 2 * * Sun")
+        );
+        assert_eq!(
+            core.full_schedule(&cfg.agent).map(Schedule::expr),
+            Some("0 0 2 1 * *")
+        );
+        assert_eq!(
+            core.rto_objective(&cfg.agent).map(|d| d.as_secs()),
+            Some(14_400)
+        );
+        assert_eq!(
+            core.rpo_objective(&cfg.agent).map(|d| d.as_secs()),
+            Some(300)
+        );
+        let example = Config::parse(include_str!("../config/synapse-backup.example.toml")).unwrap();
+        let core = example.cluster(Some("core")).unwrap();
+        assert_eq!(
+            core.full_schedule(&example.agent).map(Schedule::expr),
+            Some("0 0 2 * * Sun")
+        );
+        for (text, want) in [
+            ("[agent]\nrto_objective = \"4 hours\"\n", "not a duration"),
+            (
+                "[agent]\nfull_schedule = \"0 2 * * 0\"\n",
+                "agent.full_schedule",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                Config::parse(&format!("{text}{MINIMAL}")).unwrap_err()
+            );
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
     }
 
     #[test]

@@ -84,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let access = match cli.command {
         Command::List { .. }
         | Command::Restore(_)
+        | Command::Export { .. }
         | Command::Verify(_)
         | Command::Events { .. }
         | Command::WalFetch { .. }
@@ -120,7 +121,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 WalPrefetchSettings::from_args(&after, spool, count, segment_size, timeline)?;
             commands::wal_fetch::prefetch(&repo, &prefetch).await
         }
-        Command::Backup => commands::backup::run(&config, cluster, &repo).await,
+        Command::Backup { kind } => {
+            commands::backup::run(&config, cluster, &repo, kind.into()).await
+        }
+        Command::Export { id, dir } => {
+            let export = synapse_backup::settings::ExportSettings::from_args(&id, dir)?;
+            commands::export::run(&repo, &export).await
+        }
         Command::List { json } => commands::list::run(&config, &repo, ListSettings { json }).await,
         Command::Expire {
             dry_run,

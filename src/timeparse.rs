@@ -237,6 +237,42 @@ fn gap_error(input: &str, local: NaiveDateTime, zone: Tz) -> TimeError {
     ))
 }
 
+/// A duration as the config writes one: a number and a unit, repeated — `"90s"`, `"15m"`,
+/// `"4h"`, `"1d"`, `"1h30m"` (units `s`, `m`, `h`, `d`). At least one second.
+pub fn parse_duration(input: &str) -> Result<std::time::Duration, String> {
+    let bad = || {
+        format!(
+            "{input:?} is not a duration: write a number and a unit (s, m, h, d), e.g. \"15m\", \"4h\" or \"1h30m\""
+        )
+    };
+    let text = input.trim();
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +427,19 @@ mod tests {
             format_utc(utc("2024-07-01T10:00:00.25Z")),
             "2024-07-01 10:00:00.250000 UTC"
         );
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90s"), Ok(90));
+        assert_eq!(secs("15m"), Ok(900));
+        assert_eq!(secs(" 4h "), Ok(14_400));
+        assert_eq!(secs("1d"), Ok(86_400));
+        assert_eq!(secs("1h30m"), Ok(5_400));
+        for bad in ["", "15", "m", "0s", "1w", "1.5h", "-1h", "1 h"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("not a duration"), "{bad:?}: {err}");
+        }
     }
 }

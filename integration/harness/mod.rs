@@ -13,6 +13,7 @@
 //! - [`replica`]: streaming standbys, promotion, multi-host connection strings.
 
 pub mod cluster;
+pub mod kill;
 pub mod load;
 pub mod replica;
 pub mod repo;
@@ -28,7 +29,10 @@ pub use cluster::{
 pub use load::{
     add_marker, create_status, create_tablespace, set_marker, target_time, BackgroundLoad,
 };
-pub use repo::{backup, backup_id, backup_ids, backup_output, repository, repository_of};
+pub use repo::{
+    assert_no_wal_below, backup, backup_id, backup_ids, backup_incr, backup_output,
+    backup_output_with, repository, repository_of,
+};
 pub use s3::{shared_s3, write_creds, PrivateS3};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";

@@ -23,10 +23,19 @@ pub fn repository_of(config: &Path, cluster: &str) -> Repository {
 /// root-owned directories in a local repository that `wal-push`, running as postgres, then
 /// cannot write into); the whole output, whatever the outcome.
 pub fn backup_output(cfg: &TestConfig) -> Output {
-    cfg.run_as_postgres(
-        &["backup"],
-        cfg.path.parent().expect("config in a directory"),
-    )
+    backup_output_with(cfg, &[])
+}
+
+/// [`backup_output`] with more arguments (`--type incr`).
+pub fn backup_output_with(cfg: &TestConfig, args: &[&str]) -> Output {
+    let mut all = vec!["backup"];
+    all.extend_from_slice(args);
+    cfg.run_as_postgres(&all, cfg.path.parent().expect("config in a directory"))
+}
+
+/// An incremental backup that must succeed; the new backup id.
+pub fn backup_incr(cfg: &TestConfig) -> String {
+    backup_id(&backup_output_with(cfg, &["--type", "incr"]))
 }
 
 /// The id a successful `backup` printed; panics with its stderr when it failed.
@@ -48,4 +57,17 @@ pub async fn backup_ids(repo: &Repository) -> Vec<String> {
         .iter()
         .map(|m| m.id.to_string())
         .collect()
+}
+
+/// Every WAL segment `repo` holds is at or above segment number `segno` (16 MiB segments):
+/// retention removed nothing needed from there and everything below.
+pub async fn assert_no_wal_below(repo: &Repository, segno: u64, what: &str) {
+    for (name, _) in repo.list_wal().await.expect("list WAL") {
+        if let Some(s) = name.segment() {
+            assert!(
+                u64::from(s.seg) + (u64::from(s.log) << 8) >= segno,
+                "{name} is below {what}"
+            );
+        }
+    }
 }

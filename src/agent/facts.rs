@@ -12,7 +12,7 @@ use super::metrics::{NewestBackup, RepoFacts, VerifyResult};
 use crate::pg::client::{ArchiveBacklog, ArchiverStats};
 use crate::pg::history::TimelinePath;
 use crate::pg::{Lsn, TimelineId, WalFileName, WalSegmentSize};
-use crate::repo::manifest::BackupId;
+use crate::repo::manifest::{BackupId, BackupKind};
 use crate::repo::reports::ReportRef;
 use crate::repo::timelines::{split_brains, Timelines};
 use crate::repo::window::{self, BackupEnd, BackupSpan, WalIndex};
@@ -29,11 +29,15 @@ pub struct BackupSummary {
     pub original_bytes: u64,
     pub stored_bytes: u64,
     pub wal_segment_size: u32,
+    pub kind: BackupKind,
+    pub parent: Option<BackupId>,
 }
 
 impl BackupSummary {
     pub fn of(m: &crate::repo::manifest::BackupManifest) -> Self {
         BackupSummary {
+            kind: m.kind,
+            parent: m.parent.as_ref().map(|p| p.id.clone()),
             id: m.id.clone(),
             start_time: m.start_time,
             stop_time: m.stop_time,
@@ -55,6 +59,8 @@ pub struct RepoReader {
     last_commit: Option<(u64, Option<DateTime<Utc>>)>,
     /// The newest verification report read: which one and what it says.
     last_report: Option<(ReportRef, VerifyResult)>,
+    /// The recovery time the newest report that measured one measured.
+    last_rto: Option<f64>,
     /// The archive's timeline histories read so far (they never change).
     timelines: Timelines,
 }
@@ -97,12 +103,14 @@ impl RepoReader {
         }
         if let Some(newest) = inventory.newest_report {
             if self.last_report.as_ref().is_none_or(|(r, _)| *r != newest) {
-                if let Some(result) = read_report(repo, &newest).await? {
+                if let Some((result, rto)) = read_report(repo, &newest).await? {
                     self.last_report = Some((newest, result));
+                    self.last_rto = rto.or(self.last_rto);
                 }
             }
             facts.last_verify = self.last_report.as_ref().map(|(_, r)| r.clone());
         }
+        facts.rto_seconds = self.last_rto;
         // Forget removed backups; read new manifests (a damaged one is counted, and read
         // again next time: it may have been repaired).
         self.manifests.retain(|id, _| ids.contains(id));
@@ -123,6 +131,15 @@ impl RepoReader {
         let mut backups: Vec<&BackupSummary> = self.manifests.values().collect();
         backups.sort_by(|a, b| a.id.cmp(&b.id));
         facts.backups = backups.len() as u64;
+        for b in &backups {
+            match b.kind {
+                BackupKind::Full => facts.stored_bytes_full += b.stored_bytes,
+                BackupKind::Incr => facts.stored_bytes_incr += b.stored_bytes,
+            }
+        }
+        facts.newest_chain_length = backups
+            .last()
+            .and_then(|b| chain_length(&self.manifests, b));
         let newest = backups.last().map(|b| (*b).clone());
         facts.newest = newest.as_ref().map(|b| NewestBackup {
             start: unix(b.start_time),
@@ -198,14 +215,28 @@ impl RepoReader {
     }
 }
 
-/// What a verification report says: when it finished and whether the backup passed.
-async fn read_report(repo: &Repository, r: &ReportRef) -> anyhow::Result<Option<VerifyResult>> {
+/// Backups in `b`'s chain, itself included (1 for a full); `None` when an ancestor is not
+/// among `manifests` (missing or damaged).
+fn chain_length(manifests: &HashMap<BackupId, BackupSummary>, b: &BackupSummary) -> Option<u64> {
+    let link = |id: &BackupId| manifests.get(id).map(|m| (m.kind, m.parent.as_ref()));
+    crate::repo::chain::walk_len(&b.id, link).map(|n| n as u64)
+}
+
+/// What a verification report says: when it finished and whether the backup passed; and the
+/// recovery time it measured, if it did.
+async fn read_report(
+    repo: &Repository,
+    r: &ReportRef,
+) -> anyhow::Result<Option<(VerifyResult, Option<f64>)>> {
     match repo.get_report(r).await? {
         None => Ok(None),
-        Some(Ok(report)) => Ok(Some(VerifyResult {
-            at: unix(report.finished_at),
-            ok: report.ok,
-        })),
+        Some(Ok(report)) => Ok(Some((
+            VerifyResult {
+                at: unix(report.finished_at),
+                ok: report.ok,
+            },
+            report.measured.map(|m| m.rto_seconds),
+        ))),
         Some(Err(e)) => {
             tracing::warn!("{e:#}");
             Ok(None)
@@ -234,4 +265,46 @@ pub async fn read_postgres(
         }
     };
     Ok((stats?, backlog))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(id: &str, parent: Option<&str>) -> BackupSummary {
+        let t: DateTime<Utc> = "2024-01-01T02:00:00Z".parse().unwrap();
+        BackupSummary {
+            id: id.parse().unwrap(),
+            start_time: t,
+            stop_time: t,
+            start_lsn: Lsn(0),
+            stop_lsn: Lsn(0),
+            original_bytes: 0,
+            stored_bytes: 0,
+            wal_segment_size: 16 << 20,
+            kind: if parent.is_some() {
+                BackupKind::Incr
+            } else {
+                BackupKind::Full
+            },
+            parent: parent.map(|p| p.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn chain_length_walks_back_to_the_full() {
+        let all: HashMap<BackupId, BackupSummary> = [
+            summary("20240101T020000Z", None),
+            summary("20240102T020000Z", Some("20240101T020000Z")),
+            summary("20240103T020000Z", Some("20240102T020000Z")),
+            summary("20240105T020000Z", Some("20240104T020000Z")),
+        ]
+        .into_iter()
+        .map(|b| (b.id.clone(), b))
+        .collect();
+        let len = |id: &str| chain_length(&all, &all[&id.parse::<BackupId>().unwrap()]);
+        assert_eq!(len("20240101T020000Z"), Some(1));
+        assert_eq!(len("20240103T020000Z"), Some(3));
+        assert_eq!(len("20240105T020000Z"), None, "its parent is missing");
+    }
 }

@@ -43,7 +43,9 @@ async fn healthz() -> &'static str {
 
 async fn metrics_page(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     scrape_postgres(&shared).await;
-    let text = metrics::render(&shared.metrics_snapshot());
+    let mut snapshot = shared.metrics_snapshot();
+    snapshot.now = Some(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    let text = metrics::render(&snapshot);
     ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
 }
 

@@ -25,7 +25,7 @@ use super::schedule::{self, Timers};
 use super::Shared;
 use crate::config::{BackupFrom, ClusterConfig, Config};
 use crate::repo::lock::RepoLock;
-use crate::repo::manifest::{BackupId, BackupManifest};
+use crate::repo::manifest::{BackupId, BackupKind, BackupManifest};
 use crate::repo::Repository;
 use crate::settings::ExpireSettings;
 
@@ -180,6 +180,8 @@ impl Clusters {
                 let mut m = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
                 let entry = m.clusters.entry(name.clone()).or_default();
                 entry.retention_seconds = retention;
+                entry.rto_objective = cluster.rto_objective(&cfg.agent).map(|d| d.as_secs_f64());
+                entry.rpo_objective = cluster.rpo_objective(&cfg.agent).map(|d| d.as_secs_f64());
                 for kind in JobKind::ALL {
                     entry.job(kind).next_run = None;
                 }
@@ -547,8 +549,12 @@ async fn backup(
     cluster: &ClusterConfig,
 ) -> anyhow::Result<BackupManifest> {
     let repo = repository(cfg, cluster)?;
+    let kind = tokio::select! {
+        k = scheduled_kind(cfg, cluster, &repo) => k,
+        _ = shared.shutdown.cancelled() => bail!("aborted: the agent is stopping"),
+    };
     tokio::select! {
-        m = crate::commands::backup::take_backup(cfg, cluster, &repo) => {
+        m = crate::commands::backup::take_backup_of_kind(cfg, cluster, &repo, kind) => {
             let m = m?;
             tracing::info!(backup_id = %m.id, "backup {} stored", m.id);
             Ok(m)
@@ -561,6 +567,46 @@ async fn backup(
             bail!("aborted: the agent is stopping; the unfinished backup has no manifest and is not listed")
         }
     }
+}
+
+/// Full or incremental, by the cluster's `full_schedule` and the newest full backup. When the
+/// repository cannot be read for it, a full (which needs no parent).
+async fn scheduled_kind(cfg: &Config, cluster: &ClusterConfig, repo: &Repository) -> BackupKind {
+    let Some(full_schedule) = cluster.full_schedule(&cfg.agent) else {
+        return BackupKind::Full;
+    };
+    let newest_full = tokio::time::timeout(REPO_READ_TIMEOUT, newest_full_start(repo)).await;
+    let newest_full = match newest_full {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!("cannot find the newest full backup ({e:#}): taking a full");
+            return BackupKind::Full;
+        }
+        Err(_) => {
+            tracing::warn!("cannot find the newest full backup (no answer in time): taking a full");
+            return BackupKind::Full;
+        }
+    };
+    let (kind, why) =
+        schedule::backup_kind_due(Some(full_schedule), newest_full, Utc::now(), cfg.timezone());
+    let what = match kind {
+        BackupKind::Full => "a full",
+        BackupKind::Incr => "an incremental",
+    };
+    tracing::info!(cluster = %cluster.name, "this backup is {what}: {why}");
+    kind
+}
+
+/// When the newest full backup started: manifests are read newest first until a full.
+async fn newest_full_start(repo: &Repository) -> anyhow::Result<Option<chrono::DateTime<Utc>>> {
+    for id in repo.backup_ids().await?.iter().rev() {
+        if let Some(Ok(m)) = repo.read_manifest(id).await? {
+            if m.kind == BackupKind::Full {
+                return Ok(Some(m.start_time));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// `expire` after a successful backup, aborted at shutdown (its deletion order survives that).

@@ -96,6 +96,13 @@ pub struct RepoFacts {
     pub split_brains: u64,
     /// Whether the repository is encrypted (`repository.json` holds its public keys).
     pub encrypted: bool,
+    /// Bytes stored by complete full backups, and by complete incrementals.
+    pub stored_bytes_full: u64,
+    pub stored_bytes_incr: u64,
+    /// Backups in the newest backup's chain, itself included (`None`: an ancestor is missing).
+    pub newest_chain_length: Option<u64>,
+    /// The recovery time (restore + replay) the newest verification that measured one took.
+    pub rto_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -108,6 +115,9 @@ pub struct VerifyResult {
 pub struct ClusterMetrics {
     pub jobs: BTreeMap<JobKind, JobStats>,
     pub retention_seconds: f64,
+    /// `rto_objective` and `rpo_objective` in seconds, when configured.
+    pub rto_objective: Option<f64>,
+    pub rpo_objective: Option<f64>,
     /// `None` until the repository was read once.
     pub repo: Option<RepoFacts>,
     pub repo_up: Option<bool>,
@@ -157,6 +167,8 @@ impl ClusterMetrics {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentMetrics {
+    /// The scrape's time (Unix seconds): the data-loss exposure is measured against it.
+    pub now: Option<f64>,
     pub version: String,
     pub start_time: f64,
     pub reload_ok: bool,
@@ -241,6 +253,7 @@ impl Collector for Snapshot {
         self.encode_agent(&mut enc)?;
         self.encode_repository(&mut enc)?;
         self.encode_repository_sizes(&mut enc)?;
+        self.encode_chains_and_objectives(&mut enc)?;
         self.encode_verification_and_archiving(&mut enc)
     }
 }
@@ -253,6 +266,23 @@ impl Snapshot {
             .clusters
             .iter()
             .filter_map(|(n, c)| f(c).map(|v| (cluster(n), v)))
+            .collect()
+    }
+
+    /// Per cluster whose repository was read, one sample per value of `label`.
+    fn per_repo_label(
+        &self,
+        label: &'static str,
+        f: &dyn Fn(&RepoFacts) -> [(&'static str, u64); 2],
+    ) -> Vec<(Labels, f64)> {
+        (self.0.clusters.iter())
+            .filter_map(|(n, c)| c.repo.as_ref().map(|r| (n, r)))
+            .flat_map(|(n, r)| {
+                f(r).into_iter().map(move |(value, v)| {
+                    let labels = vec![("cluster", n.clone()), (label, value.to_string())];
+                    (labels, v as f64)
+                })
+            })
             .collect()
     }
 
@@ -397,28 +427,14 @@ impl Snapshot {
 
     fn encode_repository_sizes(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         use MetricType::Gauge;
-        let m = &self.0;
-        let by_kind: Vec<(Labels, f64)> = m
-            .clusters
-            .iter()
-            .filter_map(|(n, c)| c.repo.as_ref().map(|r| (n, r)))
-            .flat_map(|(n, r)| {
-                [("backups", r.backups_bytes), ("wal", r.wal_bytes)]
-                    .into_iter()
-                    .map(move |(kind, v)| {
-                        (
-                            vec![("cluster", n.clone()), ("kind", kind.to_string())],
-                            v as f64,
-                        )
-                    })
-            })
-            .collect();
         family(
             enc,
             "synapse_backup_repository_bytes",
             "Bytes stored in the repository, by kind (backups, wal).",
             Gauge,
-            by_kind,
+            self.per_repo_label("kind", &|r| {
+                [("backups", r.backups_bytes), ("wal", r.wal_bytes)]
+            }),
         )?;
         family(
             enc,
@@ -482,6 +498,59 @@ impl Snapshot {
             "The configured retention (retention_days): the window every moment of which should stay recoverable.",
             Gauge,
             self.per_cluster(&|c| Some(c.retention_seconds)),
+        )?;
+        Ok(())
+    }
+
+    fn encode_chains_and_objectives(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        use MetricType::Gauge;
+        family(
+            enc,
+            "synapse_backup_last_backup_chain_length",
+            "Backups needed to restore the newest backup, itself included: 1 for a full, 1 + its incrementals' count otherwise.",
+            Gauge,
+            self.per_cluster(&|c| repo(c).and_then(|r| r.newest_chain_length.map(|n| n as f64))),
+        )?;
+        family(
+            enc,
+            "synapse_backup_stored_bytes",
+            "Bytes stored by the complete backups of each type (full, incr), compressed.",
+            Gauge,
+            self.per_repo_label("type", &|r| {
+                [("full", r.stored_bytes_full), ("incr", r.stored_bytes_incr)]
+            }),
+        )?;
+        family(
+            enc,
+            "synapse_backup_rto_seconds",
+            "The recovery time the last verification measured: restore plus WAL replay to its target.",
+            Gauge,
+            self.per_cluster(&|c| repo(c).and_then(|r| r.rto_seconds)),
+        )?;
+        let now = self.0.now;
+        family(
+            enc,
+            "synapse_backup_rpo_seconds",
+            "The data-loss exposure now: the age of the last commit archived (read with the repository, every few minutes).",
+            Gauge,
+            self.per_cluster(&|c| {
+                let end = repo(c)?.window_end?;
+                Some((now? - end).max(0.0))
+            }),
+        )?;
+        family(
+            enc,
+            "synapse_backup_rto_objective_seconds",
+            "The configured recovery time objective (rto_objective).",
+            Gauge,
+            self.per_cluster(&|c| c.rto_objective),
+        )?;
+        family(
+            enc,
+            "synapse_backup_rpo_objective_seconds",
+            "The configured recovery point objective (rpo_objective).",
+            Gauge,
+            self.per_cluster(&|c| c.rpo_objective),
         )?;
         Ok(())
     }
@@ -604,7 +673,13 @@ mod tests {
                 wal_gap: Some("000000020000000000000007".into()),
                 split_brains: 1,
                 encrypted: true,
+                stored_bytes_full: 400_000,
+                stored_bytes_incr: 100_000,
+                newest_chain_length: Some(3),
+                rto_seconds: Some(95.5),
             }),
+            rto_objective: Some(14_400.0),
+            rpo_objective: Some(900.0),
             repo_up: Some(true),
             verify: Some(VerifyResult {
                 at: 1_700_000_300.0,
@@ -640,6 +715,7 @@ mod tests {
             ..Default::default()
         };
         AgentMetrics {
+            now: Some(1_700_000_560.0),
             version: "0.1.0".into(),
             start_time: 1_699_999_000.0,
             reload_ok: true,
@@ -736,6 +812,25 @@ synapse_backup_split_brain_timelines{cluster="core"} 1.0
 # HELP synapse_backup_retention_target_seconds The configured retention (retention_days): the window every moment of which should stay recoverable.
 # TYPE synapse_backup_retention_target_seconds gauge
 synapse_backup_retention_target_seconds{cluster="core"} 2592000.0
+# HELP synapse_backup_last_backup_chain_length Backups needed to restore the newest backup, itself included: 1 for a full, 1 + its incrementals' count otherwise.
+# TYPE synapse_backup_last_backup_chain_length gauge
+synapse_backup_last_backup_chain_length{cluster="core"} 3.0
+# HELP synapse_backup_stored_bytes Bytes stored by the complete backups of each type (full, incr), compressed.
+# TYPE synapse_backup_stored_bytes gauge
+synapse_backup_stored_bytes{cluster="core",type="full"} 400000.0
+synapse_backup_stored_bytes{cluster="core",type="incr"} 100000.0
+# HELP synapse_backup_rto_seconds The recovery time the last verification measured: restore plus WAL replay to its target.
+# TYPE synapse_backup_rto_seconds gauge
+synapse_backup_rto_seconds{cluster="core"} 95.5
+# HELP synapse_backup_rpo_seconds The data-loss exposure now: the age of the last commit archived (read with the repository, every few minutes).
+# TYPE synapse_backup_rpo_seconds gauge
+synapse_backup_rpo_seconds{cluster="core"} 60.0
+# HELP synapse_backup_rto_objective_seconds The configured recovery time objective (rto_objective).
+# TYPE synapse_backup_rto_objective_seconds gauge
+synapse_backup_rto_objective_seconds{cluster="core"} 14400.0
+# HELP synapse_backup_rpo_objective_seconds The configured recovery point objective (rpo_objective).
+# TYPE synapse_backup_rpo_objective_seconds gauge
+synapse_backup_rpo_objective_seconds{cluster="core"} 900.0
 # HELP synapse_backup_last_verify_timestamp_seconds When the last verification finished (by this agent, or the newest report in the repository; Unix time).
 # TYPE synapse_backup_last_verify_timestamp_seconds gauge
 synapse_backup_last_verify_timestamp_seconds{cluster="core"} 1700000300.0

@@ -149,6 +149,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         config_path: path.clone(),
         options,
         metrics: Mutex::new(AgentMetrics {
+            now: None,
             version: env!("CARGO_PKG_VERSION").to_string(),
             start_time: now,
             reload_ok: true,

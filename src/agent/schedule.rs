@@ -21,6 +21,7 @@ use tokio_cron_scheduler::job::JobId;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
+use crate::repo::manifest::BackupKind;
 use crate::schedule::Schedule;
 
 /// The agent's job scheduler.
@@ -169,6 +170,49 @@ pub fn missed_run(
     }
 }
 
+/// The kind of a scheduled backup. Without a `full_schedule`, always a full (a full every
+/// night). With one: a full when the cluster has no full backup yet, or when `full_schedule`
+/// fired since the newest full started (a missed full night makes the next backup a full);
+/// else an incremental. `backup` itself still takes a full when the chain would grow past
+/// `max_chain` or its parent is unusable.
+pub fn backup_kind_due(
+    full_schedule: Option<&Schedule>,
+    newest_full_start: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    zone: Tz,
+) -> (BackupKind, String) {
+    let Some(s) = full_schedule else {
+        return (
+            BackupKind::Full,
+            "no full_schedule: every backup is a full".into(),
+        );
+    };
+    let fired = s.prev_at_or_before(now, zone);
+    match (newest_full_start, fired) {
+        (None, _) => (
+            BackupKind::Full,
+            "the cluster has no full backup yet".into(),
+        ),
+        (Some(last), Some(fire)) if last < fire => (
+            BackupKind::Full,
+            format!(
+                "full_schedule {:?} fired at {} since the newest full ({})",
+                s.expr(),
+                fire.to_rfc3339(),
+                last.to_rfc3339()
+            ),
+        ),
+        (Some(last), _) => (
+            BackupKind::Incr,
+            format!(
+                "full_schedule {:?} has not fired since the newest full ({})",
+                s.expr(),
+                last.to_rfc3339()
+            ),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +267,48 @@ mod tests {
         let nexts = nexts.lock().unwrap();
         assert!(nexts.len() >= 2 && nexts.iter().all(Option::is_some));
         assert!(nexts.windows(2).all(|w| w[0] < w[1]), "{nexts:?}");
+    }
+
+    #[test]
+    fn weekly_fulls_and_nightly_incrementals() {
+        let sunday = Schedule::parse("0 0 2 * * Sun").unwrap();
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        // Five weeks of nightly backups at 02:00 Berlin time (the clocks skip 02:00 on
+        // Sunday 2025-03-30: both schedules fire at 03:00 then), starting on a Wednesday; the
+        // agent is down on the night of Sunday 2025-03-23.
+        let daily = Schedule::parse("0 0 2 * * *").unwrap();
+        let mut fulls = Vec::new();
+        let mut newest_full: Option<DateTime<Utc>> = None;
+        let mut at = utc("2025-03-04T12:00:00Z");
+        let first = daily.next_after(at, berlin).unwrap();
+        for _ in 0..35 {
+            at = daily.next_after(at, berlin).unwrap();
+            let now = at + chrono::Duration::seconds(5);
+            let day = now.with_timezone(&berlin).format("%m-%d %a").to_string();
+            if day == "03-23 Sun" {
+                continue;
+            }
+            let (kind, why) = backup_kind_due(Some(&sunday), newest_full, now, berlin);
+            assert!(!why.is_empty());
+            if kind == BackupKind::Full {
+                fulls.push(day);
+                newest_full = Some(now);
+            }
+        }
+        assert_eq!(
+            fulls,
+            [
+                "03-05 Wed", // no full yet
+                "03-09 Sun",
+                "03-16 Sun",
+                "03-24 Mon", // Sunday was missed
+                "03-30 Sun", // the night the clocks change
+                "04-06 Sun"
+            ]
+        );
+        // No full_schedule: a full every night (the default contract).
+        let (kind, _) = backup_kind_due(None, Some(first), first, berlin);
+        assert_eq!(kind, BackupKind::Full);
     }
 
     #[test]

@@ -45,6 +45,11 @@ struct Report {
 #[derive(Debug, Serialize)]
 struct BackupReport {
     id: String,
+    /// `full` or `incr`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// The backup an incremental depends on (`null` for a full).
+    parent: Option<String>,
     keep: bool,
     reason: &'static str,
 }
@@ -81,7 +86,7 @@ pub async fn run(
     } else {
         for b in &report.backups {
             println!(
-                "{} {} — {}",
+                "{} {} ({}) — {}",
                 if b.keep {
                     "keep  "
                 } else if dry_run {
@@ -90,6 +95,10 @@ pub async fn run(
                     "remove"
                 },
                 b.id,
+                match &b.parent {
+                    Some(p) => format!("{} on {p}", b.kind),
+                    None => b.kind.to_string(),
+                },
                 b.reason
             );
         }
@@ -132,22 +141,17 @@ async fn expire(
     let dry_run = lock.is_none();
     let all = repo.backups().await?;
     let (manifests, damaged) = (all.intact, all.damaged);
-    let facts: Vec<BackupFacts> = manifests
-        .iter()
-        .map(|m| BackupFacts {
-            id: m.id.clone(),
-            start_time: m.start_time,
-            stop_time: m.stop_time,
-            start_lsn: m.start_lsn,
-        })
-        .collect();
+    let facts: Vec<BackupFacts> = manifests.iter().map(BackupFacts::of).collect();
     let retention = chrono::Duration::days(i64::from(config.repository.retention_days));
     let plan = policy::plan_retention(&facts, now, retention);
     let dirs = repo.backup_dirs().await?;
     let mut bytes_freed = 0;
 
-    // Backups the policy removes: manifest first, then everything else under the backup.
-    for id in plan.removed() {
+    // Backups the policy removes, newest first (an incremental before its parent, so an
+    // interrupted run never leaves a listed backup whose parent is gone): manifest first,
+    // then everything else under the backup.
+    let removed: Vec<&crate::repo::manifest::BackupId> = plan.removed().collect();
+    for id in removed.into_iter().rev() {
         bytes_freed += dirs
             .iter()
             .filter(|d| d.name == id.as_str())
@@ -226,10 +230,15 @@ async fn expire(
         backups: plan
             .decisions
             .iter()
-            .map(|d| BackupReport {
-                id: d.id.to_string(),
-                keep: d.keep,
-                reason: d.reason,
+            .map(|d| {
+                let f = facts.iter().find(|f| f.id == d.id);
+                BackupReport {
+                    id: d.id.to_string(),
+                    kind: f.map_or("full", |f| f.kind.as_str()),
+                    parent: f.and_then(|f| f.parent.as_ref()).map(|p| p.to_string()),
+                    keep: d.keep,
+                    reason: d.reason,
+                }
             })
             .collect(),
         leftovers_removed: leftovers.keys().cloned().collect(),

@@ -8,8 +8,9 @@ use crate::config::Config;
 use crate::format::human_bytes;
 use crate::pg::history::HistoryEntry;
 use crate::pg::{TimelineId, WalFileName, WalSegmentSize};
+use crate::repo::chain;
 use crate::repo::manifest::BackupManifest;
-use crate::repo::reports::LastVerification;
+use crate::repo::reports::{LastVerification, RecoveryMeasured, VerifyReport};
 use crate::repo::timelines::{split_brains, SplitBrain, Timelines};
 use crate::repo::window;
 use crate::repo::{Backups, DamagedBackup, Repository};
@@ -19,6 +20,14 @@ use crate::settings::ListSettings;
 #[derive(Debug, Serialize)]
 pub struct BackupSummary {
     pub id: String,
+    /// `full` or `incr`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The backup an incremental was taken against (`null` for a full).
+    pub parent: Option<String>,
+    /// Backups needed to restore it, itself included: 1 for a full (`null` when an ancestor
+    /// is missing or damaged: it cannot be restored).
+    pub chain_length: Option<usize>,
     pub start_time: String,
     pub stop_time: String,
     pub start_lsn: String,
@@ -48,6 +57,73 @@ pub struct Listing {
     /// Timelines that both received WAL after their branch point (empty when none): restore
     /// then needs `--timeline N`.
     pub split_brains: Vec<SplitBrainSummary>,
+    /// The recovery time the newest verification that measured one took (`null`: none has).
+    pub last_measured_rto: Option<MeasuredRto>,
+}
+
+/// The last measured RTO: a verification's restore plus replay time (see `verify`), and the
+/// data-loss exposure when it ran.
+#[derive(Debug, Serialize)]
+pub struct MeasuredRto {
+    pub backup_id: String,
+    pub verified_at: String,
+    #[serde(flatten)]
+    pub measured: RecoveryMeasured,
+}
+
+impl MeasuredRto {
+    /// The newest of `reports` (by finish time) that measured a recovery.
+    fn newest(reports: &[VerifyReport]) -> Option<MeasuredRto> {
+        let r = reports
+            .iter()
+            .filter(|r| r.measured.is_some())
+            .max_by_key(|r| r.finished_at)?;
+        Some(MeasuredRto {
+            backup_id: r.backup_id.clone(),
+            verified_at: r
+                .finished_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            measured: r.measured.clone()?,
+        })
+    }
+
+    fn describe(&self, objective: Option<std::time::Duration>) -> String {
+        let m = &self.measured;
+        let objective = match objective {
+            Some(o) if m.rto_seconds > o.as_secs_f64() => {
+                format!(
+                    ", ABOVE the objective of {}",
+                    human_seconds(o.as_secs_f64())
+                )
+            }
+            Some(o) => format!(
+                ", within the objective of {}",
+                human_seconds(o.as_secs_f64())
+            ),
+            None => String::new(),
+        };
+        format!(
+            "last measured RTO: {} (restore {} + replay {}) by the verification of backup {} at {}{objective}; \
+             data-loss exposure then: {}",
+            human_seconds(m.rto_seconds),
+            human_seconds(m.restore_seconds),
+            human_seconds(m.replay_seconds),
+            self.backup_id,
+            self.verified_at,
+            m.rpo_seconds.map_or("unknown".into(), human_seconds)
+        )
+    }
+}
+
+/// `75.5` → `1m 15.5s`.
+fn human_seconds(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m {:.0}s", (s / 60.0).floor(), s % 60.0)
+    } else {
+        format!("{}h {:.0}m", (s / 3600.0).floor(), (s % 3600.0) / 60.0)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -99,6 +175,9 @@ pub struct WindowSummary {
 pub fn summarize(m: &BackupManifest) -> BackupSummary {
     BackupSummary {
         id: m.id.to_string(),
+        kind: m.kind.as_str().to_string(),
+        parent: m.parent.as_ref().map(|p| p.id.to_string()),
+        chain_length: None,
         start_time: m
             .start_time
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -138,8 +217,12 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
     let (latest, timelines, split) = load_windows(repo, &backups).await?;
     let win = latest_of(latest, &timelines, &backups);
     let mut summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
+    let mut reports = Vec::new();
     for (s, b) in summaries.iter_mut().zip(&backups) {
-        s.last_verification = repo.last_verification(&b.id).await?;
+        s.chain_length = chain::chain_len(&b.id, &backups);
+        let report = repo.latest_report(&b.id).await?;
+        s.last_verification = report.as_ref().map(Into::into);
+        reports.extend(report);
     }
     let listing = Listing {
         cluster: repo.cluster().to_string(),
@@ -157,6 +240,7 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
             })
             .collect(),
         split_brains: split.iter().map(SplitBrainSummary::from).collect(),
+        last_measured_rto: MeasuredRto::newest(&reports),
     };
     let mut out = String::new();
     if json {
@@ -203,13 +287,23 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
     for s in &split {
         println!("WARNING {}", s.describe());
     }
+    if let Some(rto) = &listing.last_measured_rto {
+        let objective = config
+            .cluster(Some(&listing.cluster))
+            .ok()
+            .and_then(|c| c.rto_objective(&config.agent));
+        writeln!(out, "{}", rto.describe(objective))?;
+    }
     if listing.backups.is_empty() {
         return super::print_stdout(&out);
     }
     writeln!(
         out,
-        "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}  VERIFIED",
+        "{:<17} {:<4} {:>5} {:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7} {:>6}  VERIFIED",
         "ID",
+        "TYPE",
+        "CHAIN",
+        "PARENT",
         "START (UTC)",
         "STOP (UTC)",
         "START LSN",
@@ -227,8 +321,11 @@ pub async fn run(config: &Config, repo: &Repository, settings: ListSettings) -> 
         };
         writeln!(
             out,
-            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7.1} {:>6}  {}",
+            "{:<17} {:<4} {:>5} {:<17} {:<20} {:<20} {:>12} {:>12} {:>3} {:>10} {:>10} {:>7.1} {:>6}  {}",
             b.id.as_str(),
+            s.kind,
+            s.chain_length.map_or("BROKEN".into(), |n| n.to_string()),
+            s.parent.as_deref().unwrap_or("-"),
             b.start_time.format("%Y-%m-%d %H:%M:%S"),
             b.stop_time.format("%Y-%m-%d %H:%M:%S"),
             b.start_lsn.to_string(),
@@ -306,4 +403,94 @@ async fn load_windows(
     }
     let split = split_brains(&timelines, &listing, size);
     Ok((timelines.latest(), out, split))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Sha256;
+    use crate::repo::manifest::tests::sample;
+    use crate::repo::manifest::{BackupKind, ParentRef};
+
+    #[tokio::test]
+    async fn list_json_has_type_parent_chain_length_and_the_last_measured_rto() {
+        let full = sample();
+        let mut incr = sample();
+        incr.id = "20240102T020000Z".parse().unwrap();
+        incr.kind = BackupKind::Incr;
+        incr.parent = Some(ParentRef {
+            id: full.id.clone(),
+            manifest_sha256: Sha256::of(b"parent"),
+        });
+        let mut orphan = incr.clone();
+        orphan.id = "20240103T020000Z".parse().unwrap();
+        orphan.parent = Some(ParentRef {
+            id: "20231231T020000Z".parse().unwrap(),
+            manifest_sha256: Sha256::of(b"gone"),
+        });
+        let all = [full, incr, orphan];
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .map(|m| {
+                let mut s = summarize(m);
+                s.chain_length = chain::chain_len(&m.id, &all);
+                serde_json::to_value(s).unwrap()
+            })
+            .collect();
+        assert_eq!(rows[0]["type"], "full");
+        assert_eq!(rows[0]["parent"], serde_json::Value::Null);
+        assert_eq!(rows[0]["chain_length"], 1);
+        assert_eq!(rows[1]["type"], "incr");
+        assert_eq!(rows[1]["parent"], "20240101T020000Z");
+        assert_eq!(rows[1]["chain_length"], 2);
+        assert_eq!(
+            rows[2]["chain_length"],
+            serde_json::Value::Null,
+            "broken chain"
+        );
+
+        let measured = |rto: f64| RecoveryMeasured {
+            restore_seconds: rto - 10.0,
+            replay_seconds: 10.0,
+            rto_seconds: rto,
+            last_archived_commit: None,
+            rpo_seconds: Some(42.0),
+        };
+        let report = |backup: &str, finished: &str, m: Option<RecoveryMeasured>| {
+            let mut r: VerifyReport = serde_json::from_value(serde_json::json!({
+                "format_version": 1, "cluster": "core", "backup_id": backup, "time": "",
+                "started_at": finished, "finished_at": finished, "duration_seconds": 1.0,
+                "ok": true, "error": null, "runtime": "namespace",
+                "target": { "kind": "end", "time": null, "description": "", "wal_from": "",
+                            "wal_through": "", "segments_staged": 0, "missing": [] },
+                "recovered_to": null, "checks": []
+            }))
+            .unwrap();
+            r.measured = m;
+            r
+        };
+        let reports = [
+            report(
+                "20240101T020000Z",
+                "2024-01-05T00:00:00Z",
+                Some(measured(100.0)),
+            ),
+            report(
+                "20240102T020000Z",
+                "2024-01-06T00:00:00Z",
+                Some(measured(75.5)),
+            ),
+            report("20240103T020000Z", "2024-01-07T00:00:00Z", None),
+        ];
+        let rto = MeasuredRto::newest(&reports).unwrap();
+        let json = serde_json::to_value(&rto).unwrap();
+        assert_eq!(json["backup_id"], "20240102T020000Z");
+        assert_eq!(json["rto_seconds"], 75.5);
+        assert_eq!(json["rpo_seconds"], 42.0);
+        assert_eq!(json["verified_at"], "2024-01-06T00:00:00Z");
+        let line = rto.describe(Some(std::time::Duration::from_secs(60)));
+        assert!(line.contains("last measured RTO: 1m 16s"), "{line}");
+        assert!(line.contains("ABOVE the objective of 1m 0s"), "{line}");
+        assert!(MeasuredRto::newest(&reports[2..]).is_none());
+    }
 }

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod check;
 pub mod events;
 pub mod expire;
+pub mod export;
 pub mod key;
 pub mod list;
 pub mod restore;

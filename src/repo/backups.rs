@@ -7,10 +7,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
+use super::blockmap::BlockMap;
 use super::layout::{self, BackupKey};
-use super::manifest::BackupId;
+use super::manifest::{BackupId, BackupManifest, PartEntry};
 use super::store::StoreWriter;
 use super::Repository;
+use crate::codec::Sha256;
 
 /// The last part: backup_label, tablespace_map and global/pg_control, written after the stop call.
 pub const CONTROL_PART: &str = layout::CONTROL_PART;
@@ -85,6 +87,41 @@ impl Repository {
     /// Store a small part whole (the control part).
     pub async fn put_part(&self, id: &BackupId, part: &str, bytes: Bytes) -> anyhow::Result<()> {
         self.storage.put(&layout::part_key(id, part), bytes).await
+    }
+
+    /// Store a backup's block map; returns the entry its manifest records.
+    pub async fn put_block_map(&self, id: &BackupId, map: &BlockMap) -> anyhow::Result<PartEntry> {
+        let bytes = map.encode();
+        let entry = PartEntry {
+            key: layout::BLOCK_MAP.into(),
+            size: bytes.len() as u64,
+            sha256: Sha256::of(&bytes),
+            original_size: 0,
+        };
+        self.put_part(id, layout::BLOCK_MAP, Bytes::from(bytes))
+            .await?;
+        Ok(entry)
+    }
+
+    /// A backup's block map, checked against its manifest; `None` when the backup has none
+    /// (taken before incrementals existed).
+    pub async fn get_block_map(&self, m: &BackupManifest) -> anyhow::Result<Option<BlockMap>> {
+        let Some(entry) = &m.block_map else {
+            return Ok(None);
+        };
+        let key = layout::part_key(&m.id, &entry.key);
+        let bytes = self
+            .get_part(&m.id, &entry.key)
+            .await?
+            .ok_or_else(|| anyhow!("{key} is missing; the backup is damaged"))?;
+        let got = Sha256::of(&bytes);
+        if got != entry.sha256 {
+            anyhow::bail!(
+                "{key}: corrupt block map: SHA-256 {got} does not match the manifest ({})",
+                entry.sha256
+            );
+        }
+        BlockMap::decode(&bytes, &key).map(Some)
     }
 
     /// A part's bytes whole; `None` when it is not there.

@@ -13,6 +13,8 @@ pub enum ChainError {
     MissingParent { child: BackupId, parent: BackupId },
     /// An incremental without a parent, or a full with one.
     Malformed { id: BackupId, why: &'static str },
+    /// `child` was taken against another manifest of `parent` than the one stored now.
+    ParentChanged { child: BackupId, parent: BackupId },
 }
 
 impl std::fmt::Display for ChainError {
@@ -23,6 +25,11 @@ impl std::fmt::Display for ChainError {
                 "backup {child} is incremental on {parent}, which is missing or damaged; its chain cannot be restored"
             ),
             ChainError::Malformed { id, why } => write!(f, "backup {id}: {why}"),
+            ChainError::ParentChanged { child, parent } => write!(
+                f,
+                "backup {child} is incremental on {parent}, whose manifest is not the one it was taken against \
+                 (damaged or replaced); its chain cannot be restored"
+            ),
         }
     }
 }
@@ -73,10 +80,54 @@ pub fn chain<'a>(
     }
 }
 
+/// `id`'s chain as [`chain`] gives it, with every link checked: each parent's manifest is
+/// the one its child recorded (`parent.manifest_sha256`).
+pub fn checked_chain<'a>(
+    id: &BackupId,
+    backups: &'a [BackupManifest],
+) -> Result<Vec<&'a BackupManifest>, ChainError> {
+    let links = chain(id, backups)?;
+    for pair in links.windows(2) {
+        let (child, parent) = (pair[0], pair[1]);
+        let recorded = child.parent.as_ref().map(|p| p.manifest_sha256);
+        if recorded != Some(parent.fingerprint()) {
+            return Err(ChainError::ParentChanged {
+                child: child.id.clone(),
+                parent: parent.id.clone(),
+            });
+        }
+    }
+    Ok(links)
+}
+
 /// Number of backups in `id`'s chain (1 for a full), or None when it is broken.
 pub fn chain_len(id: &BackupId, backups: &[BackupManifest]) -> Option<usize> {
     chain(id, backups).ok().map(|c| c.len())
 }
+
+/// Number of backups in `id`'s chain (1 for a full) over any record of backups: `link` gives
+/// a backup's kind and parent (`None`: not among them). `None` when the chain is broken: a
+/// missing ancestor, an incremental without a parent, a full with one, or a parent that is
+/// not older than its child. For callers that keep less than whole manifests (retention's
+/// facts, the agent's summaries).
+pub fn walk_len<'a>(
+    id: &'a BackupId,
+    link: impl Fn(&BackupId) -> Option<(BackupKind, Option<&'a BackupId>)>,
+) -> Option<usize> {
+    let mut at = id;
+    // Parents are strictly older, so the walk ends; the bound only guards a forged cycle.
+    for n in 1..=MAX_WALK {
+        match link(at)? {
+            (BackupKind::Full, None) => return Some(n),
+            (BackupKind::Incr, Some(p)) if p < at => at = p,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Longer than any chain `max_chain` allows.
+const MAX_WALK: usize = 10_000;
 
 /// The backups `kept` depend on, `kept` included: what retention must never delete.
 /// Ancestors that are missing are simply absent (the caller reports broken chains).
@@ -119,6 +170,28 @@ mod tests {
             manifest_sha256: Sha256::of(parent.as_bytes()),
         });
         m
+    }
+
+    #[test]
+    fn checked_chains_compare_the_parents_fingerprint() {
+        let base = full("20240101T020000Z");
+        let mut child = incr("20240102T020000Z", "20240101T020000Z");
+        child.parent.as_mut().unwrap().manifest_sha256 = base.fingerprint();
+        let all = vec![base.clone(), child.clone()];
+        let c = checked_chain(&child.id, &all).unwrap();
+        assert_eq!(ids(&c), ["20240102T020000Z", "20240101T020000Z"]);
+        let mut replaced = base;
+        replaced.stop_lsn = crate::pg::Lsn(0x2000200);
+        let all = vec![replaced, child.clone()];
+        let err = checked_chain(&child.id, &all).unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::ParentChanged {
+                child: child.id.clone(),
+                parent: "20240101T020000Z".parse().unwrap()
+            }
+        );
+        assert!(err.to_string().contains("20240101T020000Z"), "{err}");
     }
 
     fn ids(c: &[&BackupManifest]) -> Vec<String> {

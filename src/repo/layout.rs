@@ -115,6 +115,9 @@ pub(super) fn data_part_name(index: usize) -> String {
     format!("data-{index:02}.tar.gz")
 }
 
+/// The block digests of a backup's relation files (`repo::blockmap`), beside its parts.
+pub(super) const BLOCK_MAP: &str = "blockmap.gz";
+
 /// The last part: backup_label, tablespace_map and global/pg_control, written after the stop call.
 pub(super) const CONTROL_PART: &str = "control.tar.gz";
 

@@ -122,9 +122,45 @@ pub struct FileEntry {
     pub mode: u32,
     pub mtime: i64,
     pub sha256: Sha256,
-    /// Index into `parts`.
+    /// Index into `parts` (meaningless when `stored` is `unchanged`).
     pub part: usize,
+    /// How this backup stores the file: whole (every full; absent from the JSON), its
+    /// changed blocks, or not at all (unchanged since the parent). `size` and `sha256` are
+    /// always those of the whole file as restored.
+    #[serde(default, skip_serializing_if = "Stored::is_whole")]
+    pub stored: Stored,
 }
+
+/// How an incremental stores one file (README "Incremental format").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Stored {
+    /// The whole file, as tar entry `<path>` of `part`.
+    #[default]
+    Whole,
+    /// The blocks changed since the parent, as tar entry `<path>.blocks` of `part`; every
+    /// other block (below `size`) comes from the parent's copy of the file.
+    Blocks {
+        /// How many blocks the entry holds.
+        count: u32,
+    },
+    /// Identical to the parent's copy (which may itself be stored in its parent).
+    Unchanged,
+}
+
+impl Stored {
+    pub fn is_whole(&self) -> bool {
+        matches!(self, Stored::Whole)
+    }
+}
+
+/// The tar entry name of a file stored as changed blocks.
+pub fn blocks_entry_name(path: &str) -> String {
+    format!("{path}{BLOCKS_SUFFIX}")
+}
+
+/// Suffix of a [`Stored::Blocks`] file's tar entry.
+pub const BLOCKS_SUFFIX: &str = ".blocks";
 
 /// A directory or symlink that must exist in the restored data directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,16 +269,27 @@ pub struct BackupManifest {
     pub files: Vec<FileEntry>,
     pub directories: Vec<DirEntry>,
     pub page_problems: Vec<PageProblem>,
+    /// The per-block digests of every relation file (README "Incremental format"): what the
+    /// next incremental compares against. Not a tar part: restore never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_map: Option<PartEntry>,
 }
 
 impl BackupManifest {
+    /// What a child's `parent.manifest_sha256` records: the SHA-256 of this manifest's
+    /// checked JSON (which ends with its own checksum).
+    pub fn fingerprint(&self) -> Sha256 {
+        Sha256::of(&to_checked_json(self))
+    }
+
     /// Total bytes of file content (the "original size").
     pub fn original_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
-    /// Total stored bytes.
+    /// Total stored bytes (parts and block map).
     pub fn stored_size(&self) -> u64 {
-        self.parts.iter().map(|p| p.size).sum()
+        self.parts.iter().map(|p| p.size).sum::<u64>()
+            + self.block_map.as_ref().map_or(0, |b| b.size)
     }
     pub fn duration_seconds(&self) -> f64 {
         (self.stop_time - self.start_time).num_milliseconds() as f64 / 1000.0
@@ -300,7 +347,7 @@ pub fn check_relative_path(path: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -383,13 +430,35 @@ pub(super) mod tests {
                 mtime: 0,
                 sha256: Sha256::of(b"15\n"),
                 part: 0,
+                stored: Stored::Whole,
             }],
             directories: vec![DirEntry {
                 path: "base".into(),
                 mode: 0o700,
             }],
             page_problems: vec![],
+            block_map: None,
         }
+    }
+
+    #[test]
+    fn stored_kinds_round_trip_and_whole_is_implicit() {
+        let mut m = sample();
+        let json = String::from_utf8(to_checked_json(&m)).unwrap();
+        assert!(!json.contains("\"stored\""), "{json}");
+        m.files[0].stored = Stored::Blocks { count: 3 };
+        m.files.push(FileEntry {
+            path: "base/5/16384".into(),
+            stored: Stored::Unchanged,
+            ..m.files[0].clone()
+        });
+        let json = to_checked_json(&m);
+        let text = String::from_utf8_lossy(&json);
+        assert!(text.contains("\"kind\": \"blocks\""), "{text}");
+        assert!(text.contains("\"kind\": \"unchanged\""), "{text}");
+        assert_eq!(from_checked_json(&json, "m").unwrap(), m);
+        assert_eq!(blocks_entry_name("base/5/1"), "base/5/1.blocks");
+        assert_ne!(m.fingerprint(), sample().fingerprint());
     }
 
     #[test]

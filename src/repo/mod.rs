@@ -1,6 +1,8 @@
 //! The repository: one cluster's WAL archive and backups in the store, and its identity.
 
 mod backups;
+pub mod blockfile;
+pub mod blockmap;
 pub mod chain;
 mod cipher;
 mod events;

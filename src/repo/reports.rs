@@ -52,6 +52,27 @@ pub struct VerifyReport {
     /// The last commit the scratch instance replayed.
     pub recovered_to: Option<DateTime<Utc>>,
     pub checks: Vec<CheckResult>,
+    /// The restore and replay times measured, and the data-loss exposure then (issue 16:
+    /// RTO and RPO as measured facts). `null` when the restore or the recovery failed, and in
+    /// reports written before it existed.
+    #[serde(default)]
+    pub measured: Option<RecoveryMeasured>,
+}
+
+/// What a verification measured: its restore and recovery are a real restore's, so their
+/// durations are this backup's recovery time (RTO) on this host and store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryMeasured {
+    /// Download, check and write the backup (its whole chain for an incremental).
+    pub restore_seconds: f64,
+    /// Start the server, replay the WAL to the target (waiting for its download) and promote.
+    pub replay_seconds: f64,
+    /// `restore_seconds + replay_seconds`: the measured recovery time.
+    pub rto_seconds: f64,
+    /// The last commit in the archive when the verification started (`null`: none found).
+    pub last_archived_commit: Option<DateTime<Utc>>,
+    /// The data-loss exposure then: the verification's start minus that commit.
+    pub rpo_seconds: Option<f64>,
 }
 
 /// A report's name: `YYYYMMDDTHHMMSSZ`, like a backup id.

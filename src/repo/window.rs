@@ -634,6 +634,7 @@ pub(crate) mod tests {
             files: vec![],
             directories: vec![],
             page_problems: vec![],
+            block_map: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -16,13 +16,15 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use sha2::Digest;
 
+use super::chain::{ChainPlan, Need};
+use super::combine::Assembly;
 use super::layout::{Dest, Layout};
 use super::{chunk_pipe, writeback, PG_CONTROL_PENDING};
 use crate::codec::{HashingWriter, Sha256};
 use crate::format;
 use crate::os::{self, Owner};
 use crate::pg::datadir;
-use crate::repo::manifest::{BackupManifest, FileEntry, PartEntry};
+use crate::repo::manifest::{BackupManifest, FileEntry, PartEntry, BLOCKS_SUFFIX};
 use crate::repo::{PartReader, PartSource, Repository, CONTROL_PART};
 
 /// What the extraction shares across parts.
@@ -41,6 +43,22 @@ struct Extraction {
     /// Writes large files back to disk during the extraction (durable restores only), so the
     /// final sync has little left to do.
     flusher: Option<writeback::Flusher>,
+    /// An incremental's chain (None for a full): what each level provides.
+    chain: Option<ChainPlan>,
+    /// The level of the chain being extracted (0: the backup itself).
+    level: AtomicUsize,
+    /// Files being assembled from several levels.
+    assembly: Assembly,
+}
+
+/// What a chain entry came to.
+enum Chained {
+    /// A file finished (assembled and checked).
+    Done(Extracted),
+    /// Blocks written, or an entry the restore does not need.
+    Written,
+    /// Not the chain's: an ordinary file of the newest level.
+    NotPart,
 }
 
 /// A file restored from a part (or deliberately not written, like WAL left in `pg_wal`).
@@ -54,13 +72,21 @@ pub(super) struct Extracted {
 /// Download and extract every part (data parts in parallel, the control part last) and check
 /// that every file of the manifest arrived exactly once. Returns the manifest paths restored.
 /// `durable`: the restore ends with a sync, so start writing large files back early.
+/// `chain` is the backup's chain, newest first (the backup alone for a full): each older
+/// level is extracted after the newer ones, only the parts it must provide.
 pub(super) async fn restore_parts(
     repo: &Repository,
-    backup: &BackupManifest,
+    chain: Vec<BackupManifest>,
     layout: &Layout,
     owner: Option<Owner>,
     durable: bool,
 ) -> anyhow::Result<Vec<Extracted>> {
+    let backup = &chain[0].clone();
+    let chain = if chain.len() > 1 {
+        Some(ChainPlan::new(chain)?)
+    } else {
+        None
+    };
     let flusher = if durable {
         Some(writeback::Flusher::start().context("start the write-back thread")?)
     } else {
@@ -84,6 +110,9 @@ pub(super) async fn restore_parts(
         written: AtomicU64::new(0),
         cancelled: AtomicBool::new(false),
         flusher,
+        chain,
+        level: AtomicUsize::new(0),
+        assembly: Assembly::default(),
     });
 
     // Directories first (parents before children), including empty ones such as pg_wal.
@@ -125,6 +154,34 @@ pub(super) async fn restore_parts(
             .await?;
         for i in control {
             extracted.extend(restore_part(repo, backup, i, shared.clone()).await?);
+        }
+        let levels = shared.chain.as_ref().map_or(1, |c| c.levels.len());
+        for level in 1..levels {
+            let plan = shared.chain.as_ref().expect("a chain has levels");
+            let older = &plan.levels[level];
+            let parts = plan.parts_needed(level);
+            shared.level.store(level, Ordering::Relaxed);
+            eprintln!(
+                "then {} part(s) of backup {} ({}), for the blocks the newer backups do not hold",
+                parts.len(),
+                older.id,
+                older.kind
+            );
+            let done: Vec<Extracted> = futures::stream::iter(parts)
+                .map(|i| {
+                    let shared = shared.clone();
+                    async move {
+                        let result = restore_part(repo, older, i, shared.clone()).await;
+                        if result.is_err() {
+                            shared.cancelled.store(true, Ordering::Relaxed);
+                        }
+                        result
+                    }
+                })
+                .buffer_unordered(parallel)
+                .try_concat()
+                .await?;
+            extracted.extend(done);
         }
         Ok::<_, anyhow::Error>(extracted)
     }
@@ -433,10 +490,20 @@ impl Extraction {
             let kind = entry.header().entry_type();
             match kind {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    done.push(
-                        self.extract_file(index, &path, &mut entry)
+                    let combined = match &self.chain {
+                        Some(plan) => self
+                            .extract_chained(plan, index, &path, &mut entry)
                             .with_context(|| format!("{key}: restore {path}"))?,
-                    );
+                        None => Chained::NotPart,
+                    };
+                    match combined {
+                        Chained::Done(e) => done.push(e),
+                        Chained::Written => {}
+                        Chained::NotPart => done.push(
+                            self.extract_file(index, &path, &mut entry)
+                                .with_context(|| format!("{key}: restore {path}"))?,
+                        ),
+                    }
                 }
                 tar::EntryType::Directory => {
                     match self.layout.dest(&path).with_context(|| format!("{key}: entry {path:?}"))? {
@@ -455,6 +522,93 @@ impl Extraction {
         io::copy(&mut rest, &mut io::sink())
             .with_context(|| format!("{key}: corrupt part: gzip stream"))?;
         Ok(done)
+    }
+
+    /// An entry of an incremental's chain: blocks or an older level's whole copy are
+    /// assembled ([`Assembly`]); a whole copy in the newest level that nothing older adds to
+    /// is an ordinary file ([`Chained::NotPart`]).
+    fn extract_chained(
+        &self,
+        plan: &ChainPlan,
+        index: usize,
+        name: &str,
+        content: &mut impl Read,
+    ) -> anyhow::Result<Chained> {
+        let level = self.level.load(Ordering::Relaxed);
+        let (path, is_blocks) = match name.strip_suffix(BLOCKS_SUFFIX) {
+            Some(p) if plan.need(level, p) == Some(Need::Blocks) => (p, true),
+            _ => (name, false),
+        };
+        // The newest level's whole files are ordinary files.
+        if level == 0 && !is_blocks {
+            return Ok(Chained::NotPart);
+        }
+        let need = plan.need(level, path);
+        let Some(entry) = plan.entry(level, path).filter(|_| need.is_some()) else {
+            // What a newer level replaced, or a file the restored backup no longer has.
+            io::copy(content, &mut io::sink())?;
+            return Ok(Chained::Written);
+        };
+        if entry.part != index || (need == Some(Need::Blocks)) != is_blocks {
+            bail!(
+                "backup {}: the manifest stores {path} differently (part {}, {:?})",
+                plan.levels[level].id,
+                entry.part,
+                entry.stored
+            );
+        }
+        let target = self
+            .files
+            .get(path)
+            .expect("planned from the newest manifest");
+        let Dest::Path(dest) = self.layout.dest(path)? else {
+            bail!("{path} is a tablespace link, not a file");
+        };
+        if let Some(parent) = Path::new(path).parent().and_then(Path::to_str) {
+            if !parent.is_empty() {
+                self.make_dir(parent)?;
+            }
+        }
+        if is_blocks {
+            let n = self
+                .assembly
+                .apply_blocks(path, &dest, target.size, content)?;
+            self.written.fetch_add(n, Ordering::Relaxed);
+            return Ok(Chained::Written);
+        }
+        let (file, sha, len) = self
+            .assembly
+            .finish_whole(path, &dest, target.size, content)?;
+        if len != target.size || sha != target.sha256 {
+            bail!(
+                "the file assembled from backups {} to {} does not match the manifest: SHA-256 {sha} ({len} bytes),                  the manifest of {} says {} ({} bytes)",
+                plan.levels[0].id,
+                plan.levels[level].id,
+                plan.levels[0].id,
+                target.sha256,
+                target.size
+            );
+        }
+        self.set_attributes(&file, &dest, target)?;
+        self.written.fetch_add(len, Ordering::Relaxed);
+        Ok(Chained::Done(Extracted {
+            path: path.to_string(),
+            kept: true,
+        }))
+    }
+
+    /// A restored file's mode, mtime and owner, as the manifest has them.
+    fn set_attributes(
+        &self,
+        file: &fs::File,
+        dest: &Path,
+        entry: &FileEntry,
+    ) -> anyhow::Result<()> {
+        file.set_permissions(fs::Permissions::from_mode(datadir::file_mode(entry.mode)))
+            .with_context(|| format!("chmod {}", dest.display()))?;
+        let mtime = UNIX_EPOCH + Duration::from_secs(u64::try_from(entry.mtime).unwrap_or(0));
+        let _ = file.set_modified(mtime);
+        os::chown(dest, self.owner)
     }
 
     fn extract_file(
@@ -538,11 +692,7 @@ impl Extraction {
             let file = writer
                 .into_file()
                 .with_context(|| format!("write {}", dest.display()))?;
-            file.set_permissions(fs::Permissions::from_mode(datadir::file_mode(entry.mode)))
-                .with_context(|| format!("chmod {}", dest.display()))?;
-            let mtime = UNIX_EPOCH + Duration::from_secs(u64::try_from(entry.mtime).unwrap_or(0));
-            let _ = file.set_modified(mtime);
-            os::chown(&dest, self.owner)?;
+            self.set_attributes(&file, &dest, entry)?;
             (sha, len)
         };
         if len != entry.size || sha != entry.sha256 {

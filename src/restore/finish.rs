@@ -27,7 +27,7 @@ pub(super) fn finish(
     layout: &Layout,
     backup: &BackupManifest,
     extracted: &[Extracted],
-    settings: &RecoverySettings,
+    settings: Option<&RecoverySettings>,
     durable: bool,
     owner: Option<Owner>,
 ) -> anyhow::Result<()> {
@@ -50,25 +50,14 @@ pub(super) fn finish(
             render_tablespace_map(&linked).into_bytes(),
         ));
     }
-    let auto_conf = pgdata.join("postgresql.auto.conf");
-    let mut conf = match fs::read(&auto_conf) {
-        Ok(c) => c,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).context("read postgresql.auto.conf"),
-    };
-    if !conf.is_empty() && !conf.ends_with(b"\n") {
-        conf.push(b'\n');
+    // A plain export (no settings) leaves recovery to whoever starts it.
+    if let Some(settings) = settings {
+        ours.push((
+            "postgresql.auto.conf",
+            recovery_auto_conf(layout, backup, settings, now)?,
+        ));
+        ours.push((datadir::RECOVERY_SIGNAL, Vec::new()));
     }
-    conf.extend_from_slice(recovery_conf(settings, &backup.id, now).as_bytes());
-    if layout
-        .tablespaces
-        .keys()
-        .any(|oid| layout.is_in_place(*oid))
-    {
-        conf.extend_from_slice(datadir::IN_PLACE_TABLESPACES.as_bytes());
-    }
-    ours.push(("postgresql.auto.conf", conf));
-    ours.push((datadir::RECOVERY_SIGNAL, Vec::new()));
     for (name, content) in &ours {
         write_file(&pgdata.join(name), content, owner)?;
     }
@@ -133,6 +122,33 @@ pub(super) fn finish(
     }
     fs::remove_file(pgdata.join(INCOMPLETE_MARKER)).context("remove the incomplete marker")?;
     os::sync_path(pgdata)
+}
+
+/// `postgresql.auto.conf` as restored, with the recovery settings appended.
+fn recovery_auto_conf(
+    layout: &Layout,
+    backup: &BackupManifest,
+    settings: &RecoverySettings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<u8>> {
+    let auto_conf = layout.pgdata.join("postgresql.auto.conf");
+    let mut conf = match fs::read(&auto_conf) {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).context("read postgresql.auto.conf"),
+    };
+    if !conf.is_empty() && !conf.ends_with(b"\n") {
+        conf.push(b'\n');
+    }
+    conf.extend_from_slice(recovery_conf(settings, &backup.id, now).as_bytes());
+    if layout
+        .tablespaces
+        .keys()
+        .any(|oid| layout.is_in_place(*oid))
+    {
+        conf.extend_from_slice(datadir::IN_PLACE_TABLESPACES.as_bytes());
+    }
+    Ok(conf)
 }
 
 /// Replace a file with `content` (temporary name, then rename), mode 0600.

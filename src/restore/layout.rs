@@ -223,6 +223,7 @@ pub(crate) mod tests {
             files: vec![],
             directories: vec![],
             page_problems: vec![],
+            block_map: None,
         }
     }
 

@@ -12,7 +12,9 @@
 //!    and a PostgreSQL `backup_manifest`, syncs, moves `pg_control` into place and drops the
 //!    marker.
 
+pub mod chain;
 mod chunk_pipe;
+mod combine;
 mod extract;
 mod finish;
 pub mod layout;
@@ -115,12 +117,36 @@ impl Destination {
         settings: &RecoverySettings,
         durable: bool,
     ) -> anyhow::Result<usize> {
+        self.materialise(repo, backup, Some(settings), durable)
+            .await
+    }
+
+    /// As [`Destination::restore`], without recovery settings: a plain full backup
+    /// directory (data files, `backup_label`, `tablespace_map`, `backup_manifest`), what
+    /// `pg_combinebackup` writes (`export`).
+    pub async fn export(
+        &self,
+        repo: &Repository,
+        backup: &BackupManifest,
+    ) -> anyhow::Result<usize> {
+        self.materialise(repo, backup, None, true).await
+    }
+
+    async fn materialise(
+        &self,
+        repo: &Repository,
+        backup: &BackupManifest,
+        settings: Option<&RecoverySettings>,
+        durable: bool,
+    ) -> anyhow::Result<usize> {
         let (layout, owner) = (&self.layout, self.owner);
+        // An incremental's chain, checked before anything is written or downloaded.
+        let chain = chain::resolve(repo, backup).await?;
         self.target.prepare(owner)?;
         for (oid, dir) in &layout.tablespaces {
             target_dir::prepare_tablespace(&layout.pgdata, *oid, dir, owner)?;
         }
-        let extracted = extract::restore_parts(repo, backup, layout, owner, durable).await?;
+        let extracted = extract::restore_parts(repo, chain, layout, owner, durable).await?;
         finish::finish(layout, backup, &extracted, settings, durable, owner)?;
         Ok(extracted.len())
     }

@@ -22,6 +22,7 @@ use crate::error::usage;
 use crate::logging::LogFormat;
 use crate::pg::walname::ParseWalNameError;
 use crate::pg::{TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
+use crate::repo::manifest::{BackupId, BackupKind};
 
 impl From<cli::LogFormat> for LogFormat {
     fn from(f: cli::LogFormat) -> Self {
@@ -38,6 +39,33 @@ impl From<cli::VerifyRuntime> for VerifyRuntime {
             cli::VerifyRuntime::Namespace => VerifyRuntime::Namespace,
             cli::VerifyRuntime::Docker => VerifyRuntime::Docker,
         }
+    }
+}
+
+impl From<cli::BackupType> for BackupKind {
+    fn from(t: cli::BackupType) -> Self {
+        match t {
+            cli::BackupType::Full => BackupKind::Full,
+            cli::BackupType::Incr => BackupKind::Incr,
+        }
+    }
+}
+
+/// `export ID DIR`: the backup and an absolute directory.
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    pub id: BackupId,
+    pub dir: PathBuf,
+}
+
+impl ExportSettings {
+    pub fn from_args(id: &str, dir: PathBuf) -> anyhow::Result<Self> {
+        let id = id
+            .parse()
+            .map_err(|e: anyhow::Error| usage(format!("{e:#}")))?;
+        let dir = std::path::absolute(&dir)
+            .map_err(|e| usage(format!("export directory {}: {e}", dir.display())))?;
+        Ok(ExportSettings { id, dir })
     }
 }
 

@@ -20,7 +20,8 @@ use crate::pg::exclude::PlannedFile;
 use crate::pg::page::{self, BLCKSZ};
 use crate::pg::Lsn;
 use crate::pgz;
-use crate::repo::manifest::{BackupId, FileEntry, PageProblem, PartEntry};
+use crate::repo::blockmap::{page_digest, BlockMap};
+use crate::repo::manifest::{BackupId, FileEntry, PageProblem, PartEntry, Stored};
 use crate::repo::Repository;
 
 /// Bytes handed to the uploader at a time.
@@ -36,12 +37,17 @@ pub struct CopyJob {
     pub start_lsn: Lsn,
     pub data_checksums: bool,
     pub progress: Arc<AtomicU64>,
+    /// The parent's block map: set for an incremental, which stores only the blocks of a
+    /// relation file whose digest differs from it (see [`super::incr`]).
+    pub parent: Option<Arc<BlockMap>>,
 }
 
 pub struct CopyResult {
     pub parts: Vec<PartEntry>,
     pub files: Vec<FileEntry>,
     pub page_problems: Vec<PageProblem>,
+    /// The digests of every relation file's blocks, as this backup restores them.
+    pub block_map: BlockMap,
 }
 
 /// Run the copy: `parallelism` workers take files (largest first) from one queue, each
@@ -72,6 +78,7 @@ pub async fn copy(job: CopyJob) -> anyhow::Result<CopyResult> {
             start_lsn: job.start_lsn,
             data_checksums: job.data_checksums,
             part: index,
+            parent: job.parent.clone(),
         };
         let gz = pgz::ParallelGzWriter::new(
             HashingWriter::new(ChannelWriter::new(tx)),
@@ -89,6 +96,7 @@ pub async fn copy(job: CopyJob) -> anyhow::Result<CopyResult> {
         parts: Vec::new(),
         files: Vec::new(),
         page_problems: Vec::new(),
+        block_map: BlockMap::default(),
     };
     let mut first_error = None;
     for (name, compress, uploader) in workers {
@@ -104,6 +112,7 @@ pub async fn copy(job: CopyJob) -> anyhow::Result<CopyResult> {
                 });
                 result.files.extend(out.files);
                 result.page_problems.extend(out.problems);
+                result.block_map.extend(out.block_map);
             }
             // An upload failure also breaks the compressor's pipe: report the upload's error.
             (_, Err(e)) | (Err(e), Ok(())) => {
@@ -121,17 +130,19 @@ pub async fn copy(job: CopyJob) -> anyhow::Result<CopyResult> {
 /// A part as it is written: tar → block-parallel gzip → SHA-256 of the stored bytes → uploader.
 type PartWriter = pgz::ParallelGzWriter<HashingWriter<ChannelWriter>>;
 
-struct WorkerCtx {
+pub(super) struct WorkerCtx {
     queue: Arc<Mutex<VecDeque<PlannedFile>>>,
-    progress: Arc<AtomicU64>,
-    start_lsn: Lsn,
+    pub(super) progress: Arc<AtomicU64>,
+    pub(super) start_lsn: Lsn,
     data_checksums: bool,
-    part: usize,
+    pub(super) part: usize,
+    parent: Option<Arc<BlockMap>>,
 }
 
 struct WorkerOutput {
     files: Vec<FileEntry>,
     problems: Vec<PageProblem>,
+    block_map: BlockMap,
     stored_size: u64,
     stored_sha256: Sha256,
     original_size: u64,
@@ -143,6 +154,7 @@ impl WorkerCtx {
         tar.mode(tar::HeaderMode::Complete);
         let mut files = Vec::new();
         let mut problems = Vec::new();
+        let mut block_map = BlockMap::default();
         let mut original_size = 0;
         loop {
             let next = self
@@ -151,10 +163,22 @@ impl WorkerCtx {
                 .expect("queue lock is not poisoned")
                 .pop_front();
             let Some(planned) = next else { break };
-            let Some(entry) = self.copy_file(&mut tar, &planned, &mut problems)? else {
+            let parent = self.parent.as_ref().and_then(|p| p.get(&planned.rel));
+            let copied = match parent.filter(|_| super::incr::block_wise(&planned)) {
+                Some(parent) => self.copy_changed(&mut tar, &planned, parent, &mut problems)?,
+                None => self.copy_file(&mut tar, &planned, &mut problems)?,
+            };
+            let Some((entry, digests)) = copied else {
                 continue;
             };
-            original_size += entry.size;
+            if let Some(digests) = digests {
+                block_map.insert(entry.path.clone(), digests);
+            }
+            original_size += match entry.stored {
+                Stored::Whole => entry.size,
+                Stored::Blocks { count } => u64::from(count) * BLCKSZ as u64,
+                Stored::Unchanged => 0,
+            };
             files.push(entry);
         }
         let gz = tar.into_inner().context("finish tar stream")?;
@@ -164,19 +188,19 @@ impl WorkerCtx {
         Ok(WorkerOutput {
             files,
             problems,
+            block_map,
             stored_size: size,
             stored_sha256: sha,
             original_size,
         })
     }
 
-    /// Copy one file; `None` when it vanished before it could be opened.
-    fn copy_file<W: Write>(
-        &self,
-        tar: &mut tar::Builder<W>,
-        planned: &PlannedFile,
-        problems: &mut Vec<PageProblem>,
-    ) -> anyhow::Result<Option<FileEntry>> {
+    /// Open a planned file for reading, checking page checksums when the cluster has them;
+    /// `None` when it vanished before it could be opened.
+    pub(super) fn open<'a>(
+        &'a self,
+        planned: &'a PlannedFile,
+    ) -> anyhow::Result<Option<FileReader<'a>>> {
         let file = match File::open(&planned.abs) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -187,7 +211,26 @@ impl WorkerCtx {
         } else {
             None
         };
-        let mut reader = FileReader::new(file, planned, checks, self.start_lsn, &self.progress);
+        Ok(Some(FileReader::new(
+            file,
+            planned,
+            checks,
+            self.start_lsn,
+            &self.progress,
+        )))
+    }
+
+    /// Copy one file whole; `None` when it vanished before it could be opened. With the
+    /// entry, the digests of its blocks when it is a relation file.
+    fn copy_file<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        planned: &PlannedFile,
+        problems: &mut Vec<PageProblem>,
+    ) -> anyhow::Result<Option<Copied>> {
+        let Some(mut reader) = self.open(planned)? else {
+            return Ok(None);
+        };
         let mut header = tar::Header::new_gnu();
         header.set_size(planned.size);
         header.set_mode(planned.mode);
@@ -196,20 +239,18 @@ impl WorkerCtx {
         tar.append_data(&mut header, &planned.rel, &mut reader)
             .with_context(|| format!("copy {}", planned.abs.display()))?;
         problems.append(&mut reader.problems);
-        Ok(Some(FileEntry {
-            path: planned.rel.clone(),
-            size: planned.size,
-            mode: planned.mode,
-            mtime: planned.mtime,
-            sha256: Sha256(reader.hasher.finalize().into()),
-            part: self.part,
-        }))
+        let digests = reader.digests.take();
+        Ok(Some((reader.entry(self.part, Stored::Whole), digests)))
     }
 }
 
+/// A copied file's manifest entry, and its block digests when it is a relation file.
+pub(super) type Copied = (FileEntry, Option<Vec<u64>>);
+
 /// Reads exactly the planned size (a file that grew is cut, one that shrank is padded with
-/// zeros: WAL replay fixes both), hashing the bytes and checking page checksums.
-struct FileReader<'a> {
+/// zeros: WAL replay fixes both), hashing the bytes, checking page checksums and, for a
+/// relation file of whole blocks, taking every block's digest.
+pub(super) struct FileReader<'a> {
     file: File,
     planned: &'a PlannedFile,
     checks: Option<u32>,
@@ -220,7 +261,9 @@ struct FileReader<'a> {
     /// Bytes of the file consumed into `buf` so far.
     offset: u64,
     hasher: Hasher,
-    problems: Vec<PageProblem>,
+    pub(super) problems: Vec<PageProblem>,
+    /// The digest of every block read so far, when the file is a relation file.
+    pub(super) digests: Option<Vec<u64>>,
     eof: bool,
 }
 
@@ -243,7 +286,21 @@ impl<'a> FileReader<'a> {
             offset: 0,
             hasher: Hasher::new(),
             problems: Vec::new(),
+            digests: super::incr::is_relation_of_blocks(planned).then(Vec::new),
             eof: false,
+        }
+    }
+
+    /// The manifest entry of what was read (call at the end).
+    pub(super) fn entry(&mut self, part: usize, stored: Stored) -> FileEntry {
+        FileEntry {
+            path: self.planned.rel.clone(),
+            size: self.planned.size,
+            mode: self.planned.mode,
+            mtime: self.planned.mtime,
+            sha256: Sha256(std::mem::take(&mut self.hasher).finalize().into()),
+            part,
+            stored,
         }
     }
 
@@ -264,6 +321,9 @@ impl<'a> FileReader<'a> {
             self.check_pages(base, filled);
         }
         self.hasher.update(&self.buf);
+        if let Some(digests) = self.digests.as_mut() {
+            digests.extend(self.buf.chunks_exact(BLCKSZ).map(page_digest));
+        }
         self.offset += want as u64;
         self.pos = 0;
         self.progress.fetch_add(want as u64, Ordering::Relaxed);

@@ -4,6 +4,8 @@
 
 mod copy;
 mod identity;
+mod incr;
+mod parent;
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +22,8 @@ use crate::pg::client::{ServerRole, Session};
 use crate::pg::{self, Lsn, SystemId, TimelineId, WalFileName, WalSegmentName, WalSegmentSize};
 use crate::repo::lock::RepoLock;
 use crate::repo::manifest::{
-    BackupId, BackupKind, BackupManifest, DirEntry, FileEntry, PartEntry, Tablespace,
-    MANIFEST_FORMAT,
+    BackupId, BackupKind, BackupManifest, DirEntry, FileEntry, ParentRef, PartEntry, Stored,
+    Tablespace, MANIFEST_FORMAT,
 };
 use crate::repo::{Repository, RepositoryInfo, CONTROL_PART};
 
@@ -29,17 +31,29 @@ pub async fn run(
     config: &Config,
     cluster: &ClusterConfig,
     repo: &Repository,
+    kind: BackupKind,
 ) -> anyhow::Result<()> {
-    let manifest = take_backup(config, cluster, repo).await?;
+    let manifest = take_backup_of_kind(config, cluster, repo, kind).await?;
     println!("{}", manifest.id);
     Ok(())
 }
 
-/// Take a backup and return its stored manifest.
+/// Take a full backup and return its stored manifest.
 pub async fn take_backup(
     config: &Config,
     cluster: &ClusterConfig,
     repo: &Repository,
+) -> anyhow::Result<BackupManifest> {
+    take_backup_of_kind(config, cluster, repo, BackupKind::Full).await
+}
+
+/// Take a backup of `kind` and return its stored manifest. An incremental is taken against
+/// the newest backup when that can be its parent, else a full is taken (logged).
+pub async fn take_backup_of_kind(
+    config: &Config,
+    cluster: &ClusterConfig,
+    repo: &Repository,
+    kind: BackupKind,
 ) -> anyhow::Result<BackupManifest> {
     let session = open_session(cluster).await?;
     let server = session.server_info().await?;
@@ -67,7 +81,32 @@ pub async fn take_backup(
         Duration::from_secs(config.backup.lock_ttl_seconds),
     )
     .await?;
-    let result = backup_locked(config, cluster, repo, &session, &server, seg_size, &lock).await;
+    let base = parent::choose(
+        repo,
+        kind,
+        config.backup.max_chain,
+        &parent::Server {
+            system_id: server.system_id,
+            timeline: server.timeline,
+            pg_version: server.major(),
+        },
+    )
+    .await;
+    let result = match base {
+        Ok(base) => {
+            let ctx = BackupCtx {
+                config,
+                cluster,
+                repo,
+                session: &session,
+                server: &server,
+                seg_size,
+                lock: &lock,
+            };
+            backup_locked(&ctx, base).await
+        }
+        Err(e) => Err(e),
+    };
     if result.is_ok() {
         record_catalog(repo, &session, &cluster.connection).await;
     }
@@ -153,19 +192,47 @@ pub fn check_pgdata(
     )
 }
 
-async fn backup_locked(
-    config: &Config,
-    cluster: &ClusterConfig,
-    repo: &Repository,
-    session: &pg::client::Session,
-    server: &pg::client::ServerInfo,
+/// What one backup run works with.
+struct BackupCtx<'a> {
+    config: &'a Config,
+    cluster: &'a ClusterConfig,
+    repo: &'a Repository,
+    session: &'a pg::client::Session,
+    server: &'a pg::client::ServerInfo,
     seg_size: WalSegmentSize,
-    lock: &RepoLock,
-) -> anyhow::Result<BackupManifest> {
+    lock: &'a RepoLock,
+}
+
+async fn backup_locked(ctx: &BackupCtx<'_>, base: parent::Base) -> anyhow::Result<BackupManifest> {
+    let BackupCtx {
+        config,
+        cluster,
+        repo,
+        session,
+        server,
+        seg_size,
+        lock,
+    } = *ctx;
     let started = Instant::now();
     let start_time = Utc::now();
     let id = repo.new_backup_id(start_time).await?;
-    tracing::info!(backup_id = %id, cluster = %cluster.name, "starting backup");
+    let (kind, parent_ref, parent_map) = match base {
+        parent::Base::Full => (BackupKind::Full, None, None),
+        parent::Base::Incr { parent, map } => (
+            BackupKind::Incr,
+            Some(ParentRef {
+                id: parent.id.clone(),
+                manifest_sha256: parent.fingerprint(),
+            }),
+            Some(map),
+        ),
+    };
+    match &parent_ref {
+        Some(p) => {
+            tracing::info!(backup_id = %id, cluster = %cluster.name, parent = %p.id, "starting incremental backup")
+        }
+        None => tracing::info!(backup_id = %id, cluster = %cluster.name, "starting full backup"),
+    }
     let start_lsn = session
         .backup_start(
             &format!("synapse-backup {id}"),
@@ -177,7 +244,7 @@ async fn backup_locked(
     let start_timeline = session.server_info().await?.timeline;
     tracing::info!(backup_id = %id, start_lsn = %start_lsn, "backup started");
 
-    let copied = copy_data(config, cluster, repo, &id, start_lsn, server.data_checksums).await;
+    let copied = copy_data(ctx, &id, start_lsn, parent_map).await;
     let (plan, copy_result, control) = match copied {
         Ok(c) => c,
         Err(e) => {
@@ -214,6 +281,8 @@ async fn backup_locked(
     let waited = wait_for_wal(repo, session, switcher, &needed, wait, lock).await;
     or_clean(repo, &id, waited).await?;
 
+    let block_map = repo.put_block_map(&id, &copy_result.block_map).await;
+    let block_map = or_clean(repo, &id, block_map).await?;
     let mut parts = copy_result.parts;
     let mut files = copy_result.files;
     files.push(control_part.1.clone());
@@ -224,8 +293,8 @@ async fn backup_locked(
         format_version: MANIFEST_FORMAT,
         id: id.clone(),
         cluster: cluster.name.clone(),
-        kind: BackupKind::Full,
-        parent: None,
+        kind,
+        parent: parent_ref,
         system_identifier: server.system_id,
         pg_version: server.major(),
         pg_version_num: server.version_num,
@@ -249,6 +318,7 @@ async fn backup_locked(
         files,
         directories: manifest_directories(&plan),
         page_problems: copy_result.page_problems,
+        block_map: Some(block_map),
     };
     // The backup becomes visible with its manifest: only while the lock is still ours.
     or_clean(repo, &id, lock.ensure_held().await).await?;
@@ -298,6 +368,7 @@ fn log_complete(manifest: &BackupManifest, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
         backup_id = %manifest.id,
+        kind = %manifest.kind,
         original_bytes = manifest.original_size(),
         stored_bytes = manifest.stored_size(),
         seconds = format!("{secs:.1}"),
@@ -317,13 +388,13 @@ fn log_complete(manifest: &BackupManifest, started: Instant) {
 type Copied = (pg::exclude::Plan, copy::CopyResult, Vec<u8>);
 
 async fn copy_data(
-    config: &Config,
-    cluster: &ClusterConfig,
-    repo: &Repository,
+    ctx: &BackupCtx<'_>,
     id: &BackupId,
     start_lsn: Lsn,
-    data_checksums: bool,
+    parent: Option<Arc<crate::repo::blockmap::BlockMap>>,
 ) -> anyhow::Result<Copied> {
+    let (config, cluster, repo) = (ctx.config, ctx.cluster, ctx.repo);
+    let data_checksums = ctx.server.data_checksums;
     let pgdata = cluster.pgdata.clone();
     let mut plan = tokio::task::spawn_blocking(move || pg::exclude::plan(&pgdata))
         .await
@@ -347,6 +418,7 @@ async fn copy_data(
         start_lsn,
         data_checksums,
         progress,
+        parent,
     })
     .await;
     reporter.abort();
@@ -389,6 +461,7 @@ async fn write_control_part(
             mtime: now,
             sha256: crate::codec::Sha256::of(data),
             part: part_index,
+            stored: Stored::Whole,
         });
     }
     let bytes = tar

@@ -114,6 +114,7 @@ mod tests {
                 mtime: 0,
                 sha256: Sha256::of(b""),
                 part: 0,
+                stored: Default::default(),
             });
         }
         let original = BTreeMap::from([(16385, PathBuf::from("/srv/ts1"))]);

@@ -88,6 +88,7 @@ async fn fixture() -> Fixture {
                 mtime: 1_700_000_000,
                 sha256: Sha256::of(content),
                 part: index,
+                stored: Default::default(),
             });
         }
         repo.put_part(&m.id, key, bytes.into()).await.unwrap();

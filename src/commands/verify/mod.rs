@@ -225,6 +225,7 @@ pub async fn verify_backup(
     sandbox::remove_stale(&config.verify.scratch_dir);
 
     let plan = plan(repo, &backups, backup, opts.to).await?;
+    let last_commit = last_archived_commit(repo, &backups).await;
     eprintln!(
         "verify: backup {} (ended {}) with the {} runtime; target {}; WAL {} through {} ({} segments)",
         backup.id,
@@ -274,6 +275,7 @@ pub async fn verify_backup(
         recovered_to,
     } = found;
     let ok = !checks.list.is_empty() && checks.list.iter().all(|c| c.ok);
+    let measured = report::measure(&checks.list, started_at, last_commit);
     let mut report = Report {
         format_version: REPORT_FORMAT,
         cluster: repo.cluster().to_string(),
@@ -292,9 +294,25 @@ pub async fn verify_backup(
         target: plan.report(),
         recovered_to,
         checks: checks.list,
+        measured,
     };
     repo.put_report(&mut report).await?;
     Ok(report)
+}
+
+/// The last commit in the archive now (the window's end, as `list` shows it), for the
+/// data-loss exposure the report records. Best effort: `None` with a warning.
+async fn last_archived_commit(
+    repo: &Repository,
+    backups: &[crate::repo::manifest::BackupManifest],
+) -> Option<DateTime<Utc>> {
+    match super::list::latest_window(repo, backups).await {
+        Ok(w) => w.last_commit,
+        Err(e) => {
+            eprintln!("warning: cannot read the archive's last commit (no data-loss exposure in the report): {e:#}");
+            None
+        }
+    }
 }
 
 /// Refuse when `base` lacks `need` bytes of free space (an environment problem).

@@ -2,11 +2,41 @@
 //! stored and read back through the repository (`repo::reports`); here only how `verify`
 //! words it.
 
+use chrono::{DateTime, Utc};
+
 use crate::format;
 pub use crate::repo::reports::report_time;
-pub use crate::repo::reports::{CheckResult, TargetReport, VerifyReport as Report};
+pub use crate::repo::reports::{
+    CheckResult, RecoveryMeasured, TargetReport, VerifyReport as Report,
+};
 
 pub const REPORT_FORMAT: u32 = 1;
+
+/// The recovery time a verification measured — its `restore` check (download, check, write)
+/// plus its `recovery` check (start, replay, promote) — when both passed; and the data-loss
+/// exposure when it started (`started_at` minus the last archived commit).
+pub fn measure(
+    checks: &[CheckResult],
+    started_at: DateTime<Utc>,
+    last_commit: Option<DateTime<Utc>>,
+) -> Option<RecoveryMeasured> {
+    let took = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name == name && c.ok)
+            .map(|c| c.duration_seconds)
+    };
+    let (restore, replay) = (took("restore")?, took("recovery")?);
+    let round = |s: f64| (s * 1000.0).round() / 1000.0;
+    Some(RecoveryMeasured {
+        restore_seconds: restore,
+        replay_seconds: replay,
+        rto_seconds: round(restore + replay),
+        last_archived_commit: last_commit,
+        rpo_seconds: last_commit
+            .map(|c| round(((started_at - c).num_milliseconds() as f64 / 1000.0).max(0.0))),
+    })
+}
 
 impl Report {
     pub fn failure_message(&self) -> String {
@@ -27,6 +57,18 @@ impl Report {
             self.target.description,
             self.duration_seconds
         );
+        if let Some(m) = &self.measured {
+            out.push_str(&format!(
+                "  measured RTO {:.1}s (restore {:.1}s + replay {:.1}s); data-loss exposure {}\n",
+                m.rto_seconds,
+                m.restore_seconds,
+                m.replay_seconds,
+                m.rpo_seconds
+                    .map_or("unknown (no archived commit)".into(), |s| format!(
+                        "{s:.1}s"
+                    ))
+            ));
+        }
         for c in &self.checks {
             out.push_str(&format!(
                 "  {:<4} {:<28} {:>7.1}s  {}\n",
@@ -60,15 +102,11 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn reports_are_stored_per_verification_and_listed() {
-        let repo = Repository::in_memory("core");
-        let id: BackupId = "20240101T020000Z".parse().unwrap();
-        assert_eq!(repo.last_verification(&id).await.unwrap(), None);
-        let mut report = Report {
+    fn sample_report() -> Report {
+        Report {
             format_version: REPORT_FORMAT,
             cluster: "core".into(),
-            backup_id: id.to_string(),
+            backup_id: "20240101T020000Z".into(),
             time: String::new(),
             started_at: t("2024-01-02T00:00:00Z"),
             finished_at: t("2024-01-02T00:01:00Z"),
@@ -87,7 +125,16 @@ mod tests {
             },
             recovered_to: None,
             checks: vec![],
-        };
+            measured: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_are_stored_per_verification_and_listed() {
+        let repo = Repository::in_memory("core");
+        let id: BackupId = "20240101T020000Z".parse().unwrap();
+        assert_eq!(repo.last_verification(&id).await.unwrap(), None);
+        let mut report = sample_report();
         repo.put_report(&mut report).await.unwrap();
         report.ok = true;
         repo.put_report(&mut report).await.unwrap();
@@ -108,5 +155,41 @@ mod tests {
         );
         assert!(report.render().contains("verified"));
         assert!(report.failure_message().contains("20240101T020000Z"));
+    }
+
+    fn check(name: &str, ok: bool, secs: f64) -> CheckResult {
+        CheckResult {
+            name: name.into(),
+            ok,
+            duration_seconds: secs,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn rto_is_restore_plus_replay_and_rpo_the_age_of_the_last_commit() {
+        let checks = [
+            check("restore", true, 12.5),
+            check("stage_wal", true, 3.0),
+            check("pg_verifybackup", true, 1.0),
+            check("recovery", true, 7.25),
+            check("amcheck", true, 30.0),
+        ];
+        let started = t("2024-01-02T00:00:00Z");
+        let m = measure(&checks, started, Some(t("2024-01-01T23:59:20.5Z"))).unwrap();
+        assert_eq!(m.restore_seconds, 12.5);
+        assert_eq!(m.replay_seconds, 7.25);
+        assert_eq!(m.rto_seconds, 19.75);
+        assert_eq!(m.rpo_seconds, Some(39.5));
+        assert_eq!(measure(&checks, started, None).unwrap().rpo_seconds, None);
+        // A failed restore or recovery measures nothing.
+        let failed = [check("restore", true, 1.0), check("recovery", false, 2.0)];
+        assert_eq!(measure(&failed, started, None), None);
+        assert_eq!(measure(&checks[..1], started, None), None);
+        // Reports written before the field existed still read.
+        let mut json = serde_json::to_value(sample_report()).unwrap();
+        json.as_object_mut().unwrap().remove("measured");
+        let old: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(old.measured, None);
     }
 }
