@@ -175,3 +175,64 @@ async fn events_and_restore_before_a_drop() {
     assert_eq!(pg.psql("select count(*) from later"), "0");
     server.stop();
 }
+
+/// `reindex` on a repository written without the event index (segments pushed with
+/// `SYNAPSE_WAL_EVENTS=off`, as before issue 16) builds the index `wal-push` built.
+#[tokio::test(flavor = "multi_thread")]
+async fn reindex_builds_the_index_wal_push_built() {
+    if harness::skip("reindex_builds_the_index_wal_push_built") {
+        return;
+    }
+    let scratch = Scratch::new("reindex");
+    let (mut pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(scratch.subdir("repo")), "");
+    pg.psql("select pg_create_restore_point('before')");
+    pg.psql("create table big(v int); insert into big select generate_series(1, 12000)");
+    pg.psql("delete from big");
+    pg.psql("create table t(v int); insert into t values (1)");
+    pg.psql("truncate t");
+    pg.psql("drop table t");
+    pg.archive_everything();
+    pg.stop();
+    let with_events = harness::repository(&cfg);
+    let built = with_events.all_events().await.unwrap();
+    assert!(built.len() >= 4, "{built:?}");
+
+    // The same segments, pushed into a second repository without events.
+    let old_dir = scratch.subdir("old");
+    let old = TestConfig::write(
+        &old_dir,
+        &RepoTarget::Local(scratch.subdir("old-repo")),
+        "core",
+        &pg.pgdata,
+        &pg.connection(),
+        "",
+    );
+    let spool = scratch.subdir("segments");
+    for (name, _) in with_events.list_wal().await.unwrap() {
+        let Some((content, _)) = with_events.get_wal(&name).await.unwrap() else {
+            continue;
+        };
+        let path = spool.join(name.to_string());
+        std::fs::write(&path, content).unwrap();
+        let out = old
+            .command(&["wal-push", path.to_str().unwrap()])
+            .env("SYNAPSE_WAL_EVENTS", "off")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "wal-push {name}: {}", stderr(&out));
+    }
+    let without = harness::repository(&old);
+    assert!(without.all_events().await.unwrap().is_empty());
+
+    let out = old.run(&["reindex"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(without.all_events().await.unwrap(), built);
+    // Run again: nothing left to index, the same index.
+    let out = old.run(&["reindex"]);
+    assert!(
+        stderr(&out).contains("stored 0 event index"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(without.all_events().await.unwrap(), built);
+}

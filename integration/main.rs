@@ -17,6 +17,7 @@ mod incremental;
 mod kill_campaign;
 mod ops;
 mod restore;
+mod restore_plan;
 mod restore_safety;
 mod robustness;
 mod sandbox;

@@ -77,6 +77,10 @@ pub struct RestoreArgs {
     /// Start the server and wait until recovery reaches the target.
     #[arg(long)]
     pub start: bool,
+    /// Print the plan (backup, bytes to download, WAL to replay, predicted duration) after
+    /// every check, and stop: nothing is written, not even the data directory.
+    #[arg(long, conflicts_with = "start")]
+    pub dry_run: bool,
     /// Restore a tablespace into DIR (absent or empty): OID=DIR (repeatable). Every tablespace
     /// needs one of --tablespace-map, --tablespaces-in-target or
     /// --tablespaces-at-original-location.

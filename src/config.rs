@@ -80,6 +80,10 @@ pub struct AgentConfig<S = Schedule> {
     pub verify_after_backup: bool,
     /// An extra schedule that verifies the newest backup.
     pub verify_schedule: Option<S>,
+    /// When to refresh each cluster's catalog snapshot (relation names for `events`; stored
+    /// only when it changed). Default: hourly.
+    #[serde(default = "default_catalog_schedule")]
+    pub catalog_schedule: S,
     /// When a full backup is due: a scheduled backup is a full when this schedule fired since
     /// the newest full (or there is none), else an incremental. Unset: every backup is a full.
     pub full_schedule: Option<S>,
@@ -101,6 +105,7 @@ impl<S: From<&'static str>> Default for AgentConfig<S> {
             backup_schedule: default_backup_schedule(),
             verify_after_backup: true,
             verify_schedule: None,
+            catalog_schedule: default_catalog_schedule(),
             full_schedule: None,
             rto_objective: None,
             rpo_objective: None,
@@ -437,6 +442,9 @@ fn default_listen() -> String {
 fn default_backup_schedule<S: From<&'static str>>() -> S {
     S::from("0 0 2 * * *")
 }
+fn default_catalog_schedule<S: From<&'static str>>() -> S {
+    S::from("0 0 * * * *")
+}
 fn default_connection() -> String {
     "host=/var/run/postgresql port=5432 user=postgres dbname=postgres".into()
 }
@@ -523,6 +531,7 @@ impl Config<String> {
                 .verify_schedule
                 .map(|v| parse("agent.verify_schedule".into(), v))
                 .transpose()?,
+            catalog_schedule: parse("agent.catalog_schedule".into(), agent.catalog_schedule)?,
             full_schedule: agent
                 .full_schedule
                 .map(|v| parse("agent.full_schedule".into(), v))
@@ -789,7 +798,13 @@ pgdata = "/var/lib/postgresql/15/main"
 
         let cfg = Config::parse(MINIMAL).unwrap();
         assert_eq!(cfg.agent.backup_schedule.expr(), "0 0 2 * * *");
+        assert_eq!(cfg.agent.catalog_schedule.expr(), "0 0 * * * *");
         assert!(cfg.agent.verify_after_backup);
+        let every_10 = Config::parse(&format!(
+            "[agent]\ncatalog_schedule = \"0 */10 * * * *\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(every_10.agent.catalog_schedule.expr(), "0 */10 * * * *");
         let cfg = Config::parse(&format!(
             "[agent]\nverify_after_backup = false\nverify_schedule = \"0 0 3 * * Sun\"\n{MINIMAL}verify_after_backup = true\n"
         ))

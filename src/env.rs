@@ -12,3 +12,7 @@ pub const RETENTION_DAYS: &str = "BACKUP_RETENTION_DAYS";
 pub const VERIFY_KEEP: &str = "SYNAPSE_VERIFY_KEEP";
 /// `check`: how long to wait for the switched WAL segment to reach the repository (seconds).
 pub const CHECK_TIMEOUT_SECONDS: &str = "SYNAPSE_CHECK_TIMEOUT_SECONDS";
+/// `wal-push`: `off` stores segments without their event index (commit times only, as before
+/// issue 16); `reindex` adds the index later. For measuring the extraction's cost, or turning
+/// it off should it ever cost too much.
+pub const WAL_EVENTS: &str = "SYNAPSE_WAL_EVENTS";

@@ -16,6 +16,16 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `45s`, `3m 20s`, `2h 05m`: a duration as an operator reads an estimate.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64().round() as u64;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 /// The last `n` lines of `text`, joined with ` / ` (for one-line error messages).
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -37,6 +47,19 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_estimates() {
+        use std::time::Duration;
+        for (secs, text) in [
+            (0.2, "0s"),
+            (45.4, "45s"),
+            (200.0, "3m 20s"),
+            (7500.0, "2h 05m"),
+        ] {
+            assert_eq!(human_duration(Duration::from_secs_f64(secs)), text);
+        }
+    }
 
     #[test]
     fn formats() {

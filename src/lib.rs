@@ -14,6 +14,7 @@ pub(crate) mod os;
 pub mod pg;
 pub(crate) mod pgz;
 pub(crate) mod policy;
+pub(crate) mod progress;
 pub mod repo;
 pub(crate) mod restore;
 pub(crate) mod sandbox;

@@ -257,6 +257,15 @@ impl Clusters {
                     tracing::error!(cluster = %name, "not scheduled: {e:#}");
                 }
             }
+            super::catalog::schedule(
+                &self.timers,
+                shared,
+                &name,
+                &cfg.agent.catalog_schedule,
+                zone,
+                handle.schedules.clone(),
+            )
+            .await;
             handle.tasks.retain(|t| !t.is_finished());
         }
     }

@@ -16,6 +16,7 @@
 //! (per-cluster queue, worker, timers, repository refresher), [`metrics`] (what `/metrics` says),
 //! [`facts`] (reading the repository and PostgreSQL), [`http`] (the endpoint).
 
+mod catalog;
 pub mod facts;
 pub mod http;
 pub mod jobs;

@@ -228,8 +228,15 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
                 seg.start_lsn(size)
             );
         }
-        // One walk for the commit times and the events (issue 16).
-        if let Ok(scan) = walevents::scan_segment_events(data, seg.timeline) {
+        // One walk for the commit times and the events (issue 16), unless the events are off.
+        if !events_enabled() {
+            if let Ok(summary) = crate::pg::walscan::scan_segment(data) {
+                commits = WalCommits {
+                    first_commit: summary.first_commit,
+                    last_commit: summary.last_commit,
+                };
+            }
+        } else if let Ok(scan) = walevents::scan_segment_events(data, seg.timeline) {
             commits = WalCommits {
                 first_commit: scan.summary.first_commit,
                 last_commit: scan.summary.last_commit,
@@ -257,6 +264,11 @@ fn check(name: &WalFileName, path: &Path, data: &mut Vec<u8>) -> anyhow::Result<
         marker: Marker::of(&meta),
         events,
     })
+}
+
+/// Whether segments are stored with their event index (`SYNAPSE_WAL_EVENTS=off`: not).
+fn events_enabled() -> bool {
+    std::env::var(crate::env::WAL_EVENTS).as_deref() != Ok("off")
 }
 
 /// Files waiting to be archived after `current`: `.history` first, then in WAL order.

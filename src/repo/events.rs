@@ -15,6 +15,15 @@ use crate::pg::catalog::CatalogSnapshot;
 use crate::pg::events::{EventIndex, WalEvent};
 use crate::pg::WalSegmentName;
 
+/// The outcome of [`Repository::put_catalog`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogStored {
+    /// `<time>-<hash>`: the snapshot holding this content.
+    pub name: String,
+    /// False when the newest snapshot already had this content.
+    pub stored: bool,
+}
+
 /// How many index objects are read at once.
 const READ_PARALLELISM: usize = 16;
 
@@ -105,8 +114,9 @@ impl Repository {
     }
 
     /// Store a catalog snapshot unless the newest stored one has the same content. Returns
-    /// whether it was stored.
-    pub async fn put_catalog(&self, snapshot: &CatalogSnapshot) -> anyhow::Result<bool> {
+    /// the name of the snapshot that now holds this content (`<time>-<hash>`, what a manifest
+    /// records) and whether it was stored.
+    pub async fn put_catalog(&self, snapshot: &CatalogSnapshot) -> anyhow::Result<CatalogStored> {
         let hash = snapshot.content_hash.to_string();
         let short = &hash[..16.min(hash.len())];
         let newest = self
@@ -116,8 +126,15 @@ impl Repository {
             .into_iter()
             .map(|e| e.key)
             .max();
-        if newest.is_some_and(|k| k.ends_with(&format!("-{short}.json"))) {
-            return Ok(false);
+        if let Some(name) = newest
+            .as_deref()
+            .filter(|k| k.ends_with(&format!("-{short}.json")))
+            .and_then(layout::catalog_name_from_key)
+        {
+            return Ok(CatalogStored {
+                name: name.to_string(),
+                stored: false,
+            });
         }
         let key = layout::catalog_key(&super::reports::report_time(snapshot.taken_at), short);
         let body = self
@@ -127,7 +144,12 @@ impl Repository {
             .put(&key, Bytes::from(body))
             .await
             .context("store the catalog snapshot")?;
-        Ok(true)
+        Ok(CatalogStored {
+            name: layout::catalog_name_from_key(&key)
+                .expect("a catalog key")
+                .to_string(),
+            stored: true,
+        })
     }
 
     /// Every stored catalog snapshot, oldest first.
@@ -143,5 +165,44 @@ impl Repository {
         }
         out.sort_by_key(|s: &CatalogSnapshot| s.taken_at);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::catalog::DatabaseCatalog;
+    use crate::pg::Lsn;
+    use chrono::DateTime;
+
+    fn snapshot(secs: i64, db: &str) -> CatalogSnapshot {
+        CatalogSnapshot::new(
+            DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap(),
+            vec![DatabaseCatalog {
+                oid: 5,
+                name: db.into(),
+                valid_from: Lsn(0),
+                relations: vec![],
+            }],
+        )
+    }
+
+    #[tokio::test]
+    async fn a_catalog_is_stored_once_per_content_and_named_for_the_manifest() {
+        let repo = Repository::in_memory("core");
+        let first = repo.put_catalog(&snapshot(0, "core")).await.unwrap();
+        assert!(first.stored);
+        assert!(first.name.starts_with("20231114T221320Z-"), "{first:?}");
+        let again = repo.put_catalog(&snapshot(3600, "core")).await.unwrap();
+        assert_eq!(
+            again,
+            CatalogStored {
+                name: first.name.clone(),
+                stored: false
+            }
+        );
+        let changed = repo.put_catalog(&snapshot(7200, "renamed")).await.unwrap();
+        assert!(changed.stored && changed.name != first.name, "{changed:?}");
+        assert_eq!(repo.catalogs().await.unwrap().len(), 2);
     }
 }

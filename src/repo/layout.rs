@@ -220,6 +220,13 @@ pub(super) fn catalog_key(time: &str, hash: &str) -> String {
     format!("{CATALOG_DIR}/{time}-{hash}.json")
 }
 
+/// A catalog snapshot's name, `<time>-<hash>`, from its key (what a manifest records).
+pub(super) fn catalog_name_from_key(key: &str) -> Option<&str> {
+    key.strip_prefix(CATALOG_DIR)?
+        .strip_prefix('/')?
+        .strip_suffix(".json")
+}
+
 #[cfg(test)]
 mod events_layout_tests {
     use super::*;
@@ -238,5 +245,10 @@ mod events_layout_tests {
             catalog_key("20240101T020000Z", "abcd"),
             "catalog/20240101T020000Z-abcd.json"
         );
+        assert_eq!(
+            catalog_name_from_key("catalog/20240101T020000Z-abcd.json"),
+            Some("20240101T020000Z-abcd")
+        );
+        assert_eq!(catalog_name_from_key("events/x.json"), None);
     }
 }

@@ -269,6 +269,10 @@ pub struct BackupManifest {
     pub files: Vec<FileEntry>,
     pub directories: Vec<DirEntry>,
     pub page_problems: Vec<PageProblem>,
+    /// The catalog snapshot current when the backup ended (`<time>-<hash>` of a
+    /// `catalog/` object, issue 16); absent when none could be taken, and in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_snapshot: Option<String>,
     /// The per-block digests of every relation file (README "Incremental format"): what the
     /// next incremental compares against. Not a tar part: restore never reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -437,6 +441,7 @@ pub(crate) mod tests {
                 mode: 0o700,
             }],
             page_problems: vec![],
+            catalog_snapshot: None,
             block_map: None,
         }
     }

@@ -57,6 +57,23 @@ pub struct VerifyReport {
     /// reports written before it existed.
     #[serde(default)]
     pub measured: Option<RecoveryMeasured>,
+    /// The speeds measured, for `restore`'s prediction; absent in reports written before
+    /// they were measured.
+    #[serde(default)]
+    pub speeds: Option<MeasuredSpeeds>,
+}
+
+/// What a verification measured that predicts a restore's duration (issue 16): the restore
+/// (download, check, extract) of the backup's stored bytes, and the recovery (start, replay
+/// of the staged WAL, promotion).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredSpeeds {
+    /// Stored (compressed) backup bytes downloaded and extracted per second.
+    pub download_bytes_per_second: f64,
+    /// WAL segments replayed per second.
+    pub replay_segments_per_second: f64,
+    /// WAL bytes (uncompressed segments) replayed per second.
+    pub replay_bytes_per_second: f64,
 }
 
 /// What a verification measured: its restore and recovery are a real restore's, so their

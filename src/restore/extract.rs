@@ -9,7 +9,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use crate::codec::{HashingWriter, Sha256};
 use crate::format;
 use crate::os::{self, Owner};
 use crate::pg::datadir;
+use crate::progress::{Meter, Unit};
 use crate::repo::manifest::{BackupManifest, FileEntry, PartEntry, BLOCKS_SUFFIX};
 use crate::repo::{PartReader, PartSource, Repository, CONTROL_PART};
 
@@ -80,6 +81,7 @@ pub(super) async fn restore_parts(
     layout: &Layout,
     owner: Option<Owner>,
     durable: bool,
+    then: Option<Duration>,
 ) -> anyhow::Result<Vec<Extracted>> {
     let backup = &chain[0].clone();
     let chain = if chain.len() > 1 {
@@ -136,7 +138,7 @@ pub(super) async fn restore_parts(
         parallel
     );
 
-    let reporter = spawn_progress(shared.clone(), backup.original_size());
+    let reporter = spawn_progress(shared.clone(), backup.original_size(), then);
     let result = async {
         let mut extracted: Vec<Extracted> = futures::stream::iter(data)
             .map(|i| {
@@ -200,24 +202,19 @@ pub(super) async fn restore_parts(
     Ok(extracted)
 }
 
-/// Every few seconds, how far the extraction is.
-fn spawn_progress(shared: Arc<Extraction>, total: u64) -> tokio::task::JoinHandle<()> {
+/// Every second, how far the extraction is (see [`crate::progress`]); `then`: the predicted
+/// duration of what follows (the WAL replay), for the whole restore's ETA.
+fn spawn_progress(
+    shared: Arc<Extraction>,
+    total: u64,
+    then: Option<Duration>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        tick.tick().await;
+        let mut meter = Meter::new("download", Unit::Bytes, total, then);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let done = shared.written.load(Ordering::Relaxed);
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            eprintln!(
-                "restore: {} of {} ({:.0}%), {:.0}s, {}/s",
-                format::human_bytes(done),
-                format::human_bytes(total),
-                100.0 * done as f64 / total.max(1) as f64,
-                secs,
-                format::human_bytes((done as f64 / secs) as u64)
-            );
+            meter.update(shared.written.load(Ordering::Relaxed));
         }
     })
 }

@@ -223,6 +223,7 @@ pub(crate) mod tests {
             files: vec![],
             directories: vec![],
             page_problems: vec![],
+            catalog_snapshot: None,
             block_map: None,
         }
     }

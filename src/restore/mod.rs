@@ -23,6 +23,7 @@ mod writeback;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::usage;
 use crate::os::{self, Owner};
@@ -63,6 +64,9 @@ pub struct Destination {
     target: TargetDir,
     pub layout: Layout,
     owner: Option<Owner>,
+    /// The predicted duration of what follows the restore (WAL replay), for the progress
+    /// display's ETA of the whole restore.
+    then: Option<Duration>,
 }
 
 impl Destination {
@@ -95,12 +99,18 @@ impl Destination {
             target,
             layout,
             owner,
+            then: None,
         })
     }
 
     /// Who the restored files belong to (`None`: whoever we are).
     pub fn owner(&self) -> Option<Owner> {
         self.owner
+    }
+
+    /// Say how long what follows the restore is predicted to take (for the ETA).
+    pub fn followed_by(&mut self, then: Duration) {
+        self.then = Some(then);
     }
 
     /// Whether what the target directories hold now is removed first (`--force`).
@@ -146,7 +156,8 @@ impl Destination {
         for (oid, dir) in &layout.tablespaces {
             target_dir::prepare_tablespace(&layout.pgdata, *oid, dir, owner)?;
         }
-        let extracted = extract::restore_parts(repo, chain, layout, owner, durable).await?;
+        let extracted =
+            extract::restore_parts(repo, chain, layout, owner, durable, self.then).await?;
         finish::finish(layout, backup, &extracted, settings, durable, owner)?;
         Ok(extracted.len())
     }

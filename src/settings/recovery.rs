@@ -63,6 +63,7 @@ pub fn restore_settings(
         force: args.force,
         action,
         start: args.start,
+        dry_run: args.dry_run,
         config_path: config_path.map(Path::to_path_buf),
     })
 }

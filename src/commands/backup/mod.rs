@@ -107,9 +107,6 @@ pub async fn take_backup_of_kind(
         }
         Err(e) => Err(e),
     };
-    if result.is_ok() {
-        record_catalog(repo, &session, &cluster.connection).await;
-    }
     let released = lock.release().await;
     session.close().await;
     let manifest = result?;
@@ -118,16 +115,30 @@ pub async fn take_backup_of_kind(
 }
 
 /// Record a catalog snapshot (relfilenode → name, for `events`) when it changed since the
-/// last one. Best effort: the backup is complete whatever happens here.
-async fn record_catalog(repo: &Repository, session: &Session, conninfo: &str) {
+/// last one, and return the name of the snapshot holding it (for the manifest). Best effort:
+/// the backup is complete whatever happens here.
+pub async fn record_catalog(
+    repo: &Repository,
+    session: &Session,
+    conninfo: &str,
+) -> Option<String> {
     let stored = match pg::catalog::take_snapshot(session, conninfo).await {
         Ok(snapshot) => repo.put_catalog(&snapshot).await,
         Err(e) => Err(e),
     };
     match stored {
-        Ok(true) => tracing::info!("catalog snapshot stored"),
-        Ok(false) => tracing::info!("catalog unchanged since the last snapshot"),
-        Err(e) => tracing::warn!("could not record a catalog snapshot: {e:#}"),
+        Ok(s) => {
+            if s.stored {
+                tracing::info!(catalog = %s.name, "catalog snapshot stored");
+            } else {
+                tracing::info!(catalog = %s.name, "catalog unchanged since the last snapshot");
+            }
+            Some(s.name)
+        }
+        Err(e) => {
+            tracing::warn!("could not record a catalog snapshot: {e:#}");
+            None
+        }
     }
 }
 
@@ -289,6 +300,7 @@ async fn backup_locked(ctx: &BackupCtx<'_>, base: parent::Base) -> anyhow::Resul
     files.extend(control_part.2.iter().cloned());
     files.sort_by(|a, b| a.path.cmp(&b.path));
     parts.push(control_part.0);
+    let catalog_snapshot = record_catalog(repo, session, &cluster.connection).await;
     let manifest = BackupManifest {
         format_version: MANIFEST_FORMAT,
         id: id.clone(),
@@ -318,6 +330,7 @@ async fn backup_locked(ctx: &BackupCtx<'_>, base: parent::Base) -> anyhow::Resul
         files,
         directories: manifest_directories(&plan),
         page_problems: copy_result.page_problems,
+        catalog_snapshot,
         block_map: Some(block_map),
     };
     // The backup becomes visible with its manifest: only while the lock is still ours.

@@ -8,7 +8,9 @@
 //!    directory even with `--force`, two timelines receiving WAL without `--timeline`), choose
 //!    the backup, and check the target against the recoverable window and the archived WAL,
 //!    all before a byte of backup data is downloaded ([`target`], [`placement`], [`space`]).
-//!    Print every directory that will be written.
+//!    Print every directory that will be written, then the plan: the backup (and its chain),
+//!    the bytes to download, the WAL to replay and the predicted duration ([`plan`]).
+//!    `--dry-run` stops here.
 //! 3. Mark the directory incomplete (`SYNAPSE_RESTORE_INCOMPLETE`), download the parts in
 //!    parallel, check every stored byte and every file against the manifest, and extract.
 //!    `global/pg_control` stays under a temporary name until the very end, so PostgreSQL
@@ -17,10 +19,12 @@
 //!    `archive_mode = 'off'` unless `--as-primary`) and a PostgreSQL `backup_manifest`, sync,
 //!    move `pg_control` into place, drop the marker.
 //! 5. With `--start`, start the server and wait until recovery has reached the target
-//!    ([`start`]).
+//!    ([`start`]). One progress display covers the download and the replay, with an ETA
+//!    ([`crate::progress`]).
 
 mod event;
 mod placement;
+mod plan;
 mod space;
 mod start;
 mod target;
@@ -34,7 +38,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::{ClusterConfig, Config};
-use crate::format::human_bytes;
+use crate::format::{human_bytes, human_duration};
 use crate::pg::recovery_conf::{
     archiving_on_command, Archiving, RecoverySettings, RecoveryTarget, TargetAction,
 };
@@ -61,6 +65,8 @@ pub struct RestoreSettings {
     pub action: TargetAction,
     /// Start the server and wait until recovery reaches the target.
     pub start: bool,
+    /// Print the plan and stop before writing anything.
+    pub dry_run: bool,
     /// Tablespace OID → the directory it is restored into instead of its original place.
     pub tablespace_map: BTreeMap<u32, PathBuf>,
     /// Where tablespaces without a map go.
@@ -110,6 +116,36 @@ impl Target {
     }
 }
 
+impl Target {
+    /// How the target is printed before anything happens.
+    fn describe(&self) -> String {
+        match self {
+            Target::Time(t) => t.to_string(),
+            Target::Lsn(l) => format!("LSN {l}"),
+            Target::Latest => "the end of the archived WAL (--latest)".into(),
+            Target::BeforeXid(x) => format!("just before transaction {x} commits"),
+            Target::BeforeEvent(l) => format!("just before the record at LSN {l}"),
+            Target::RestorePoint(n) => format!("the restore point '{n}'"),
+        }
+    }
+}
+
+/// Whether the restored copy archives, and how to turn archiving on.
+fn print_archiving(as_primary: bool, pgdata: &std::path::Path) {
+    if as_primary {
+        eprintln!(
+            "--as-primary: archiving is kept as the backup had it: once promoted, this server archives \
+             a new timeline into the repository; stop the old primary first"
+        );
+    } else {
+        eprintln!(
+            "archiving: off (archive_mode = 'off' in postgresql.auto.conf), so this copy never archives into \
+             the repository; when it becomes the primary, turn it on with: {}",
+            archiving_on_command(pgdata)
+        );
+    }
+}
+
 fn target_lsn(t: &RecoveryTarget) -> String {
     match t {
         RecoveryTarget::Lsn(l) => l.to_string(),
@@ -124,14 +160,7 @@ pub async fn run(
     settings: &RestoreSettings,
 ) -> anyhow::Result<()> {
     // 1. The target, printed before anything happens.
-    match &settings.target {
-        Target::Time(t) => eprintln!("target: {t}"),
-        Target::Lsn(l) => eprintln!("target: LSN {l}"),
-        Target::Latest => eprintln!("target: the end of the archived WAL (--latest)"),
-        Target::BeforeXid(x) => eprintln!("target: just before transaction {x} commits"),
-        Target::BeforeEvent(l) => eprintln!("target: just before the record at LSN {l}"),
-        Target::RestorePoint(n) => eprintln!("target: the restore point '{n}'"),
-    }
+    eprintln!("target: {}", settings.target.describe());
     let (target, stop_before) = match event::resolve(repo, &settings.target).await? {
         Some((target, stop)) => {
             eprintln!("target position: LSN {}", target_lsn(&target));
@@ -154,7 +183,7 @@ pub async fn run(
     let backup = &chosen.backup;
     event::warn_replayed_accidents(repo, backup, &target, config.timezone()).await;
     let places = placement::place_tablespaces(backup, &pgdata, settings)?;
-    let dest = Destination::new(dir, backup, &places)?;
+    let mut dest = Destination::new(dir, backup, &places)?;
     space::check_disk_space(
         &dest.layout,
         backup,
@@ -175,6 +204,21 @@ pub async fn run(
         human_bytes(backup.stored_size()),
     );
     placement::print_plan(&dest.layout, settings, dest.replaces_contents());
+    let plan = plan::make(repo, backup, &chosen.backups, &chosen.index, &target).await?;
+    for line in plan.render() {
+        eprintln!("{line}");
+    }
+    if settings.dry_run {
+        eprintln!(
+            "dry run: every check passed and nothing was written; a restore would take about {} ({:.1} seconds)",
+            human_duration(plan.total_time()),
+            plan.total_time().as_secs_f64()
+        );
+        return Ok(());
+    }
+    if settings.start {
+        dest.followed_by(plan.replay_time());
+    }
     eprintln!("restoring into {}", pgdata.display());
 
     // 3. and 4. Mark, clear, extract; recovery configuration, manifest, and the switch from
@@ -205,18 +249,7 @@ pub async fn run(
         human_bytes((bytes as f64 / elapsed.as_secs_f64().max(0.001)) as u64),
     );
 
-    if settings.as_primary {
-        eprintln!(
-            "--as-primary: archiving is kept as the backup had it: once promoted, this server archives \
-             a new timeline into the repository; stop the old primary first"
-        );
-    } else {
-        eprintln!(
-            "archiving: off (archive_mode = 'off' in postgresql.auto.conf), so this copy never archives into \
-             the repository; when it becomes the primary, turn it on with: {}",
-            archiving_on_command(&pgdata)
-        );
-    }
+    print_archiving(settings.as_primary, &pgdata);
 
     // 5. Start and wait.
     if settings.start {
@@ -227,6 +260,7 @@ pub async fn run(
             dest.owner(),
             &target,
             settings.action,
+            plan.wal,
         )
         .await
     } else {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
+use super::plan::WalRange;
 use crate::config::ClusterConfig;
 use crate::format;
 use crate::os::{self, Owner};
@@ -15,7 +16,8 @@ use crate::pg::datadir;
 use crate::pg::recovery_conf::{RecoveryTarget, TargetAction};
 use crate::pg::server;
 use crate::pg::serverlog::ServerLog;
-use crate::pg::{conninfo, Lsn};
+use crate::pg::{conninfo, Lsn, WalSegmentName};
+use crate::progress::{Meter, Unit};
 use crate::repo::manifest::BackupManifest;
 
 /// What SQL says about the restored server.
@@ -75,6 +77,7 @@ pub(super) async fn start_and_wait(
     owner: Option<Owner>,
     target: &RecoveryTarget,
     action: TargetAction,
+    wal: WalRange,
 ) -> anyhow::Result<()> {
     let log = launch(cluster, backup, pgdata, owner).await?;
     let watch = Watch {
@@ -83,6 +86,7 @@ pub(super) async fn start_and_wait(
         log: &log,
         target,
         action,
+        wal,
     };
     watch.wait().await
 }
@@ -143,6 +147,8 @@ struct Watch<'a> {
     log: &'a Path,
     target: &'a RecoveryTarget,
     action: TargetAction,
+    /// The WAL the plan expects recovery to replay (for the progress display).
+    wal: WalRange,
 }
 
 impl Watch<'_> {
@@ -150,12 +156,12 @@ impl Watch<'_> {
         let started = Instant::now();
         let mut last_progress = (0usize, None::<Lsn>, None::<String>);
         let mut last_change = Instant::now();
-        let mut last_report = Instant::now();
+        let mut meter = Meter::new("replay", Unit::Segments, self.wal.segments(), None);
         let mut sql_usable = true;
         let mut sql_probe_at = Instant::now();
         let mut ever_alive = false;
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
             let text = fs::read_to_string(self.log).unwrap_or_default();
             let st = ServerLog::scan(&text);
             let alive = datadir::live_postmaster(self.pgdata).is_some();
@@ -196,9 +202,11 @@ impl Watch<'_> {
             };
 
             if let Some(msg) = self.finished(probe.as_ref(), sql_usable, &st) {
+                meter.finish();
                 eprintln!("{msg}");
                 return Ok(());
             }
+            meter.update(self.replayed(probe.as_ref(), &st));
 
             // Progress, and a stall guard: recovery that shows no sign of life for long is an
             // error.
@@ -217,18 +225,23 @@ impl Watch<'_> {
                     log_tail(self.log)
                 );
             }
-            if last_report.elapsed() > Duration::from_secs(15) {
-                last_report = Instant::now();
-                eprintln!(
-                    "recovering: {:.0}s{}",
-                    started.elapsed().as_secs_f64(),
-                    st.last_restored
-                        .as_ref()
-                        .map(|s| format!(", last WAL restored {s}"))
-                        .unwrap_or_default()
-                );
-            }
         }
+    }
+
+    /// Segments of the plan's range replayed so far: up to the newer of the segment the
+    /// server last restored (its log) and the one it replays (`pg_last_wal_replay_lsn()`).
+    fn replayed(&self, probe: Option<&Probe>, st: &ServerLog) -> u64 {
+        let size = self.wal.size;
+        let restored = st
+            .last_restored
+            .as_deref()
+            .and_then(|s| s.parse::<WalSegmentName>().ok())
+            .filter(|s| s.fits(size))
+            .map(|s| s.segno(size));
+        let replaying = probe.and_then(|p| p.replay).map(|l| l.segno(size));
+        restored
+            .max(replaying)
+            .map_or(0, |seg| seg.saturating_sub(self.wal.first))
     }
 
     /// The postmaster is gone: fine when it shut down at the target, else an error.

@@ -25,6 +25,10 @@ pub(super) struct Chosen {
     /// The WAL segment size of the newest backup.
     pub size: WalSegmentSize,
     pub restore_command: String,
+    /// Every intact backup (for the chosen one's chain).
+    pub backups: Vec<BackupManifest>,
+    /// The archived WAL along the timeline recovery follows.
+    pub index: WalIndex,
 }
 
 /// List backups and WAL, decide the timeline, check the target against the window and choose
@@ -44,7 +48,7 @@ pub(super) async fn choose(
     for d in &all.damaged {
         eprintln!("warning: skipping damaged backup {}: {}", d.id, d.error);
     }
-    let mut backups = all.intact;
+    let backups = all.intact;
     if backups.is_empty() {
         return Err(Failure::NotFound(format!(
             "the repository of cluster {:?} has no backups to restore",
@@ -115,16 +119,13 @@ pub(super) async fn choose(
     };
     check_wal_continuity(repo, &index, backup, target).await?;
     eprintln!("{}", win.describe(zone));
-    let id = backup.id.clone();
-    let at = backups
-        .iter()
-        .position(|b| b.id == id)
-        .expect("the chosen backup is one of the list");
     Ok(Chosen {
-        backup: backups.swap_remove(at),
+        backup: backup.clone(),
         timeline,
         size,
         restore_command,
+        backups,
+        index,
     })
 }
 

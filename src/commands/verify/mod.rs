@@ -294,8 +294,15 @@ pub async fn verify_backup(
         target: plan.report(),
         recovered_to,
         checks: checks.list,
+        speeds: None,
         measured,
     };
+    // The chain's stored bytes, as restore's plan counts what it downloads.
+    let stored = crate::repo::chain::chain(&backup.id, &backups)
+        .map_or(backup.stored_size(), |c| {
+            c.iter().map(|b| b.stored_size()).sum()
+        });
+    report.measure_speeds(stored, plan.segments.len(), seg_bytes);
     repo.put_report(&mut report).await?;
     Ok(report)
 }
