@@ -56,6 +56,13 @@
 #   figure (wall time, MB/s, stored bytes, peak RSS; per-round wall ratios), each marked ok when
 #   within 5 % or better. The targets are checked for the new binary only, as without COMPARE_BIN.
 #
+# Encrypted row (ENCRYPTED=1, issue 14)
+#   Without COMPARE_BIN, ENCRYPTED=1 runs the comparison above with the SAME binary into an
+#   encrypted repository ([repository.encryption], an age-keygen operator key, `key init` while
+#   the cluster runs): every row and "new/encrypted" ratio line is then plain vs encrypted in the
+#   same run (targets: encrypted backup and restore >= 90 % of plain throughput, i.e. a
+#   new/encrypted MB_per_s ratio <= 1.11; peak RSS within 10 %).
+#
 # Usage (as root, PostgreSQL and all tools then run as postgres via runuser; or as postgres):
 #   cargo build --release && bench/backup_restore.sh
 # Environment:
@@ -85,6 +92,12 @@ ARCHIVE_TIMEOUT=${ARCHIVE_TIMEOUT:-1800}
 STRICT=${STRICT:-0}
 COMPARE_BIN=${COMPARE_BIN:-}
 COMPARE_LABEL=${COMPARE_LABEL:-old}
+ENCRYPTED=${ENCRYPTED:-0}
+ENC=0
+if [ "$ENCRYPTED" = 1 ] && [ -z "$COMPARE_BIN" ]; then
+    ENC=1
+    COMPARE_LABEL=encrypted
+fi
 PITR_REPS=${PITR_REPS:-1}
 COMPRESS_LEVEL=6
 PROCESS_MAX=2
@@ -93,6 +106,7 @@ WAL_SEG=16777216
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 crate=$(dirname "$here")
 SYNAPSE_BIN=${SYNAPSE_BIN:-$crate/target/release/synapse-backup}
+[ "$ENC" = 1 ] && COMPARE_BIN=$SYNAPSE_BIN
 
 log() { printf '[%s +%4ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -267,6 +281,14 @@ EOF
 }
 syn_conf "$SYN_REPO" >"$SYN_CONF"
 [ "$CMP" = 1 ] && syn_conf "$CMP_REPO" >"$CMP_CONF"
+if [ "$ENC" = 1 ]; then
+    command -v age-keygen >/dev/null || die "age is not installed: apt-get install age (or ENCRYPTED=0)"
+    age-keygen -o "$WORK/operator.key" 2>/dev/null
+    # The encryption table goes into [repository] (before [archive]).
+    awk -v r="$(age-keygen -y "$WORK/operator.key")" -v id="$WORK/operator.key" '
+        /^\[archive\]/ { printf "[repository.encryption]\nrecipients = [\"%s\"]\nidentity_file = \"%s\"\n\n", r, id }
+        { print }' "$CMP_CONF" >"$CMP_CONF.new" && mv "$CMP_CONF.new" "$CMP_CONF"
+fi
 
 cat >"$PGBR_CONF" <<EOF
 [global]
@@ -307,6 +329,11 @@ as_pg "$PGBIN/pg_ctl" -D "$SRC" -l "$WORK/postgresql.log" -w start >/dev/null
 
 as_pg pgbackrest --config="$PGBR_CONF" --stanza=bench stanza-create >"$RES/stanza-create.log" 2>&1 \
     || { tail_err "$RES/stanza-create.log"; die "pgbackrest stanza-create failed"; }
+if [ "$ENC" = 1 ]; then
+    as_pg "$CMP_BIN" --config "$CMP_CONF" key init >"$RES/key-init.log" 2>&1 \
+        || { tail_err "$RES/key-init.log"; die "key init of the encrypted repository failed"; }
+    log "encrypted repository: $(head -n 1 "$RES/key-init.log")"
+fi
 
 log "pgbench -i -s $SCALE (WAL discarded meanwhile)"
 t0=$(now)

@@ -55,6 +55,10 @@
 #   KEEP_WORKDIR=0 (1 keeps the work dir for inspection)  SYNAPSE_BIN=<path of the binary>
 #   COMPARE_BIN=<second synapse-backup binary, e.g. the build before a change; unset: no comparison>
 #   COMPARE_LABEL=old (its name in the table)  REPS=1 (rounds of the synapse-backup runs)
+#   ENCRYPTED=1 (default) adds a row: the same binary into an encrypted repository (issue 14:
+#   [repository.encryption], keys made once by `key init` while the cluster runs, an age-keygen
+#   operator key), with an encrypted/plain line (wal-push median within +10 %, peak RSS within
+#   10 %); its objects are checked with the stock age CLI. Not with REPO=s3 (file:// only).
 #   REPO=file|s3 — with REPO=s3 and S3_ENDPOINT, S3_BUCKET, AWS_ACCESS_KEY_ID,
 #   AWS_SECRET_ACCESS_KEY set, synapse-backup pushes to s3://$S3_BUCKET/bench-<random>
 #   (endpoint = $S3_ENDPOINT, allow_http = true); pgBackRest still uses its local repository.
@@ -76,6 +80,7 @@ PGPORT_BENCH=${PGPORT_BENCH:-54329}
 COMPARE_BIN=${COMPARE_BIN:-}
 COMPARE_LABEL=${COMPARE_LABEL:-old}
 REPS=${REPS:-1}
+ENCRYPTED=${ENCRYPTED:-1}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 crate=$(dirname "$here")
@@ -237,6 +242,34 @@ while [ "$(count_held)" -lt "$SEGMENTS" ]; do
 done
 log "  $(count_held) segments archived after $((SECONDS - gen_start)) s of load"
 system_id=$(psql_q 'select system_identifier from pg_control_system()')
+if [ "$ENCRYPTED" = 1 ] && [ "$use_s3" -eq 1 ]; then
+    log "ENCRYPTED=1 is for file:// repositories only: no encrypted row with REPO=s3"
+    ENCRYPTED=0
+fi
+if [ "$ENCRYPTED" = 1 ]; then
+    # The encrypted repository's keys, made once while the cluster runs (`key init` reads its
+    # identity); each round copies them into a fresh repository.
+    command -v age-keygen >/dev/null || die "age is not installed: apt-get install age (or ENCRYPTED=0)"
+    age-keygen -o "$WORK/operator.key" 2>/dev/null
+    ENC_RECIPIENT=$(age-keygen -y "$WORK/operator.key")
+    mkdir -p "$WORK/enc-template"
+    chown_pg "$WORK/enc-template" "$WORK/operator.key"
+    cat >"$WORK/enc-init.toml" <<EOF
+[repository]
+url = "file://$WORK/enc-template"
+[repository.encryption]
+recipients = ["$ENC_RECIPIENT"]
+identity_file = "$WORK/operator.key"
+[[cluster]]
+name = "bench"
+pgdata = "$PGDATA_BENCH"
+connection = "host=$SOCK port=$PGPORT_BENCH user=postgres dbname=postgres"
+EOF
+    chown_pg "$WORK/enc-init.toml"
+    as_pg "$BIN" --config "$WORK/enc-init.toml" key init >"$WORK/enc-init.log" 2>&1 \
+        || { cat "$WORK/enc-init.log" >&2; die "key init failed"; }
+    as_pg "$BIN" --config "$WORK/enc-init.toml" key export --identity-file "$WORK/operator.key" >"$WORK/repo.key"
+fi
 as_pg "$PGBIN/pg_ctl" -D "$PGDATA_BENCH" -m fast -w stop >/dev/null   # the archiver finishes its copies first
 pg_started=0
 
@@ -267,7 +300,7 @@ make_fake_datadir() {
 # config file, repository and fake data directory. A round starts with an empty repository.
 syn_bin() { if [ "$1" = cmp ]; then echo "$CMP_BIN"; else echo "$BIN"; fi; }
 syn_conf_file() { echo "$WORK/$1.toml"; }
-syn_repo_dir() { if [ "$1" = cmp ]; then echo "$WORK/cmp-repo"; else echo "$WORK/synapse-repo"; fi; }
+syn_repo_dir() { case $1 in cmp) echo "$WORK/cmp-repo" ;; enc) echo "$WORK/enc-repo" ;; *) echo "$WORK/synapse-repo" ;; esac; }
 declare -A URL
 new_syn_repo() { # key: a fresh repository and the config file pointing at it
     local key=$1 url extra
@@ -280,6 +313,11 @@ allow_http = true"
         extra=""
         rm -rf "$(syn_repo_dir "$key")"
         mkdir -p "$(syn_repo_dir "$key")"
+        if [ "$key" = enc ]; then
+            cp -a "$WORK/enc-template/bench" "$(syn_repo_dir "$key")/"
+            extra="[repository.encryption]
+recipients = [\"$ENC_RECIPIENT\"]"
+        fi
         chown_pg "$(syn_repo_dir "$key")"
     fi
     URL[$key]=$url
@@ -300,6 +338,7 @@ EOF
 }
 SYN_KEYS=(synapse)
 [ "$CMP" = 1 ] && SYN_KEYS=(synapse cmp)
+[ "$ENCRYPTED" = 1 ] && SYN_KEYS+=(enc)
 SYN_REPO_DIR=$(syn_repo_dir synapse)
 SYN_CONF=$(syn_conf_file synapse)
 sed -i "s#^pg1-path=.*#pg1-path=$WORK/fake-pgbackrest#" "$PGBR_CONF"
@@ -379,7 +418,8 @@ PY
     else
         dir=$(syn_repo_dir "$key")
         locate_syn() { local f="$dir/bench/wal/${1:0:16}/$1.gz"; [ -f "$f" ] && echo "$f"; true; }
-        verify "$key" "$(find "$dir" -path '*/wal/*' -name '*.gz' -type f | wc -l)" locate_syn "gzip -dc"
+        read_enc() { age -d -i "$WORK/repo.key" "$1" | gzip -dc; }
+        verify "$key" "$(find "$dir" -path '*/wal/*' -name '*.gz' -type f | wc -l)" locate_syn "$([ "$key" = enc ] && echo read_enc || echo "gzip -dc")"
         STORED_MB[$key]=$(du -sm "$dir" | cut -f1)
         STORED_B[$key]=$(du -sb "$dir" | cut -f1)
     fi
@@ -455,11 +495,14 @@ declare -A LABEL=(
 )
 keys=(synapse pgbackrest)
 W=31
+LABEL[enc]="${LABEL[synapse]} [encrypted]"
+[ "$ENCRYPTED" = 1 ] && { keys+=(enc); W=$((${#LABEL[enc]} + 1)); }
 if [ "$CMP" = 1 ]; then
     LABEL[cmp]="${LABEL[synapse]} [$COMPARE_LABEL]"
     LABEL[synapse]+=" [new]"
     [ "${#LABEL[cmp]}" -lt "$W" ] || W=$((${#LABEL[cmp]} + 1))
     keys=(synapse cmp pgbackrest)
+    [ "$ENCRYPTED" = 1 ] && keys+=(enc)
 fi
 [ "$CP_BASELINE" = 1 ] && keys+=(cp)
 
@@ -479,7 +522,7 @@ declare -A WALL RATE RSS FPM OM
 for k in "${keys[@]}"; do
     read -r wall rate rss nfp fpm om retries <<<"$(summary "$k")"
     WALL[$k]=$wall RATE[$k]=$rate RSS[$k]=$rss FPM[$k]=$fpm OM[$k]=$om
-    case $k in synapse | cmp) ;; *) nfp="-"; fpm="-" ;; esac
+    case $k in synapse | cmp | enc) ;; *) nfp="-"; fpm="-" ;; esac
     printf "%-${W}s %8d %8s %10s %12s %19s %15s %16s %8s %10s\n" "${LABEL[$k]}" "$SEGMENTS" "$wall" "$rate" "$rss" "$fpm" "$nfp" "$om" "$retries" "${STORED_MB[$k]}"
 done
 CMP_WORSE=()
@@ -505,6 +548,12 @@ if [ "$CMP" = 1 ]; then
         awk -v a="$(cat "$WORK/results/synapse.r$r.wall_us")" -v b="$(cat "$WORK/results/cmp.r$r.wall_us")" 'BEGIN { printf " %.3f", a / b }'; done)"
     echo "stored bytes (last round): new ${STORED_B[synapse]}, $COMPARE_LABEL ${STORED_B[cmp]:-}"
 fi
+if [ "$ENCRYPTED" = 1 ]; then
+    encr() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 <= 0) print "-"; else printf "%.3f", a / b }'; }
+    ENC_OM=$(encr "${OM[enc]}" "${OM[synapse]}")
+    ENC_RSS=$(encr "${RSS[enc]}" "${RSS[synapse]}")
+    echo "encrypted/plain wal-push: seg_per_s $(encr "${RATE[enc]}" "${RATE[synapse]}"), other_median_ms $ENC_OM, fastpath_median_ms $(encr "${FPM[enc]}" "${FPM[synapse]}"), peak_rss_mb $ENC_RSS, stored_bytes $(encr "${STORED_B[enc]}" "${STORED_B[synapse]}")"
+fi
 ratio=$(awk -v a="${RATE[synapse]}" -v b="${RATE[pgbackrest]}" 'BEGIN { printf "%.2f", a / b }')
 echo
 echo "ratio synapse/pgbackrest: $ratio (target >= 2.0)"
@@ -527,6 +576,10 @@ else
     check "fast-path median < 10 ms (got ${FPM[synapse]} ms; ${net} ms net of the harness)" "${FPM[synapse]} < 10"
 fi
 check "peak RSS of one synapse call < 64 MB (got ${RSS[synapse]} MB)" "${RSS[synapse]} < 64"
+if [ "$ENCRYPTED" = 1 ]; then
+    [ "$ENC_OM" = "-" ] || check "encrypted wal-push median within +10 % of plain (got ${ENC_OM}x)" "$ENC_OM <= 1.10"
+    [ "$ENC_RSS" = "-" ] || check "encrypted peak RSS within 10 % of plain (got ${ENC_RSS}x)" "$ENC_RSS <= 1.10"
+fi
 if [ "$CMP" = 1 ]; then
     echo
     if [ "${#CMP_WORSE[@]}" -eq 0 ]; then

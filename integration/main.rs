@@ -8,6 +8,7 @@ mod agent;
 mod backup;
 mod chain_retention;
 mod crypt_cli;
+mod encryption;
 mod expire;
 mod failover;
 mod harness;

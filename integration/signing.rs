@@ -55,7 +55,7 @@ fn signed_cluster(scratch: &Scratch, target: &RepoTarget) -> (PgCluster, TestCon
 }
 
 /// A config in its own directory reading the same repository with `repository_conf`.
-fn reader(
+pub(crate) fn reader(
     scratch: &Scratch,
     tag: &str,
     target: &RepoTarget,
@@ -72,7 +72,7 @@ fn reader(
     )
 }
 
-fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output {
+pub(crate) fn restore(cfg: &TestConfig, pgdata: &Path, args: &[&str]) -> Output {
     let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
     all.extend_from_slice(args);
     cfg.run(&all)

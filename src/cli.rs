@@ -260,6 +260,11 @@ pub enum Command {
         #[command(subcommand)]
         action: SigningKeyAction,
     },
+    /// Repository encryption keys (see the README's "Encrypted repository").
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Run the service: every cluster's scheduled backup, expire and verify, and Prometheus
     /// metrics on `[agent] listen` (/metrics, /healthz). SIGHUP reloads the config;
     /// SIGTERM/SIGINT stop it.
@@ -275,5 +280,44 @@ pub enum SigningKeyAction {
     Generate {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+}
+
+/// `key` actions. Reading the keyring (add, remove, rotate, export) needs an operator
+/// identity: `[repository.encryption] identity_file`, or `--identity-file`.
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Create the keys of a new repository, sealed to the configured `recipients` (connects
+    /// to the cluster to record its identity, as the first backup would).
+    Init,
+    /// The operator recipients and key generations (no secrets).
+    List,
+    /// Make another operator able to read the repository (re-seals the keyring only).
+    Add {
+        /// The operator's age recipient (`age1…`).
+        #[arg(long, value_name = "AGE1…")]
+        recipient: String,
+        /// An operator identity file (0600) [default: the configured identity_file].
+        #[arg(long, value_name = "FILE")]
+        identity_file: Option<PathBuf>,
+    },
+    /// Remove an operator (re-seals the keyring only; the last one cannot be removed).
+    Remove {
+        #[arg(long, value_name = "AGE1…")]
+        recipient: String,
+        #[arg(long, value_name = "FILE")]
+        identity_file: Option<PathBuf>,
+    },
+    /// A new repository key generation for objects written from now on (no data rewritten).
+    Rotate {
+        #[arg(long, value_name = "FILE")]
+        identity_file: Option<PathBuf>,
+    },
+    /// Print the repository's secret keys (an age identity file) on stdout, for restoring by
+    /// hand with `age -d -i`. Redirect it to a 0600 file.
+    Export {
+        /// The operator identity file (0600) that opens the keyring.
+        #[arg(long, value_name = "FILE")]
+        identity_file: PathBuf,
     },
 }

@@ -178,6 +178,10 @@ pub struct RepositoryConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Readers: the public key every stored object must be signed by (`ed25519:…`).
     pub verify_key: Option<crate::repo::signing::VerifyKey>,
+    /// `[repository.encryption]`: the repository is encrypted (issue 14); `recipients` for
+    /// `key init`, `identity_file` where the repository is read.
+    #[serde(default)]
+    pub encryption: Option<crate::crypt::EncryptionConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

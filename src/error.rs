@@ -31,6 +31,11 @@ pub enum Failure {
     /// A backup failed verification.
     #[error("{0}")]
     VerifyFailed(String),
+    /// An encrypted repository read without a usable operator identity (none configured,
+    /// an unreadable or world-readable identity file, one that cannot open the keyring): a
+    /// configuration error, exit 2 — for `wal-fetch` too, as every call would fail alike.
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// Exit codes, documented in the README. None of the general codes is above 125: PostgreSQL
@@ -57,7 +62,7 @@ pub fn failure(err: &anyhow::Error) -> Option<&Failure> {
 /// The exit code for an error: the first `Failure` in its chain decides, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     match failure(err) {
-        Some(Failure::Usage(_)) => exit::USAGE,
+        Some(Failure::Usage(_) | Failure::Identity(_)) => exit::USAGE,
         Some(Failure::WalNotFound(_) | Failure::NotFound(_) | Failure::NoBackupForTarget(_)) => {
             exit::NOT_FOUND
         }
@@ -77,6 +82,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 pub fn wal_fetch_exit_code(err: &anyhow::Error) -> u8 {
     match failure(err) {
         Some(Failure::WalNotFound(_)) => exit::FETCH_ABSENT,
+        Some(Failure::Identity(_)) => exit::USAGE,
         _ => exit::FETCH_FATAL,
     }
 }
@@ -124,5 +130,11 @@ mod tests {
             exit::FETCH_FATAL
         );
         assert_eq!(wal_fetch_exit_code(&usage("bad name")), exit::FETCH_FATAL);
+        let no_identity: anyhow::Error = Failure::Identity("no identity_file".into()).into();
+        assert_eq!(exit_code(&no_identity), exit::USAGE);
+        assert_eq!(
+            wal_fetch_exit_code(&no_identity.context("fetch")),
+            exit::USAGE
+        );
     }
 }

@@ -167,6 +167,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::events::run(&repo, config.timezone(), &settings).await
         }
         Command::Reindex => commands::events::reindex(&repo).await,
+        Command::Key { action } => {
+            let settings = settings::KeySettings::from_args(action)?;
+            commands::key::run(cluster, &repo, &settings).await
+        }
         Command::Agent => unreachable!("handled above: the agent needs no --cluster"),
         Command::SigningKey { .. } => unreachable!("handled above: needs no config"),
         Command::Verify(args) => {

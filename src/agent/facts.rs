@@ -84,6 +84,7 @@ impl RepoReader {
             backups_bytes: inventory.backups_bytes,
             wal_bytes: inventory.wal_bytes,
             wal_conflicts: inventory.wal_conflicts,
+            encrypted: repo.encryption().await?.is_some(),
             ..RepoFacts::default()
         };
         let (ids, wal_names, wal_infos) = (
@@ -91,6 +92,15 @@ impl RepoReader {
             inventory.wal_names,
             inventory.wal_infos,
         );
+        if facts.encrypted && !repo.identity_configured() {
+            // A writer of an encrypted repository (a database host) holds no key: what the
+            // listing tells, nothing that needs reading an object.
+            facts.backups = ids.len() as u64;
+            return Ok(RepoRead {
+                facts,
+                newest: None,
+            });
+        }
         if let Some(newest) = inventory.newest_report {
             if self.last_report.as_ref().is_none_or(|(r, _)| *r != newest) {
                 if let Some((result, rto)) = read_report(repo, &newest).await? {

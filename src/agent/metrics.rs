@@ -94,6 +94,8 @@ pub struct RepoFacts {
     /// Pairs of timelines that both received WAL after their branch point
     /// (`repo::timelines::split_brains`): `restore` without `--timeline` refuses.
     pub split_brains: u64,
+    /// Whether the repository is encrypted (`repository.json` holds its public keys).
+    pub encrypted: bool,
     /// Bytes stored by complete full backups, and by complete incrementals.
     pub stored_bytes_full: u64,
     pub stored_bytes_incr: u64,
@@ -387,6 +389,13 @@ impl Snapshot {
         )?;
         family(
             enc,
+            "synapse_backup_repository_encrypted",
+            "Whether the repository is encrypted at rest (1) or not (0).",
+            Gauge,
+            self.per_cluster(&|c| repo(c).map(|r| flag(r.encrypted))),
+        )?;
+        family(
+            enc,
             "synapse_backup_backups",
             "Complete backups (with a manifest) in the repository.",
             Gauge,
@@ -663,6 +672,7 @@ mod tests {
                 damaged_backups: 1,
                 wal_gap: Some("000000020000000000000007".into()),
                 split_brains: 1,
+                encrypted: true,
                 stored_bytes_full: 400_000,
                 stored_bytes_incr: 100_000,
                 newest_chain_length: Some(3),
@@ -756,6 +766,9 @@ synapse_backup_next_run_timestamp_seconds{cluster="core",job_type="backup"} 1700
 # HELP synapse_backup_repository_up Whether the agent's last read of the repository succeeded.
 # TYPE synapse_backup_repository_up gauge
 synapse_backup_repository_up{cluster="core"} 1.0
+# HELP synapse_backup_repository_encrypted Whether the repository is encrypted at rest (1) or not (0).
+# TYPE synapse_backup_repository_encrypted gauge
+synapse_backup_repository_encrypted{cluster="core"} 1.0
 # HELP synapse_backup_backups Complete backups (with a manifest) in the repository.
 # TYPE synapse_backup_backups gauge
 synapse_backup_backups{cluster="core"} 2.0

@@ -33,8 +33,22 @@ pub async fn run(
     let mut out = Outcome { failed: Vec::new() };
     out.report("store", check_store(repo).await);
     out.report("archive conflicts", check_conflicts(repo).await);
-    out.report("backups and WAL continuity", check_backups(repo).await);
-    out.report("timelines", check_split_brain(repo).await);
+    let readable = match check_encryption(repo).await {
+        Ok((line, readable)) => {
+            out.report("encryption", Ok(line));
+            readable
+        }
+        Err(e) => {
+            out.report("encryption", Err(e));
+            false
+        }
+    };
+    if readable {
+        out.report("backups and WAL continuity", check_backups(repo).await);
+        out.report("timelines", check_split_brain(repo).await);
+    } else {
+        println!("skip  backups and WAL continuity, timelines: the encrypted repository is not readable here");
+    }
     // The server a backup would read (per backup_from), and the primary that archives: the
     // same session unless backups come from a standby.
     let from_primary = cluster.backup_from == crate::config::BackupFrom::Primary;
@@ -82,6 +96,24 @@ pub async fn run(
     } else {
         anyhow::bail!("check failed: {}", out.failed.join(", "))
     }
+}
+
+/// `encryption: on, N recipients, key generation G` (or `off`), and whether this host can
+/// read the repository. Fails when the configured identity cannot open the keyring; a host
+/// without `identity_file` (a database host: writers need public keys only) passes.
+async fn check_encryption(repo: &Repository) -> anyhow::Result<(String, bool)> {
+    let Some(public) = repo.encryption().await? else {
+        return Ok(("encryption: off".into(), true));
+    };
+    let line = crate::commands::key::summary(&public);
+    if !repo.identity_configured() {
+        return Ok((
+            format!("{line}; no identity_file here: this host can write, not read"),
+            false,
+        ));
+    }
+    repo.check_identity().await?;
+    Ok((format!("{line}; the identity opens the keyring"), true))
 }
 
 /// Write, read back, refuse an overwrite, delete: the store semantics WAL archiving relies on.

@@ -36,6 +36,10 @@ struct Report {
     wal_objects_removed: usize,
     bytes_freed: u64,
     window_start: Option<DateTime<Utc>>,
+    /// Key generations of an encrypted repository that no kept object uses any more, dropped
+    /// from its keyring (none in a dry run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    key_generations_dropped: Vec<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,6 +104,9 @@ pub async fn run(
         }
         for d in &report.damaged_backups {
             println!("keep   {} — DAMAGED, not read: {}", d.id, d.error);
+        }
+        for g in &report.key_generations_dropped {
+            println!("remove key generation {g}: no kept object uses it");
         }
         for l in &report.leftovers_removed {
             println!(
@@ -201,7 +208,21 @@ async fn expire(
         }
     }
 
+    // An encrypted repository's key generations that nothing kept can use any more.
+    let mut key_generations_dropped = Vec::new();
+    if let Some(lock) = lock {
+        lock.ensure_held().await?;
+        key_generations_dropped = repo
+            .drop_unused_generations()
+            .await
+            .context("drop unused key generations")?
+            .into_iter()
+            .map(|g| g.0)
+            .collect();
+    }
+
     Ok(Report {
+        key_generations_dropped,
         cluster: repo.cluster().to_string(),
         now,
         retention_days: config.repository.retention_days,

@@ -5,6 +5,7 @@ pub mod check;
 pub mod events;
 pub mod expire;
 pub mod export;
+pub mod key;
 pub mod list;
 pub mod restore;
 pub mod signing_key;

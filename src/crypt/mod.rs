@@ -70,7 +70,8 @@ pub use keys::{
 };
 pub use stream::{
     decrypt_async, decrypt_bytes, encrypt_async, encrypt_bytes, AsyncDecryptingReader,
-    AsyncEncryptingWriter, DecryptingReader, EncryptingWriter, ObjectError, ObjectErrorKind,
+    AsyncEncryptingWriter, ContentTag, DecryptingReader, EncryptingWriter, ObjectError,
+    ObjectErrorKind,
 };
 
 #[cfg(test)]

@@ -160,6 +160,58 @@ fn encryptor(to: &Recipient) -> age::Encryptor {
         .expect("one X25519 recipient always works")
 }
 
+/// The stanza type of a [`ContentTag`].
+const TAG_STANZA: &str = "synapse-content";
+
+/// A public note in an object's age header: a stanza `-> synapse-content ARG…` that wraps no
+/// key (age implementations skip stanzas of types they do not know, as they skip age's own
+/// "grease"). It lets a writer that holds no secret key tell an identical copy of an object
+/// from different content (`wal-push` re-pushing a segment): the WAL object's plaintext
+/// SHA-256 and size. It is covered by the header MAC, so readers with a key authenticate it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentTag(pub Vec<String>);
+
+impl age::Recipient for ContentTag {
+    fn wrap_file_key(
+        &self,
+        _file_key: &age_core::format::FileKey,
+    ) -> Result<
+        (
+            Vec<age_core::format::Stanza>,
+            std::collections::HashSet<String>,
+        ),
+        age::EncryptError,
+    > {
+        let stanza = age_core::format::Stanza {
+            tag: TAG_STANZA.to_string(),
+            args: self.0.clone(),
+            body: Vec::new(),
+        };
+        Ok((vec![stanza], Default::default()))
+    }
+}
+
+impl ContentTag {
+    /// The tag in the header at the start of an age file (`None`: none, or not an age file).
+    pub fn read(head: &[u8]) -> Option<ContentTag> {
+        let prefix = format!("-> {TAG_STANZA} ");
+        head.split(|&b| b == b'\n')
+            .take_while(|line| !line.starts_with(b"---"))
+            .find_map(|line| {
+                let line = std::str::from_utf8(line).ok()?;
+                let args = line.strip_prefix(&prefix)?;
+                Some(ContentTag(args.split(' ').map(str::to_string).collect()))
+            })
+    }
+}
+
+fn tagged_encryptor(to: &Recipient, tag: &ContentTag) -> age::Encryptor {
+    age::Encryptor::with_recipients(
+        [to.key() as &dyn age::Recipient, tag as &dyn age::Recipient].into_iter(),
+    )
+    .expect("an X25519 recipient and a tag always combine")
+}
+
 /// Encrypts everything written to it to one recipient (the current key generation's) and
 /// writes the age file to `W`. Call [`finish`](Self::finish): without it the object is
 /// truncated and will not decrypt.
@@ -169,6 +221,13 @@ impl<W: Write> EncryptingWriter<W> {
     /// Write the age header to `out` and start the encrypted stream.
     pub fn new(to: &Recipient, out: W) -> io::Result<Self> {
         encryptor(to).wrap_output(out).map(EncryptingWriter)
+    }
+
+    /// As [`EncryptingWriter::new`], with a public [`ContentTag`] in the header.
+    pub fn tagged(to: &Recipient, tag: &ContentTag, out: W) -> io::Result<Self> {
+        tagged_encryptor(to, tag)
+            .wrap_output(out)
+            .map(EncryptingWriter)
     }
 
     /// Write the last chunk; returns the underlying writer (not flushed).

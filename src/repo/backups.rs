@@ -10,16 +10,16 @@ use futures::stream::BoxStream;
 use super::blockmap::BlockMap;
 use super::layout::{self, BackupKey};
 use super::manifest::{BackupId, BackupManifest, PartEntry};
+use super::store::StoreWriter;
 use super::Repository;
 use crate::codec::Sha256;
-use crate::storage::ObjectWriter;
 
 /// The last part: backup_label, tablespace_map and global/pg_control, written after the stop call.
 pub const CONTROL_PART: &str = layout::CONTROL_PART;
 
 /// A streaming upload of one data part. Nothing is visible until `finish` returns.
 pub struct PartWriter {
-    inner: ObjectWriter,
+    inner: StoreWriter,
     name: String,
 }
 
@@ -46,8 +46,9 @@ impl PartWriter {
 /// Where a part's bytes come from.
 pub enum PartSource {
     /// A local repository: the file itself, read with plain file I/O (the object_store
-    /// stream reads local files 8 KiB per blocking task).
-    File(std::fs::File),
+    /// stream reads local files 8 KiB per blocking task), decrypted as it is read when the
+    /// repository is encrypted.
+    File(Box<dyn std::io::Read + Send>),
     /// A remote object, as a stream of chunks.
     Stream(BoxStream<'static, anyhow::Result<Bytes>>),
 }
@@ -144,11 +145,11 @@ impl Repository {
         let key = layout::part_key(id, part);
         let missing =
             || anyhow!("{key}: the part is missing from the repository; the backup is damaged");
-        if let Some(path) = self.storage.local_file(&key) {
-            let file = match std::fs::File::open(&path) {
+        if let Some(opened) = self.storage.local_reader(&key).await? {
+            let file = match opened {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-                Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+                Err(e) => return Err(e).with_context(|| format!("open {key}")),
             };
             return Ok(PartReader {
                 key,

@@ -6,6 +6,9 @@ use crate::pg::WalFileName;
 
 pub(super) const FORMAT_VERSION: u32 = 1;
 pub(super) const REPOSITORY_INFO: &str = "repository.json";
+/// The sealed keyring of an encrypted repository: an age file to the operator recipients
+/// whose plaintext is an age identity file (see `crypt`).
+pub(super) const KEYRING: &str = "keyring.age";
 pub(super) const WAL_DIR: &str = "wal";
 pub(super) const BACKUPS_DIR: &str = "backups";
 /// The newest segment `wal-push` archived for PostgreSQL's archiver (see
@@ -35,6 +38,18 @@ pub(super) fn wal_name_from_key(key: &str) -> Option<WalFileName> {
 /// Prefix listing every WAL object of a timeline's log dir, or all WAL.
 pub(super) fn wal_prefix() -> &'static str {
     WAL_DIR
+}
+
+/// Whether a key names a data object (encrypted in an encrypted repository), as opposed to
+/// the plaintext bookkeeping objects (`repository.json`, the keyring, the lock, the archiver
+/// position, probes).
+pub(super) fn holds_data(key: &str) -> bool {
+    [WAL_DIR, BACKUPS_DIR, CONFLICTS_DIR, EVENTS_DIR, CATALOG_DIR]
+        .iter()
+        .any(|dir| {
+            key.strip_prefix(dir)
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
 }
 
 /// Where a refused WAL file is kept (`conflicts/<name>.<sha256>.gz`): the content a second

@@ -112,7 +112,7 @@ impl RepoLock {
         purpose: &str,
         ttl: Duration,
     ) -> anyhow::Result<RepoLock> {
-        let storage = &repo.storage;
+        let storage = repo.storage.plain();
         let now = Utc::now();
         let info = LockInfo {
             token: format!(
@@ -286,20 +286,23 @@ impl RepoLock {
     /// Release the lock if this process holds it, whatever its token: for a job dropped
     /// mid-way, whose own `release` did not run. Returns what was released.
     pub async fn release_if_mine(repo: &Repository) -> anyhow::Result<Option<LockInfo>> {
-        let Some(found) = repo.storage.get_versioned(LOCK_KEY).await? else {
+        let Some(found) = repo.storage.plain().get_versioned(LOCK_KEY).await? else {
             return Ok(None);
         };
         let info: LockInfo = serde_json::from_slice(&found.bytes)?;
         if info.holder != holder() {
             return Ok(None);
         }
-        repo.storage.delete_if_unchanged(LOCK_KEY, &found).await?;
+        repo.storage
+            .plain()
+            .delete_if_unchanged(LOCK_KEY, &found)
+            .await?;
         Ok(Some(info))
     }
 
     /// Whether anyone holds (or left behind) the cluster's lock.
     pub async fn is_held(repo: &Repository) -> anyhow::Result<bool> {
-        Ok(repo.storage.get(LOCK_KEY).await?.is_some())
+        Ok(repo.storage.plain().get(LOCK_KEY).await?.is_some())
     }
 }
 
@@ -321,7 +324,7 @@ mod tests {
     #[tokio::test]
     async fn second_holder_is_refused_and_expired_lock_taken_over() {
         let repo = Repository::in_memory("core");
-        let s = &repo.storage;
+        let s = repo.storage.plain();
         let a = RepoLock::acquire(&repo, "backup", Duration::from_secs(60))
             .await
             .unwrap();
@@ -366,6 +369,7 @@ mod tests {
         let mut other = lock.info.clone();
         other.holder = "elsewhere pid 1".into();
         repo.storage
+            .plain()
             .put(LOCK_KEY, Bytes::from(serde_json::to_vec(&other).unwrap()))
             .await
             .unwrap();
@@ -385,13 +389,21 @@ mod tests {
         let mut elsewhere = dead.clone();
         elsewhere.process.as_mut().unwrap().host = "elsewhere.example".into();
         let forge = |i: &LockInfo| Bytes::from(serde_json::to_vec(i).unwrap());
-        repo.storage.put(LOCK_KEY, forge(&elsewhere)).await.unwrap();
+        repo.storage
+            .plain()
+            .put(LOCK_KEY, forge(&elsewhere))
+            .await
+            .unwrap();
         let err = RepoLock::acquire(&repo, "backup", Duration::from_secs(600))
             .await
             .err()
             .unwrap();
         assert!(err.to_string().contains("another backup holds"), "{err}");
-        repo.storage.put(LOCK_KEY, forge(&dead)).await.unwrap();
+        repo.storage
+            .plain()
+            .put(LOCK_KEY, forge(&dead))
+            .await
+            .unwrap();
         let b = RepoLock::acquire(&repo, "backup", Duration::from_secs(600))
             .await
             .unwrap();
@@ -409,7 +421,11 @@ mod tests {
         let mut other = a.info.clone();
         other.token = "someone-else".into();
         let other = Bytes::from(serde_json::to_vec(&other).unwrap());
-        repo.storage.put(LOCK_KEY, other.clone()).await.unwrap();
+        repo.storage
+            .plain()
+            .put(LOCK_KEY, other.clone())
+            .await
+            .unwrap();
         let err = a.ensure_held().await.err().unwrap();
         assert!(
             err.to_string().contains("lost the repository lock"),
@@ -417,6 +433,9 @@ mod tests {
         );
         assert!(a.check().is_err());
         a.release().await.unwrap();
-        assert_eq!(repo.storage.get(LOCK_KEY).await.unwrap(), Some(other));
+        assert_eq!(
+            repo.storage.plain().get(LOCK_KEY).await.unwrap(),
+            Some(other)
+        );
     }
 }

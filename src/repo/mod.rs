@@ -4,13 +4,16 @@ mod backups;
 pub mod blockfile;
 pub mod blockmap;
 pub mod chain;
+mod cipher;
 mod events;
 pub mod inventory;
+mod keys;
 mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod reports;
 pub mod signing;
+mod store;
 pub mod timelines;
 pub mod window;
 
@@ -22,14 +25,17 @@ use chrono::{DateTime, Utc};
 
 use crate::codec::{self, ObjectHeader};
 use crate::config::RepositoryConfig;
+use crate::crypt::{EncryptionConfig, PublicKeyring};
 use crate::error::Failure;
 use crate::pg::{SystemId, WalFileName, WalSegmentName, WalSegmentSize};
 pub use crate::storage::Access;
 use crate::storage::{Put, Storage};
 use manifest::{BackupId, BackupManifest};
 use signing::Signing;
+use store::Store;
 
 pub use backups::{BackupDir, PartReader, PartSource, PartWriter, CONTROL_PART};
+pub use keys::OpenedKeys;
 
 /// `repository.json`: which cluster this repository belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +48,10 @@ pub struct RepositoryInfo {
     /// repository is not signed. Set by the first write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_key: Option<String>,
+    /// The public half of the keyring (operator recipients, key generations, the current
+    /// one) when the repository is encrypted; absent when it is not. Set by `key init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<PublicKeyring>,
 }
 
 impl RepositoryInfo {
@@ -53,6 +63,7 @@ impl RepositoryInfo {
             pg_version,
             wal_segment_size,
             verify_key: None,
+            encryption: None,
         }
     }
 
@@ -192,7 +203,8 @@ const DELETE_BATCH: usize = 1000;
 
 #[derive(Clone, Debug)]
 pub struct Repository {
-    storage: Storage,
+    /// The store, with the repository's encryption applied (see `store`).
+    storage: Store,
     cluster: String,
     /// What is signed with, and what every object read must be signed by.
     signing: Signing,
@@ -213,16 +225,32 @@ impl Repository {
         access: Access,
     ) -> anyhow::Result<Self> {
         let signing = Signing::from_config(cfg)?;
-        Ok(Self::new(
+        Ok(Self::with_encryption(
             &Storage::open_with(cfg, access)?,
             cluster,
             signing,
+            cfg.encryption.clone(),
         ))
     }
 
+    #[cfg(test)]
     fn new(storage: &Storage, cluster: &str, signing: Signing) -> Self {
+        Self::with_encryption(storage, cluster, signing, None)
+    }
+
+    fn with_encryption(
+        storage: &Storage,
+        cluster: &str,
+        signing: Signing,
+        encryption: Option<EncryptionConfig>,
+    ) -> Self {
         Repository {
-            storage: storage.scoped(cluster),
+            storage: Store::new(
+                storage.scoped(cluster),
+                cluster,
+                signing.clone(),
+                encryption,
+            ),
             cluster: cluster.to_string(),
             signing,
         }
@@ -243,17 +271,9 @@ impl Repository {
         &self.cluster
     }
 
+    /// `repository.json`, checked (signature, and encryption against the configuration).
     pub async fn info(&self) -> anyhow::Result<Option<RepositoryInfo>> {
-        let Some(bytes) = self.storage.get(layout::REPOSITORY_INFO).await? else {
-            return Ok(None);
-        };
-        let name = self.object_name(layout::REPOSITORY_INFO);
-        let info: RepositoryInfo =
-            serde_json::from_slice(&bytes).with_context(|| format!("{name}: unreadable"))?;
-        self.signing
-            .check_recorded(&name, info.verify_key.as_deref())?;
-        self.signing.check(&name, &bytes)?;
-        Ok(Some(info))
+        self.storage.info().await
     }
 
     /// Check that this repository belongs to the cluster described by `ours`; the first
@@ -263,19 +283,13 @@ impl Repository {
         let existing = match self.info().await? {
             Some(info) => info,
             None => {
-                let mut record = ours.clone();
-                record.verify_key = self.signing.verify_key().map(|k| k.to_string());
-                let body = self.signing.seal(
-                    &self.object_name(layout::REPOSITORY_INFO),
-                    serde_json::to_vec_pretty(&record).expect("serializes"),
-                )?;
-                match self
-                    .storage
-                    .put_if_absent(layout::REPOSITORY_INFO, Bytes::from(body))
-                    .await?
-                {
-                    Put::Stored => return Ok(record),
-                    Put::AlreadyExists => self.info().await?.context("repository.json vanished")?,
+                // An encrypted repository starts with `key init`: never with plaintext.
+                self.storage.mode_without_record()?;
+                match self.create_record(ours.clone()).await? {
+                    (Put::Stored, record) => return Ok(record),
+                    (Put::AlreadyExists, _) => {
+                        self.info().await?.context("repository.json vanished")?
+                    }
                 }
             }
         };
@@ -299,6 +313,26 @@ impl Repository {
         Ok(existing)
     }
 
+    /// Store `record` (with this repository's verify key) as `repository.json` unless one is
+    /// there: the repository's first write.
+    /// Returns the record as stored.
+    async fn create_record(
+        &self,
+        mut record: RepositoryInfo,
+    ) -> anyhow::Result<(Put, RepositoryInfo)> {
+        record.verify_key = self.signing.verify_key().map(|k| k.to_string());
+        let body = self.signing.seal(
+            &self.object_name(layout::REPOSITORY_INFO),
+            serde_json::to_vec_pretty(&record).expect("serializes"),
+        )?;
+        let put = self
+            .storage
+            .plain()
+            .put_if_absent(layout::REPOSITORY_INFO, Bytes::from(body))
+            .await?;
+        Ok((put, record))
+    }
+
     /// Archive a WAL file (already compressed with its header). An identical copy already
     /// there is success; different content is a `WalConflict` (exit 4) and the stored copy is untouched.
     pub async fn put_wal(
@@ -309,27 +343,21 @@ impl Repository {
     ) -> anyhow::Result<Archived> {
         let key = layout::wal_key(name);
         let object = self.sign_wal(&key, object, header)?;
-        match self.storage.put_if_absent(&key, object.clone()).await? {
+        let object = self
+            .storage
+            .seal_tagged(object, Some(wal_tag(header)))
+            .await?;
+        match self.storage.put_sealed_if_absent(&key, &object).await? {
             Put::Stored => Ok(Archived::Stored),
             Put::AlreadyExists => {
-                let existing = self
-                    .storage
-                    .get(&key)
-                    .await?
-                    .with_context(|| format!("{key} existed a moment ago but is gone"))?;
-                let stored = match self.check_wal(&key, &existing).await {
-                    Ok(()) => codec::decompress_verified(&existing, &key),
-                    Err(e) => Err(e),
-                };
-                let (_, stored) = stored
-                    .with_context(|| format!("{name} is already archived, but the stored copy is damaged or not validly signed; it was NOT replaced — inspect {key}"))?;
-                if stored.sha256 == header.sha256 && stored.size == header.size {
+                let stored = self.stored_wal_digest(name, &key).await?;
+                if stored == (header.sha256.to_string(), header.size) {
                     Ok(Archived::AlreadyArchived)
                 } else {
                     // Keep the refused content as evidence (and for whoever must recover the
                     // losing side's writes); `check` and the agent's metrics report it.
                     let evidence = layout::conflict_key(name, &header.sha256);
-                    let kept = match self.storage.put_if_absent(&evidence, object).await {
+                    let kept = match self.storage.put_sealed_if_absent(&evidence, &object).await {
                         Ok(_) => format!("the refused copy is kept as {}/{evidence}", self.cluster),
                         Err(e) => format!("keeping the refused copy failed too: {e:#}"),
                     };
@@ -337,12 +365,47 @@ impl Repository {
                         "{name} is already archived with different content (stored SHA-256 {}, this file {}); \
                          refusing to overwrite; {kept}. Two servers may be archiving into one repository (split brain?) — \
                          check which is the primary and stop the other",
-                        stored.sha256, header.sha256
+                        stored.0, header.sha256
                     ))
                     .into())
                 }
             }
         }
+    }
+
+    /// The SHA-256 and size of an archived WAL file's content: from its verified header
+    /// where this process can read the repository, else (a writer of an encrypted
+    /// repository, which holds no secret key) from the public content tag of its age header.
+    async fn stored_wal_digest(
+        &self,
+        name: &WalFileName,
+        key: &str,
+    ) -> anyhow::Result<(String, u64)> {
+        let damaged = || {
+            format!("{name} is already archived, but the stored copy is damaged or not validly signed; it was NOT replaced — inspect {key}")
+        };
+        if !self.storage.readable().await? {
+            let tag = self.storage.stored_tag(key).await?;
+            return match tag.as_ref().map(|t| t.0.as_slice()) {
+                Some([sha, size]) => Ok((sha.clone(), size.parse().with_context(damaged)?)),
+                _ => Err(anyhow::anyhow!(
+                    "{}/{key}: no content tag in its header",
+                    self.cluster
+                ))
+                .with_context(damaged),
+            };
+        }
+        let existing = self
+            .storage
+            .get(key)
+            .await?
+            .with_context(|| format!("{key} existed a moment ago but is gone"))?;
+        let stored = match self.check_wal(key, &existing).await {
+            Ok(()) => codec::decompress_verified(&existing, key),
+            Err(e) => Err(e),
+        };
+        let (_, stored) = stored.with_context(damaged)?;
+        Ok((stored.sha256.to_string(), stored.size))
     }
 
     /// Fetch and verify a WAL file; `None` when it is not in the archive.
@@ -458,19 +521,21 @@ impl Repository {
         id: &BackupId,
     ) -> anyhow::Result<Option<Result<BackupManifest, DamagedBackup>>> {
         let key = layout::manifest_key(id);
-        let Some(bytes) = self.storage.get(&key).await? else {
+        let Some(bytes) = self.storage.get_or_damaged(&key).await? else {
             return Ok(None);
         };
         let name = self.object_name(&key);
-        // A forged or unsigned manifest in a signed repository is damaged like a corrupt one;
-        // a configuration that does not match the repository (no verify key for a signed
-        // repository, another key) is an error of its own, reported by `info`.
-        let read = match self.signing.check(&name, &bytes) {
-            Ok(()) => manifest::from_checked_json(&bytes, &name),
-            Err(e) => {
+        // A forged or unsigned manifest in a signed repository is damaged like a corrupt one
+        // (or one that does not decrypt); a configuration that does not match the repository
+        // (no verify key for a signed repository, another key) is an error of its own,
+        // reported by `info`.
+        let read = match bytes.map(|b| (self.signing.check(&name, &b), b)) {
+            Ok((Ok(()), bytes)) => manifest::from_checked_json(&bytes, &name),
+            Ok((Err(e), _)) => {
                 self.info().await?;
                 Err(e)
             }
+            Err(e) => Err(e),
         };
         Ok(Some(read.map_err(|e| DamagedBackup {
             id: id.clone(),
@@ -523,7 +588,7 @@ impl Repository {
             std::process::id(),
             Utc::now().timestamp_nanos_opt().unwrap_or_default()
         ));
-        let s = &self.storage;
+        let s = self.storage.plain();
         if s.put_if_absent(&key, Bytes::from_static(b"one")).await? != Put::Stored {
             anyhow::bail!("a fresh probe key already existed");
         }
@@ -561,6 +626,7 @@ impl Repository {
         }
         let body = serde_json::json!({ "newest_pushed": seg.to_string() });
         self.storage
+            .plain()
             .put(layout::ARCHIVER_POSITION, Bytes::from(body.to_string()))
             .await
     }
@@ -568,7 +634,7 @@ impl Repository {
     /// The newest segment `wal-push` recorded archiving (`None`: never recorded, or
     /// unreadable — the position only adds a check, so damage to it is not an error).
     pub async fn pushed_position(&self) -> anyhow::Result<Option<WalSegmentName>> {
-        let Some(bytes) = self.storage.get(layout::ARCHIVER_POSITION).await? else {
+        let Some(bytes) = self.storage.plain().get(layout::ARCHIVER_POSITION).await? else {
             return Ok(None);
         };
         let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
@@ -578,10 +644,21 @@ impl Repository {
             .and_then(|s| s.parse().ok()))
     }
 
+    /// Whether an archived WAL file is there and (where this process can read the repository)
+    /// its header reads and is validly signed. A writer of an encrypted repository holds no
+    /// secret key, so there it is a presence check only.
+    pub async fn wal_stored(&self, name: &WalFileName) -> anyhow::Result<bool> {
+        if self.storage.readable().await? {
+            Ok(self.wal_header(name).await?.is_some())
+        } else {
+            self.has_wal(name).await
+        }
+    }
+
     /// Whether an archived WAL file is there (a 1-byte read).
     pub async fn has_wal(&self, name: &WalFileName) -> anyhow::Result<bool> {
         let key = layout::wal_key(name);
-        Ok(self.storage.get_head_bytes(&key, 1).await?.is_some())
+        self.storage.exists(&key).await
     }
 
     /// An empty object is damage (a truncated upload, a full disk): say so, naming it.
@@ -594,6 +671,11 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// The public tag of a WAL object in an encrypted repository: its content's SHA-256 and size.
+fn wal_tag(header: &ObjectHeader) -> crate::crypt::ContentTag {
+    crate::crypt::ContentTag(vec![header.sha256.to_string(), header.size.to_string()])
 }
 
 /// A header as read, without its signature field (checked already).
@@ -613,6 +695,7 @@ mod tests {
             pg_version: 15,
             wal_segment_size: 16 << 20,
             verify_key: None,
+            encryption: None,
         }
     }
 

@@ -189,8 +189,12 @@ impl Repository {
         &self,
         r: &ReportRef,
     ) -> anyhow::Result<Option<anyhow::Result<VerifyReport>>> {
-        let Some(bytes) = self.storage.get(&r.key).await? else {
+        let Some(bytes) = self.storage.get_or_damaged(&r.key).await? else {
             return Ok(None);
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => return Ok(Some(Err(e))),
         };
         let name = self.object_name(&r.key);
         let checked = self.check_signature(&name, &bytes).await;

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cli;
 use crate::config::VerifyRuntime;
+use crate::crypt::Recipient;
 use crate::env;
 use crate::error::usage;
 use crate::logging::LogFormat;
@@ -344,5 +345,56 @@ mod tests {
             VerifyRuntime::from(cli::VerifyRuntime::Namespace),
             VerifyRuntime::Namespace
         );
+    }
+}
+
+/// What `key` does, its arguments parsed.
+#[derive(Debug, Clone)]
+pub enum KeySettings {
+    Init,
+    List,
+    Add {
+        recipient: Recipient,
+        identity_file: Option<PathBuf>,
+    },
+    Remove {
+        recipient: Recipient,
+        identity_file: Option<PathBuf>,
+    },
+    Rotate {
+        identity_file: Option<PathBuf>,
+    },
+    Export {
+        identity_file: PathBuf,
+    },
+}
+
+impl KeySettings {
+    pub fn from_args(action: crate::cli::KeyAction) -> anyhow::Result<Self> {
+        use crate::cli::KeyAction as A;
+        let recipient = |r: &str| -> anyhow::Result<Recipient> {
+            r.parse()
+                .map_err(|e: crate::crypt::RecipientError| usage(format!("--recipient: {e}")))
+        };
+        Ok(match action {
+            A::Init => KeySettings::Init,
+            A::List => KeySettings::List,
+            A::Add {
+                recipient: r,
+                identity_file,
+            } => KeySettings::Add {
+                recipient: recipient(&r)?,
+                identity_file,
+            },
+            A::Remove {
+                recipient: r,
+                identity_file,
+            } => KeySettings::Remove {
+                recipient: recipient(&r)?,
+                identity_file,
+            },
+            A::Rotate { identity_file } => KeySettings::Rotate { identity_file },
+            A::Export { identity_file } => KeySettings::Export { identity_file },
+        })
     }
 }

@@ -524,11 +524,7 @@ async fn wait_for_wal(
     let mut next_switch = started + SWITCH_AFTER;
     loop {
         lock.check()?;
-        if repo
-            .wal_header(&WalFileName::Segment(stop_name))
-            .await?
-            .is_some()
-        {
+        if repo.wal_stored(&WalFileName::Segment(stop_name)).await? {
             break;
         }
         let now = Instant::now();
