@@ -200,16 +200,27 @@ pub(super) async fn encrypt_payload(
     tag: Option<ContentTag>,
     plain: PutPayload,
 ) -> PutPayload {
-    let inline = plain.content_length() <= INLINE_LIMIT;
+    encrypt_chunks(to, tag, plain.into_iter().collect()).await
+}
+
+/// As [`encrypt_payload`], consuming `chunks`: each plaintext chunk is dropped as soon as it
+/// is encrypted, so an object is never held twice whole (wal-push's peak memory).
+pub(super) async fn encrypt_chunks(
+    to: &Recipient,
+    tag: Option<ContentTag>,
+    chunks: Vec<Bytes>,
+) -> PutPayload {
+    let len: usize = chunks.iter().map(|c| c.len()).sum();
+    let inline = len <= INLINE_LIMIT;
     let encrypt = move |to: Recipient| {
-        let out = Vec::with_capacity(plain.content_length() + 512);
+        let out = Vec::with_capacity(len + 512);
         let mut w = match &tag {
             None => EncryptingWriter::new(&to, out),
             Some(tag) => EncryptingWriter::tagged(&to, tag, out),
         }
         .expect("writing to a Vec cannot fail");
-        for chunk in plain.iter() {
-            w.write_all(chunk).expect("writing to a Vec cannot fail");
+        for chunk in chunks {
+            w.write_all(&chunk).expect("writing to a Vec cannot fail");
         }
         PutPayload::from(w.finish().expect("writing to a Vec cannot fail"))
     };

@@ -432,7 +432,7 @@ impl Repository {
         key: &str,
         object: WalObject,
         header: &ObjectHeader,
-    ) -> anyhow::Result<object_store::PutPayload> {
+    ) -> anyhow::Result<Vec<Bytes>> {
         let mut chunks = object.0;
         let comment = serde_json::to_vec(header).expect("header serializes");
         let sealed = self.signing.seal(&self.object_name(key), comment.clone())?;
@@ -443,7 +443,7 @@ impl Repository {
             chunks[0] = first.slice(end..);
             chunks.insert(0, Bytes::from(new_header));
         }
-        Ok(chunks.into_iter().collect())
+        Ok(chunks)
     }
 
     /// Check the signature of a WAL object's header (its first bytes suffice).

@@ -163,15 +163,20 @@ impl Store {
         self.storage.put_if_absent(key, data).await
     }
 
-    /// `data` as it will be stored (encrypted, with `tag`, in an encrypted repository), for a
-    /// caller that may store the same bytes under a second key: the plaintext is dropped as
-    /// soon as it is encrypted, so a WAL object is never held twice during its upload.
+    /// `chunks` as they will be stored (encrypted, with `tag`, in an encrypted repository), for
+    /// a caller that may store the same bytes under a second key: each plaintext chunk is
+    /// dropped as soon as it is encrypted, so a WAL object is never held twice.
     pub(super) async fn seal_tagged(
         &self,
-        data: PutPayload,
+        chunks: Vec<Bytes>,
         tag: Option<ContentTag>,
     ) -> anyhow::Result<Sealed> {
-        self.seal(data, tag).await.map(Sealed)
+        Ok(Sealed(match self.mode().await? {
+            Mode::Plain => chunks.into_iter().collect(),
+            Mode::Encrypted(public) => {
+                cipher::encrypt_chunks(public.current_recipient(), tag, chunks).await
+            }
+        }))
     }
 
     /// Store bytes from [`Store::seal_tagged`] unless something is there already.
