@@ -155,16 +155,17 @@ pub fn compress_stream(
     Ok((sink.finish(), Sha256(hasher.finalize().into())))
 }
 
-/// Collects written bytes into 1 MiB `Bytes` chunks.
+/// Collects written bytes into 1 MiB `Bytes` chunks (one allocation size for compressed and
+/// encrypted objects alike, so a freed chunk is reused by the next).
 #[derive(Default)]
-struct ChunkWriter {
+pub(crate) struct ChunkWriter {
     chunks: Vec<bytes::Bytes>,
     current: Vec<u8>,
 }
 
 impl ChunkWriter {
     const CHUNK: usize = 1 << 20;
-    fn finish(mut self) -> Vec<bytes::Bytes> {
+    pub(crate) fn finish(mut self) -> Vec<bytes::Bytes> {
         if !self.current.is_empty() {
             self.chunks
                 .push(bytes::Bytes::from(std::mem::take(&mut self.current)));

@@ -213,16 +213,17 @@ pub(super) async fn encrypt_chunks(
     let len: usize = chunks.iter().map(|c| c.len()).sum();
     let inline = len <= INLINE_LIMIT;
     let encrypt = move |to: Recipient| {
-        let out = Vec::with_capacity(len + 512);
+        let out = crate::codec::ChunkWriter::default();
         let mut w = match &tag {
             None => EncryptingWriter::new(&to, out),
             Some(tag) => EncryptingWriter::tagged(&to, tag, out),
         }
-        .expect("writing to a Vec cannot fail");
+        .expect("writing to memory cannot fail");
         for chunk in chunks {
-            w.write_all(&chunk).expect("writing to a Vec cannot fail");
+            w.write_all(&chunk).expect("writing to memory cannot fail");
         }
-        PutPayload::from(w.finish().expect("writing to a Vec cannot fail"))
+        let out = w.finish().expect("writing to memory cannot fail");
+        out.finish().into_iter().collect::<PutPayload>()
     };
     let to = to.clone();
     if inline {
