@@ -48,11 +48,11 @@ impl Report {
     }
 
     /// The speeds `restore` predicts with, when the restore and the recovery passed: the
-    /// backup's stored bytes over the restore's time, and the segments over the time it took
-    /// to fetch them from the repository (staging) plus the recovery's (from the instance's
-    /// start to its promotion). A restore fetches each segment through `wal-fetch` while it
-    /// replays, so its replay costs both; counting the recovery alone under-predicted it
-    /// by up to 1.8× in the restore_plan test.
+    /// backup's stored bytes over the restore's time, and the segments over the replay's wall
+    /// time. Staging (fetching the WAL from the repository) starts when the restore ends and
+    /// runs beside the recovery, whose restore_command waits for each staged file, as a
+    /// restore's `wal-fetch` with prefetch does: the replay took the longer of the two, not
+    /// their sum (the sum predicted 2.6x the actual restore in the restore_plan test).
     pub fn measure_speeds(
         &mut self,
         stored_bytes: u64,
@@ -66,7 +66,7 @@ impl Report {
                 .map(|c| c.duration_seconds.max(0.001))
         };
         let (restore, recovery) = (took("restore")?, took("recovery")?);
-        let recovery = recovery + took("stage_wal").unwrap_or(0.0);
+        let recovery = recovery.max(took("stage_wal").unwrap_or(0.0));
         let speeds = MeasuredSpeeds {
             download_bytes_per_second: stored_bytes as f64 / restore,
             replay_segments_per_second: segments as f64 / recovery,
@@ -203,13 +203,12 @@ mod tests {
         assert_eq!(s.replay_segments_per_second, 2.0);
         assert_eq!(s.replay_bytes_per_second, 2.0 * 16.0 * 1048576.0);
         assert_eq!(report.speeds, Some(s));
-        // Fetching the WAL (staging) counts as part of its replay, as in a restore.
-        report.checks.push(CheckResult {
-            name: "stage_wal".into(),
-            ok: true,
-            duration_seconds: 5.0,
-            detail: String::new(),
-        });
+        // Fetching the WAL (staging) runs beside the recovery: the replay took the longer.
+        report.checks.push(check("stage_wal", true, 4.0));
+        let s = report.measure_speeds(1 << 20, 10, 16 << 20).unwrap();
+        assert_eq!(s.replay_segments_per_second, 2.0);
+        report.checks.retain(|c| c.name != "stage_wal");
+        report.checks.push(check("stage_wal", true, 10.0));
         let s = report.measure_speeds(1 << 20, 10, 16 << 20).unwrap();
         assert_eq!(s.replay_segments_per_second, 1.0);
         assert!(report.failure_message().contains("20240101T020000Z"));
