@@ -248,6 +248,82 @@ async fn wal_push_is_idempotent_and_refuses_conflicts() {
     assert!(!dest.exists(), "DEST written from a corrupt object");
 }
 
+/// The archiver position names the newest segment stored, also when that segment was pushed
+/// ahead by an earlier call and its own call returned at its marker (before the fix, the
+/// position stayed at the file of the call that did the work, so `list` could not name a
+/// deleted newest segment).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_segment_pushed_ahead_is_the_archiver_position() {
+    if harness::skip("a_segment_pushed_ahead_is_the_archiver_position") {
+        return;
+    }
+    let scratch = Scratch::new("wal-ahead");
+    let (pg, cfg) = archiving_cluster(&scratch, &RepoTarget::Local(scratch.subdir("repo")), "");
+    let mut names = Vec::new();
+    for i in 0..3 {
+        pg.psql(&format!(
+            "create table t{i} as select generate_series(1, 1000) x"
+        ));
+        names.push(pg.switch_wal());
+    }
+    pg.wait_archived(names.last().unwrap(), Duration::from_secs(60));
+    // The three segments in a pg_wal of our own, each waiting to be archived, pushed into a
+    // second repository as PostgreSQL would: the first call stores all three (itself and
+    // two ahead).
+    let fake = scratch.subdir("fake/pg_wal");
+    std::fs::create_dir_all(fake.join("archive_status")).unwrap();
+    for name in &names {
+        let out = cfg.run(&["wal-fetch", name, fake.join(name).to_str().unwrap()]);
+        assert_eq!(code(&out), 0, "wal-fetch {name}: {}", stderr(&out));
+        std::fs::write(
+            fake.join("archive_status").join(format!("{name}.ready")),
+            b"",
+        )
+        .unwrap();
+    }
+    let second_repo = scratch.subdir("second-repo");
+    let second = TestConfig::write(
+        &scratch.subdir("second"),
+        &RepoTarget::Local(second_repo.clone()),
+        "core",
+        &pg.pgdata,
+        &pg.connection(),
+        "[archive]\npush_parallelism = 3\n",
+    );
+    for (i, name) in names.iter().enumerate() {
+        let out = second.run(&["-v", "wal-push", fake.join(name).to_str().unwrap()]);
+        assert_eq!(code(&out), 0, "wal-push {name}: {}", stderr(&out));
+        // As PostgreSQL does once archive_command succeeded.
+        let status = fake.join("archive_status");
+        std::fs::rename(
+            status.join(format!("{name}.ready")),
+            status.join(format!("{name}.done")),
+        )
+        .unwrap();
+        if i > 0 {
+            assert!(
+                stderr(&out).contains("already stored by look-ahead"),
+                "{name} was not pushed ahead: {}",
+                stderr(&out)
+            );
+        }
+    }
+    let newest = names.last().unwrap();
+    let repo = repository(&second);
+    assert_eq!(
+        repo.pushed_position().await.unwrap().map(|s| s.to_string()),
+        Some(newest.clone())
+    );
+    // So the newest segment, deleted, is named.
+    std::fs::remove_file(local_object(&second_repo, newest)).unwrap();
+    let out = second.run(&["list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(newest.as_str()),
+        "list does not name the deleted newest segment {newest}:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wal_survives_a_store_outage() {
     if harness::skip("wal_survives_a_store_outage") {

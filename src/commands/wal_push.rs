@@ -72,24 +72,47 @@ pub async fn run(
                     if let Err(e) = marker.write(&pushed_dir, &other) {
                         tracing::warn!(file = %other, "could not record look-ahead push: {e:#}");
                     }
+                    Some(other)
                 }
                 // The call for this file will report it properly.
-                Err(e) => tracing::warn!(file = %other, "look-ahead push failed: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(file = %other, "look-ahead push failed: {e:#}");
+                    None
+                }
             }
         });
     }
     let result = push_one(repo, &limits, &name, path, cfg.compress_level).await;
-    while tasks.join_next().await.is_some() {}
-    result?;
-    // The archiver's position (the file PostgreSQL asked for, in its order): lets `list`,
-    // `check` and the agent notice the newest segments deleted later. Best effort: the
-    // segment is safely archived whatever happens here.
-    if let WalFileName::Segment(seg) = name {
+    let mut stored: Vec<WalFileName> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        stored.extend(joined.ok().flatten());
+    }
+    if result.is_ok() {
+        stored.push(name);
+    }
+    // The archiver's position: the newest segment this call stored, its own or one pushed
+    // ahead (the later call for that one returns at its marker and records nothing). Lets
+    // `list`, `check` and the agent notice the newest segments deleted later. Best effort:
+    // the segments are safely archived whatever happens here.
+    if let Some(seg) = newest_segment(&stored) {
         if let Err(e) = repo.record_pushed(&seg).await {
-            tracing::warn!(file = %name, "could not record the archiver position: {e:#}");
+            tracing::warn!(file = %seg, "could not record the archiver position: {e:#}");
         }
     }
+    result?;
     Ok(())
+}
+
+/// The newest segment among `files` (by name: timeline, then position), as the archiver
+/// position records it; history files, partial segments and backup labels are not positions.
+fn newest_segment(files: &[WalFileName]) -> Option<crate::pg::WalSegmentName> {
+    files
+        .iter()
+        .filter_map(|f| match f {
+            WalFileName::Segment(seg) => Some(*seg),
+            _ => None,
+        })
+        .max_by_key(|seg| seg.to_string())
 }
 
 /// Bounds on memory and CPU for one call: whole segments are held in memory one at a time,
@@ -363,6 +386,24 @@ impl Marker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_position_is_the_newest_segment_stored() {
+        let files: Vec<WalFileName> = [
+            "000000010000000000000004",
+            "00000002.history",
+            "000000020000000000000003",
+            "000000010000000000000009",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+        assert_eq!(
+            newest_segment(&files).unwrap().to_string(),
+            "000000020000000000000003"
+        );
+        assert_eq!(newest_segment(&files[1..2]), None);
+    }
 
     #[test]
     fn look_ahead_orders_history_first_and_skips_marked() {

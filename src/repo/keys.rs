@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(crate::error::exit_code(&err), crate::error::exit::USAGE);
         assert!(format!("{err:#}").contains("identity_file"), "{err:#}");
         let reader = open(Some(&alice_key));
-        assert_eq!(reader.get_manifest(&m.id).await.unwrap(), Some(m.clone()));
+        assert_eq!(
+            crate::repo::manifest::tests::as_written(reader.get_manifest(&m.id).await.unwrap()),
+            Some(m.clone())
+        );
         let stranger = open(Some(&bob_key));
         let err = stranger.get_manifest(&m.id).await.unwrap_err();
         assert!(format!("{err:#}").contains("bob.key"), "{err:#}");
@@ -300,9 +303,13 @@ mod tests {
         m2.id = m.id.next();
         open(None).put_manifest(&m2).await.unwrap();
         let bob_reader = open(Some(&bob_key));
-        assert_eq!(bob_reader.get_manifest(&m.id).await.unwrap(), Some(m));
+        let as_written = crate::repo::manifest::tests::as_written;
         assert_eq!(
-            bob_reader.get_manifest(&m2.id).await.unwrap(),
+            as_written(bob_reader.get_manifest(&m.id).await.unwrap()),
+            Some(m)
+        );
+        assert_eq!(
+            as_written(bob_reader.get_manifest(&m2.id).await.unwrap()),
             Some(m2.clone())
         );
         assert!(open(Some(&alice_key)).get_manifest(&m2.id).await.is_err());

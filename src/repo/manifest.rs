@@ -277,13 +277,21 @@ pub struct BackupManifest {
     /// next incremental compares against. Not a tar part: restore never reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_map: Option<PartEntry>,
+    /// The SHA-256 of the manifest's bytes as they were read from the repository (set by
+    /// [`from_checked_json`], never stored): what a child's `parent.manifest_sha256` records.
+    /// Hashing the stored bytes, not a re-serialisation, keeps a chain valid across versions
+    /// of this program that spell the same manifest differently.
+    #[serde(skip)]
+    pub stored_sha256: Option<Sha256>,
 }
 
 impl BackupManifest {
     /// What a child's `parent.manifest_sha256` records: the SHA-256 of this manifest's
-    /// checked JSON (which ends with its own checksum).
+    /// stored bytes (its checked JSON, which ends with its own checksum). A manifest not read
+    /// from a repository has no stored bytes yet: the JSON it would be stored as.
     pub fn fingerprint(&self) -> Sha256 {
-        Sha256::of(&to_checked_json(self))
+        self.stored_sha256
+            .unwrap_or_else(|| Sha256::of(&to_checked_json(self)))
     }
 
     /// Total bytes of file content (the "original size").
@@ -333,7 +341,10 @@ pub fn from_checked_json(bytes: &[u8], name: &str) -> anyhow::Result<BackupManif
     if got != want {
         anyhow::bail!("{name}: corrupt manifest: SHA-256 {got} does not match its recorded {want}");
     }
-    serde_json::from_str(text).with_context(|| format!("{name}: unreadable manifest"))
+    let mut m: BackupManifest =
+        serde_json::from_str(text).with_context(|| format!("{name}: unreadable manifest"))?;
+    m.stored_sha256 = Some(Sha256::of(bytes));
+    Ok(m)
 }
 
 /// Reject manifest paths that could escape the data directory.
@@ -443,7 +454,25 @@ pub(crate) mod tests {
             page_problems: vec![],
             catalog_snapshot: None,
             block_map: None,
+            stored_sha256: None,
         }
+    }
+
+    /// A manifest read back, without what only reading adds (the stored bytes' SHA-256).
+    pub fn as_written(read: Option<BackupManifest>) -> Option<BackupManifest> {
+        read.map(|mut m| {
+            m.stored_sha256 = None;
+            m
+        })
+    }
+
+    /// `json` read back: it knows the SHA-256 of its stored bytes, and is otherwise `m`.
+    fn read_back(json: &[u8]) -> BackupManifest {
+        let mut read = from_checked_json(json, "m").unwrap();
+        assert_eq!(read.stored_sha256, Some(Sha256::of(json)));
+        assert_eq!(read.fingerprint(), Sha256::of(json));
+        read.stored_sha256 = None;
+        read
     }
 
     #[test]
@@ -461,16 +490,33 @@ pub(crate) mod tests {
         let text = String::from_utf8_lossy(&json);
         assert!(text.contains("\"kind\": \"blocks\""), "{text}");
         assert!(text.contains("\"kind\": \"unchanged\""), "{text}");
-        assert_eq!(from_checked_json(&json, "m").unwrap(), m);
+        assert_eq!(read_back(&json), m);
         assert_eq!(blocks_entry_name("base/5/1"), "base/5/1.blocks");
         assert_ne!(m.fingerprint(), sample().fingerprint());
+    }
+
+    /// A parent written by another version of this program (here: with a field this one
+    /// does not know) is fingerprinted by its stored bytes, which its children recorded,
+    /// not by how this version would spell it.
+    #[test]
+    fn the_fingerprint_is_of_the_stored_bytes() {
+        let json = String::from_utf8(to_checked_json(&sample())).unwrap();
+        let body = json.rsplit_once(CHECKSUM_FIELD).unwrap().0;
+        let body = format!("{body},\n  \"written_by_a_later_version\": 1");
+        let stored = format!(
+            "{body}{CHECKSUM_FIELD}{}\"\n}}\n",
+            Sha256::of(body.as_bytes())
+        );
+        let read = from_checked_json(stored.as_bytes(), "m").unwrap();
+        assert_eq!(read.fingerprint(), Sha256::of(stored.as_bytes()));
+        assert_ne!(read.fingerprint(), Sha256::of(&to_checked_json(&read)));
     }
 
     #[test]
     fn manifest_checks_itself() {
         let m = sample();
         let json = to_checked_json(&m);
-        assert_eq!(from_checked_json(&json, "m").unwrap(), m);
+        assert_eq!(read_back(&json), m);
         let mut bad = json.clone();
         let i = String::from_utf8_lossy(&bad).find("primary").unwrap();
         bad[i] = b'P';

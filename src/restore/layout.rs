@@ -225,6 +225,7 @@ pub(crate) mod tests {
             page_problems: vec![],
             catalog_snapshot: None,
             block_map: None,
+            stored_sha256: None,
         }
     }
 

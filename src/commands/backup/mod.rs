@@ -334,6 +334,7 @@ async fn backup_locked(ctx: &BackupCtx<'_>, base: parent::Base) -> anyhow::Resul
         page_problems: copy_result.page_problems,
         catalog_snapshot,
         block_map: Some(block_map),
+        stored_sha256: None,
     };
     // The backup becomes visible with its manifest: only while the lock is still ours.
     or_clean(repo, &id, lock.ensure_held().await).await?;
