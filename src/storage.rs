@@ -212,7 +212,7 @@ impl Storage {
     }
 
     /// Store `data` under `key`, replacing what is there. Durable on return.
-    pub async fn put(&self, key: &str, data: Bytes) -> anyhow::Result<()> {
+    pub async fn put(&self, key: &str, data: impl Into<PutPayload>) -> anyhow::Result<()> {
         if let Some(file) = self.local_file(key) {
             return self
                 .local_put(key, file, data.into(), false)
@@ -220,7 +220,7 @@ impl Storage {
                 .map(|_| ());
         }
         self.store
-            .put(&self.path(key), PutPayload::from(data))
+            .put(&self.path(key), data.into())
             .await
             .with_context(|| format!("store {key}"))?;
         Ok(())

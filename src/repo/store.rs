@@ -199,11 +199,7 @@ impl Store {
 
     pub(super) async fn put(&self, key: &str, data: Bytes) -> anyhow::Result<()> {
         let sealed = self.seal(data.into(), None).await?;
-        let data = match sealed.as_ref() {
-            [one] => one.clone(),
-            many => many.concat().into(),
-        };
-        self.storage.put(key, data).await
+        self.storage.put(key, sealed).await
     }
 
     pub(super) async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>> {
