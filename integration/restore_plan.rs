@@ -55,10 +55,15 @@ async fn dry_run_plan_prediction_and_replay_progress() {
         catalog.len() > 17 && catalog.as_bytes()[16] == b'-',
         "not <time>-<hash>: {catalog}"
     );
-    // 60 cheap segments: a small insert, then a switch.
+    // 60 segments of real WAL to replay (about 11 MiB of inserts each, then truncated so
+    // that the data directory stays small), as in a real archive: a prediction is about
+    // replaying records, not about fetching empty switched segments.
+    pg.psql("create table filler(x text)");
     for i in 0..60 {
         pg.psql(&format!(
-            "insert into status values ('segment {i}'); select pg_switch_wal()"
+            "insert into status values ('segment {i}'); \
+             insert into filler select repeat('x', 400) from generate_series(1, 25000); \
+             truncate filler; select pg_switch_wal()"
         ));
     }
     set_marker(&pg, "latest");
@@ -132,5 +137,35 @@ async fn dry_run_plan_prediction_and_replay_progress() {
     assert!(
         replay.iter().any(|l| l["fields"]["eta_seconds"].is_u64()),
         "no ETA in {replay:?}"
+    );
+
+    // On a terminal (script(1) gives the restore one): a bar with its counts and ETA through
+    // the replay, instead of the log lines.
+    let tty_target = scratch.path().join("tty/pgdata");
+    let guard = harness::RestoredServer::new(&tty_target);
+    let command = format!(
+        "{} --config {} restore --pgdata {} --latest --start",
+        harness::BIN,
+        cfg.path.display(),
+        tty_target.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1)");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    guard.stop();
+    assert_eq!(code(&out), 0, "restore on a terminal:\n{screen}");
+    let segments = planned_segments(&screen);
+    assert!(
+        screen.contains("replay")
+            && screen.contains(&format!("/{segments} segments"))
+            && screen.contains("ETA"),
+        "no replay bar on the terminal:\n{screen}"
+    );
+    assert!(
+        !screen.contains(&format!(" of {segments} WAL segments (")),
+        "log lines instead of the bar on a terminal:\n{screen}"
     );
 }

@@ -99,12 +99,20 @@ impl Meter {
             let bar = indicatif::ProgressBar::new(total);
             let counts = match unit {
                 Unit::Bytes => "{bytes}/{total_bytes} {binary_bytes_per_sec}",
-                Unit::Segments => "{pos}/{len} segments {per_sec}",
+                Unit::Segments => "{pos}/{len} segments {segments_per_sec}",
             };
             bar.set_style(
                 indicatif::ProgressStyle::with_template(&format!(
                     "{phase:>8} {{bar:40}} {counts} ETA {{eta}}{{msg}}"
                 ))
+                .map(|style| {
+                    style.with_key(
+                        "segments_per_sec",
+                        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.1}/s", state.per_sec());
+                        },
+                    )
+                })
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             Display::Bar(bar)

@@ -29,8 +29,9 @@ pub struct PrefetchSpawn {
 }
 
 const PID_FILE: &str = ".prefetch.pid";
-/// Downloads the prefetcher runs at once.
-const PREFETCH_CONCURRENCY: usize = 4;
+/// Downloads the prefetcher runs at once (and verify's staging, so that the replay speed it
+/// measures is the one a restore sees).
+pub(crate) const PREFETCH_CONCURRENCY: usize = 4;
 
 pub async fn run(
     repo: &Repository,

@@ -73,8 +73,11 @@ pub(super) async fn stage_wal(
             .with_context(|| format!("rename {}", tmp.display()))?;
         Ok::<_, anyhow::Error>(Some(len))
     }))
-    // Two at a time: replay uses one core, staging must keep ahead of it, not crowd it.
-    .buffered(2);
+    // As many at a time as a restore's prefetcher fetches: the replay speed measured here
+    // predicts a restore's (`restore --dry-run`), so the WAL must arrive as it would there.
+    // (Two at a time made staging the bottleneck: the prediction read up to 2.7x the
+    // restore.)
+    .buffered(crate::commands::wal_fetch::PREFETCH_CONCURRENCY);
     let mut files = 0;
     let mut bytes = 0;
     let mut seen = 0;
