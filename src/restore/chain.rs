@@ -49,6 +49,27 @@ pub async fn resolve(
     }
 }
 
+/// Stored bytes a restore of `chain` (newest first, as [`resolve`] gives it) downloads: every
+/// part of the backup itself, and of each older level only the parts holding something the
+/// newer levels do not (never a block map: restore does not read them).
+pub fn download_bytes(chain: &[BackupManifest]) -> anyhow::Result<u64> {
+    let Some(newest) = chain.first() else {
+        return Ok(0);
+    };
+    let mut total: u64 = newest.parts.iter().map(|p| p.size).sum();
+    if chain.len() > 1 {
+        let plan = ChainPlan::new(chain.to_vec())?;
+        for (level, m) in chain.iter().enumerate().skip(1) {
+            total += plan
+                .parts_needed(level)
+                .into_iter()
+                .map(|i| m.parts[i].size)
+                .sum::<u64>();
+        }
+    }
+    Ok(total)
+}
+
 /// What a level's parts hold that the restore needs, for one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Need {
@@ -199,5 +220,51 @@ mod tests {
         let broken = vec![levels[0].clone(), levels[1].clone()];
         let err = ChainPlan::new(broken).err().unwrap().to_string();
         assert!(err.contains("no full backup"), "{err}");
+    }
+
+    #[test]
+    fn a_restore_downloads_its_backup_and_only_the_older_parts_it_needs() {
+        let b = Stored::Blocks { count: 1 };
+        let with_parts = |mut m: BackupManifest, sizes: [u64; 2]| {
+            let proto = m.parts[0].clone();
+            m.parts = sizes
+                .iter()
+                .map(|&size| crate::repo::manifest::PartEntry {
+                    size,
+                    ..proto.clone()
+                })
+                .collect();
+            m.block_map = Some(crate::repo::manifest::PartEntry {
+                size: 1 << 30,
+                ..proto.clone()
+            });
+            m
+        };
+        let newest = with_parts(
+            backup(
+                "20240102T020000Z",
+                &[("a", b, 0), ("b", Stored::Unchanged, 1)],
+            ),
+            [100, 200],
+        );
+        let full = with_parts(
+            backup(
+                "20240101T020000Z",
+                &[("a", Stored::Whole, 0), ("b", Stored::Whole, 1)],
+            ),
+            [10, 20],
+        );
+        // Both of the incremental's parts, both of the full's (a's blocks and b); never the maps.
+        assert_eq!(
+            download_bytes(&[newest.clone(), full.clone()]).unwrap(),
+            330
+        );
+        assert_eq!(download_bytes(std::slice::from_ref(&full)).unwrap(), 30);
+        let b_changed = with_parts(
+            backup("20240103T020000Z", &[("a", Stored::Whole, 0), ("b", b, 1)]),
+            [100, 200],
+        );
+        // Only the part holding b of the full.
+        assert_eq!(download_bytes(&[b_changed, full]).unwrap(), 320);
     }
 }

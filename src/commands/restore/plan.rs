@@ -200,8 +200,9 @@ pub(super) async fn make(
     target: &RecoveryTarget,
 ) -> anyhow::Result<Plan> {
     // The chain as the restore will read it: a broken one is refused here, so by --dry-run too.
-    let chain = crate::restore::chain::resolve(repo, backup).await?;
-    let chain: Vec<Link> = chain
+    let levels = crate::restore::chain::resolve(repo, backup).await?;
+    let download_bytes = crate::restore::chain::download_bytes(&levels)?;
+    let chain: Vec<Link> = levels
         .iter()
         .map(|b| Link {
             id: b.id.to_string(),
@@ -210,7 +211,7 @@ pub(super) async fn make(
         })
         .collect();
     Ok(Plan {
-        download_bytes: chain.iter().map(|l| l.stored).sum(),
+        download_bytes,
         chain,
         restored_bytes: backup.original_size(),
         wal: wal_range(repo, index, backup, target).await?,

@@ -49,7 +49,7 @@ use tokio::time::Instant;
 use crate::config::{ClusterConfig, Config, VerifyRuntime};
 use crate::error::Failure;
 use crate::format;
-use crate::repo::manifest::BackupId;
+use crate::repo::manifest::{BackupId, BackupManifest};
 use crate::repo::Repository;
 use crate::sandbox::{self, env_error, Runtime, ScratchDirs};
 use crate::timeparse::{format_utc, TargetTime};
@@ -297,11 +297,12 @@ pub async fn verify_backup(
         speeds: None,
         measured,
     };
-    // The chain's stored bytes, as restore's plan counts what it downloads.
-    let stored = crate::repo::chain::chain(&backup.id, &backups)
-        .map_or(backup.stored_size(), |c| {
-            c.iter().map(|b| b.stored_size()).sum()
-        });
+    // What the restore downloaded, counted as restore's plan counts it.
+    let chain: Vec<BackupManifest> = crate::repo::chain::chain(&backup.id, &backups).map_or_else(
+        |_| vec![backup.clone()],
+        |c| c.into_iter().cloned().collect(),
+    );
+    let stored = crate::restore::chain::download_bytes(&chain).unwrap_or(backup.stored_size());
     report.measure_speeds(stored, plan.segments.len(), seg_bytes);
     repo.put_report(&mut report).await?;
     Ok(report)
